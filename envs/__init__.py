@@ -1,0 +1,78 @@
+"""One id -> one environment.
+
+Ids (``list_env_ids()`` lists the families):
+
+* ``dmc`` (= ``dmc:cheetah-run``), ``dmc:<domain>-<task>`` -- dm_control, host, MR.Q protocol
+* ``gym:<id>`` (e.g. ``gym:Hopper-v5``) -- gymnasium MuJoCo, host, real terminations
+* ``mjx:<PlaygroundName>`` (e.g. ``mjx:CheetahRun``) -- MuJoCo Playground, JAX
+* ``jax:PointMass`` -- a tiny pure-JAX env for fast tests, JAX
+
+Host ids give a ``HostVecEnv`` of ``num_envs`` instances seeded ``seed + i``.
+JAX ids give a ``JaxEnv`` of single-env pure functions (the caller vmaps and
+seeds through the keys it passes to ``reset``), so ``num_envs`` and ``seed``
+are not used for them.
+"""
+
+from __future__ import annotations
+
+from envs.core import (
+    ENV_ID_FAMILIES,
+    EnvSpec,
+    HostVecEnv,
+    JaxEnv,
+    JaxEnvState,
+    StepInfo,
+    StepResult,
+    UnknownEnvError,
+    unknown_env_error,
+)
+from envs.rollout import Transition, rollout
+
+__all__ = [
+    "EnvSpec", "HostVecEnv", "JaxEnv", "JaxEnvState", "StepInfo", "StepResult",
+    "Transition", "UnknownEnvError", "is_jax_env", "list_env_ids", "make", "rollout",
+]
+
+_JAX_PREFIXES = ("mjx:", "jax:")
+
+
+def list_env_ids() -> list[str]:
+    """The accepted id families (with placeholders), as shown in error messages."""
+    return list(ENV_ID_FAMILIES)
+
+
+def is_jax_env(env_id: str) -> bool:
+    """True where ``make`` returns a ``JaxEnv`` (device loop), False for host envs."""
+    return env_id.startswith(_JAX_PREFIXES)
+
+
+def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs) -> HostVecEnv | JaxEnv:
+    """Build the environment named by ``env_id``; ``kwargs`` go to its family.
+
+    dmc: ``action_repeat`` (2). gym: anything ``gymnasium.make`` takes.
+    mjx: ``impl`` ('jax'), ``action_repeat`` (1), ``episode_length`` (frames,
+    Playground's default 1000). jax:PointMass: ``episode_length`` (100),
+    ``action_repeat`` (1), ``terminate_outside`` (None).
+    Raises ``UnknownEnvError`` naming the valid choices for a bad id.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    family, _, name = env_id.partition(":")
+
+    if family == "dmc":
+        from envs.dmc import DEFAULT_TASK, make_dmc
+
+        return make_dmc(name or DEFAULT_TASK, num_envs, seed, **kwargs)
+    if family == "gym" and name:
+        from envs.gym_envs import make_gym
+
+        return make_gym(name, num_envs, seed, **kwargs)
+    if family == "mjx" and name:
+        from envs.mjx import make_playground
+
+        return make_playground(name, **kwargs)
+    if env_id == "jax:PointMass":
+        from envs.toy import make_point_mass
+
+        return make_point_mass(**kwargs)
+    raise unknown_env_error(env_id)
