@@ -1,0 +1,31 @@
+"""The agent registry: one module per agent, looked up by name.
+
+Every agent module follows the contract of DESIGN.md: a frozen `Config`
+(with `validate()`), `init(key, spec, config, ...)`, `act(state, obs, key,
+explore)` and `update(...)`, all pure and vmappable over seeds. `LOOP` names
+the training loop in `experiments/` that drives it:
+
+* "off_policy": `store(state, transition)` then `update(state, key, step)`
+  after every environment step (host envs) or inside a scanned device chunk
+  (JAX envs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+AGENTS = {
+    "mrq": "agents.mrq",
+}
+
+
+class UnknownAgentError(ValueError):
+    """An agent name that is not registered; the message lists the valid ones."""
+
+
+def get(name: str) -> ModuleType:
+    """The agent module registered as `name`."""
+    if name not in AGENTS:
+        raise UnknownAgentError(f"unknown agent {name!r}; valid agents: {', '.join(sorted(AGENTS))}")
+    return importlib.import_module(AGENTS[name])

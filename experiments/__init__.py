@@ -1,0 +1,1 @@
+"""Entry points and the machinery around training: loops, logging, checkpoints."""

@@ -1,0 +1,1 @@
+"""Shared Flax modules and pure functions on parameters."""

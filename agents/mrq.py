@@ -1,0 +1,451 @@
+"""MR.Q: Model-based Representations for Q-learning.
+
+Fujimoto, Ni, Ding, Rabbat, Fujimoto ... "Towards General-Purpose Model-Free
+Reinforcement Learning", ICLR 2025, arXiv 2501.16142. Reference code:
+facebookresearch/MRQ (PyTorch). Defaults are the paper's (Table 4 / the
+reference `Hyperparameters`).
+
+MR.Q is TD3 on learned embeddings. An encoder maps a state to zs and a
+state-action pair to zsa; it is trained so that zsa predicts, through a linear
+model head, the next state's embedding, the reward (two-hot over 65 symexp
+bins) and termination, over a 5-step latent rollout (Eq. 6-9). The value
+function is a function of zsa only and the policy of zs only. Targets
+(encoder, value, policy) are hard-copied every 250 updates; at that moment the
+encoder gets a burst of 250 updates on a fixed target encoder.
+
+One update per environment step after 10k random steps:
+
+    every 250 updates:  targets <- online; reward scale refreshed;
+                        250 x encoder update (Eq. 9)
+    value update   (Eq. 10): 3-step return, TD3 target noise, Huber loss,
+                              reward-scale normalized; LAP priorities
+    policy update  (Eq. 11): deterministic policy gradient through zsa,
+                              plus 1e-5 * pre-tanh activation^2
+
+Multi-step returns at terminals. The reference computes
+R = sum_t gamma^t * notdone_t * r_t, which drops the reward OF the terminal
+transition and, since its windows may run past a terminal, keeps rewards of
+the following episode when notdone is 1 there again. Here
+R = sum_t gamma^t * r_t * prod_{u<t} notdone_u: every reward up to and
+including the terminal one, nothing after. Without terminals (all of DMC)
+both are the same.
+
+Everything below is a pure function of an `MRQState` pytree; the training
+loops in `experiments/` jit and vmap them over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+import replay
+from envs import EnvSpec
+from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
+from networks.twohot import symexp_bins, two_hot_cross_entropy
+
+LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """MR.Q hyperparameters; defaults are the paper's."""
+
+    # Generic
+    batch_size: int = 256
+    """Transitions (or subsequences) per update."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions (capped at what the run can fill)."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    target_update_freq: int = 250
+    """Updates between hard target copies; also the length of each encoder burst."""
+    random_steps: int = 10_000
+    """Environment steps with uniform random actions before training starts."""
+
+    # Exploration and TD3 target smoothing
+    exploration_noise: float = 0.2
+    """Std of the Gaussian noise added to the policy's action while collecting data."""
+    target_policy_noise: float = 0.2
+    """Std of the Gaussian noise on the target action (TD3)."""
+    noise_clip: float = 0.3
+    """Clip of the target action noise (TD3)."""
+
+    # Encoder loss (Eq. 9)
+    dyn_weight: float = 1.0
+    """Weight of the next-embedding MSE."""
+    reward_weight: float = 0.1
+    """Weight of the two-hot reward cross-entropy."""
+    done_weight: float = 0.1
+    """Weight of the termination MSE (used only once a terminal is in the buffer)."""
+    enc_horizon: int = 5
+    """Length H_enc of the latent model rollout."""
+    q_horizon: int = 3
+    """n of the n-step return in the value target."""
+
+    # Replay (LAP)
+    prioritized: bool = True
+    """Loss-adjusted prioritized replay (LAP); False samples uniformly."""
+    alpha: float = 0.4
+    """LAP exponent: priority = max(|delta|, min_priority)^alpha."""
+    min_priority: float = 1.0
+    """LAP floor on |delta|."""
+
+    # Encoder
+    zs_dim: int = 512
+    """State embedding width."""
+    za_dim: int = 256
+    """Action embedding width."""
+    zsa_dim: int = 512
+    """State-action embedding width."""
+    enc_hidden_dim: int = 512
+    """Hidden width of the encoder MLPs."""
+    enc_activation: str = "elu"
+    """Encoder activation."""
+    enc_lr: float = 1e-4
+    """Encoder AdamW learning rate."""
+    enc_weight_decay: float = 1e-4
+    """Encoder AdamW weight decay."""
+
+    # Value
+    value_hidden_dim: int = 512
+    """Hidden width of each critic."""
+    value_activation: str = "elu"
+    """Critic activation."""
+    value_lr: float = 3e-4
+    """Critic AdamW learning rate."""
+    value_weight_decay: float = 1e-4
+    """Critic AdamW weight decay."""
+    value_grad_clip: float = 20.0
+    """Global-norm gradient clip of the critic update."""
+
+    # Policy
+    policy_hidden_dim: int = 512
+    """Hidden width of the policy MLP."""
+    policy_activation: str = "relu"
+    """Policy activation."""
+    policy_lr: float = 3e-4
+    """Policy AdamW learning rate."""
+    policy_weight_decay: float = 1e-4
+    """Policy AdamW weight decay."""
+    pre_activ_weight: float = 1e-5
+    """Weight of the penalty on the policy's pre-tanh activations."""
+
+    # Reward model
+    num_bins: int = 65
+    """Two-hot reward bins."""
+    bin_lower: float = -10.0
+    """Lowest bin before symexp."""
+    bin_upper: float = 10.0
+    """Highest bin before symexp."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first out-of-range field."""
+        positive_ints = ["batch_size", "buffer_size", "target_update_freq", "enc_horizon", "q_horizon",
+                         "zs_dim", "za_dim", "zsa_dim", "enc_hidden_dim", "value_hidden_dim",
+                         "policy_hidden_dim", "num_bins"]
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        non_negative = ["random_steps", "exploration_noise", "target_policy_noise", "noise_clip", "dyn_weight",
+                        "reward_weight", "done_weight", "alpha", "min_priority", "enc_weight_decay",
+                        "value_weight_decay", "policy_weight_decay", "pre_activ_weight"]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ["enc_lr", "value_lr", "policy_lr", "value_grad_clip"]:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"--discount must be in [0, 1], got {self.discount}")
+        if self.q_horizon > self.enc_horizon:
+            raise ValueError(f"--q-horizon ({self.q_horizon}) must be <= --enc-horizon ({self.enc_horizon})")
+        if not self.bin_lower < self.bin_upper:
+            raise ValueError(f"--bin-lower ({self.bin_lower}) must be < --bin-upper ({self.bin_upper})")
+
+
+# ----------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Trained:
+    """Parameters of one network with its optimizer state and its target copy."""
+
+    params: dict
+    target_params: dict
+    opt_state: optax.OptState
+
+
+@struct.dataclass
+class MRQState:
+    encoder: Trained
+    value: Trained
+    policy: Trained
+    replay: replay.ReplayBuffer
+    reward_scale: jax.Array         # s: mean |r| in the buffer at the last target update
+    target_reward_scale: jax.Array  # s_target: the previous value of s
+    env_steps: jax.Array            # transitions stored
+    updates: jax.Array              # value/policy updates done
+    encoder_metrics: dict           # mean losses of the last encoder burst (for logging)
+    config: Config = struct.field(pytree_node=False)
+    spec: EnvSpec = struct.field(pytree_node=False)
+
+
+def _networks(config: Config, spec: EnvSpec):
+    encoder = MRQEncoder(config.zs_dim, config.za_dim, config.zsa_dim, config.enc_hidden_dim,
+                         config.num_bins, config.enc_activation)
+    value = TwinQ(config.value_hidden_dim, config.value_activation)
+    policy = DeterministicPolicy(spec.action_dim, config.policy_hidden_dim, config.policy_activation)
+    return encoder, value, policy
+
+
+def _optimizers(config: Config):
+    encoder = optax.adamw(config.enc_lr, weight_decay=config.enc_weight_decay)
+    value = optax.chain(optax.clip_by_global_norm(config.value_grad_clip),
+                        optax.adamw(config.value_lr, weight_decay=config.value_weight_decay))
+    policy = optax.adamw(config.policy_lr, weight_decay=config.policy_weight_decay)
+    return encoder, value, policy
+
+
+def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = None) -> MRQState:
+    """Fresh networks, optimizers and an empty replay of `capacity` slots (default: sized from `buffer_size`)."""
+    encoder_net, value_net, policy_net = _networks(config, spec)
+    encoder_opt, value_opt, policy_opt = _optimizers(config)
+    k_enc, k_val, k_pol = jax.random.split(key, 3)
+    obs = jnp.zeros((1, spec.obs_dim))
+    action = jnp.zeros((1, spec.action_dim))
+    encoder_params = encoder_net.init(k_enc, obs, action)
+    value_params = value_net.init(k_val, jnp.zeros((1, config.zsa_dim)))
+    policy_params = policy_net.init(k_pol, jnp.zeros((1, config.zs_dim)))
+
+    def trained(params, opt):
+        # The target is a copy, not an alias, so the loops may donate the state's buffers.
+        return Trained(params=params, target_params=jax.tree.map(jnp.copy, params), opt_state=opt.init(params))
+
+    if capacity is None:
+        capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
+    buffer = replay.create(capacity, spec.obs_dim, spec.action_dim,
+                           horizon=max(config.enc_horizon, config.q_horizon), initial_priority=config.min_priority)
+    return MRQState(
+        encoder=trained(encoder_params, encoder_opt),
+        value=trained(value_params, value_opt),
+        policy=trained(policy_params, policy_opt),
+        replay=buffer,
+        reward_scale=jnp.ones(()),
+        target_reward_scale=jnp.zeros(()),
+        env_steps=jnp.zeros((), jnp.int32),
+        updates=jnp.zeros((), jnp.int32),
+        encoder_metrics={name: jnp.zeros(()) for name in ENCODER_METRICS},
+        config=config,
+        spec=spec,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Acting and storing
+# ----------------------------------------------------------------------------
+
+
+def act(state: MRQState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:
+    """Action in [-1, 1] for `obs` [..., obs_dim]: pi(zs), plus N(0, 0.2) noise when exploring.
+
+    While exploring and fewer than `random_steps` transitions are stored, the
+    action is uniform in [-1, 1] instead.
+    """
+    config = state.config
+    encoder_net, _, policy_net = _networks(config, state.spec)
+    zs = encoder_net.apply(state.encoder.params, obs, method=MRQEncoder.zs)
+    action, _ = policy_net.apply(state.policy.params, zs)
+    if not explore:
+        return action
+    k_noise, k_random = jax.random.split(key)
+    noisy = jnp.clip(action + config.exploration_noise * jax.random.normal(k_noise, action.shape), -1.0, 1.0)
+    uniform = jax.random.uniform(k_random, action.shape, minval=-1.0, maxval=1.0)
+    return jnp.where(state.env_steps < config.random_steps, uniform, noisy)
+
+
+def store(state: MRQState, transition: replay.Transition) -> MRQState:
+    """Add one transition to the replay buffer."""
+    buffer = replay.add(state.replay, transition.obs, transition.action, transition.reward,
+                        transition.next_obs, transition.terminated, transition.truncated)
+    return state.replace(replay=buffer, env_steps=state.env_steps + 1)
+
+
+# ----------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------
+
+
+ENCODER_METRICS = ("encoder/loss", "encoder/dynamics_loss", "encoder/reward_loss", "encoder/done_loss")
+
+
+def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequence, state: MRQState):
+    """Eq. 9: sum over the H_enc rollout steps of masked dynamics, reward and done losses.
+
+    The rollout starts from zs(s_0) and feeds the model's own predicted
+    embedding forward; targets are the target encoder's zs(s_{t+1}). Steps after
+    a terminal are masked; each term is a mean over the batch (and embedding).
+    """
+    config = state.config
+    encoder_net, _, _ = _networks(config, state.spec)
+    bins = symexp_bins(config.bin_lower, config.bin_upper, config.num_bins)
+    target_zs = jax.lax.stop_gradient(
+        encoder_net.apply(target_encoder_params, batch.obs[:, 1:], method=MRQEncoder.zs))
+    zs = encoder_net.apply(encoder_params, batch.obs[:, 0], method=MRQEncoder.zs)
+    use_done = state.replay.any_terminated.astype(jnp.float32)
+    dyn_total = reward_total = done_total = 0.0
+    for t in range(config.enc_horizon):
+        zsa = encoder_net.apply(encoder_params, zs, batch.action[:, t], method=MRQEncoder.zsa)
+        done_logit, zs, reward_logits = encoder_net.apply(encoder_params, zsa, method=MRQEncoder.model)
+        mask = batch.mask[:, t]
+        dyn_total += jnp.mean(jnp.mean(jnp.square(zs - target_zs[:, t]), axis=-1) * mask)
+        reward_total += jnp.mean(two_hot_cross_entropy(reward_logits, batch.reward[:, t], bins) * mask)
+        done_total += jnp.mean(jnp.square(done_logit - batch.terminated[:, t]) * mask) * use_done
+    loss = config.dyn_weight * dyn_total + config.reward_weight * reward_total + config.done_weight * done_total
+    return loss, dict(zip(ENCODER_METRICS, (loss, dyn_total, reward_total, done_total)))
+
+
+def n_step_return(reward: jax.Array, terminated: jax.Array, discount: float):
+    """R = sum_t gamma^t r_t prod_{u<t}(1 - term_u) and the bootstrap mask prod_t (1 - term_t)."""
+    alive = jnp.cumprod(1.0 - terminated, axis=-1)
+    alive_before = jnp.concatenate([jnp.ones_like(alive[..., :1]), alive[..., :-1]], axis=-1)
+    discounts = discount ** jnp.arange(reward.shape[-1])
+    return jnp.sum(discounts * reward * alive_before, axis=-1), alive[..., -1]
+
+
+def value_target(state: MRQState, batch: replay.Subsequence, key: jax.Array) -> jax.Array:
+    """Eq. 10: y = (R + gamma^n notdone min_i Qbar_i(zsa', a~) s_target) / s, a~ = pibar(zs') + clipped noise."""
+    config = state.config
+    encoder_net, value_net, policy_net = _networks(config, state.spec)
+    n = config.q_horizon
+    ret, not_done = n_step_return(batch.reward, batch.terminated, config.discount)
+    next_zs = encoder_net.apply(state.encoder.target_params, batch.obs[:, n], method=MRQEncoder.zs)
+    next_action, _ = policy_net.apply(state.policy.target_params, next_zs)
+    noise = jnp.clip(config.target_policy_noise * jax.random.normal(key, next_action.shape),
+                     -config.noise_clip, config.noise_clip)
+    next_action = jnp.clip(next_action + noise, -1.0, 1.0)
+    next_zsa = encoder_net.apply(state.encoder.target_params, next_zs, next_action, method=MRQEncoder.zsa)
+    next_q = jnp.min(value_net.apply(state.value.target_params, next_zsa), axis=-1)
+    return (ret + not_done * config.discount**n * next_q * state.target_reward_scale) / state.reward_scale
+
+
+def value_loss(value_params, zsa: jax.Array, target: jax.Array, state: MRQState):
+    """Huber (delta 1) between both critics and the shared target."""
+    _, value_net, _ = _networks(state.config, state.spec)
+    q = value_net.apply(value_params, zsa)
+    loss = jnp.mean(optax.huber_loss(q, target[:, None], delta=1.0))
+    return loss, q
+
+
+def policy_loss(policy_params, value_params, encoder_params, zs: jax.Array, state: MRQState):
+    """Eq. 11: -mean_i Q_i(zsa(zs, pi(zs))) + lambda * mean(pre_tanh^2); zs is detached."""
+    config = state.config
+    encoder_net, value_net, policy_net = _networks(config, state.spec)
+    action, pre_tanh = policy_net.apply(policy_params, zs)
+    zsa = encoder_net.apply(encoder_params, zs, action, method=MRQEncoder.zsa)
+    q = value_net.apply(value_params, zsa)
+    loss = -jnp.mean(q) + config.pre_activ_weight * jnp.mean(jnp.square(pre_tanh))
+    return loss, {"policy/loss": loss, "policy/q": jnp.mean(q), "policy/pre_tanh_sq": jnp.mean(jnp.square(pre_tanh))}
+
+
+# ----------------------------------------------------------------------------
+# Updates
+# ----------------------------------------------------------------------------
+
+
+def _apply_gradients(trained: Trained, grads, optimizer) -> Trained:
+    updates, opt_state = optimizer.update(grads, trained.opt_state, trained.params)
+    return trained.replace(params=optax.apply_updates(trained.params, updates), opt_state=opt_state)
+
+
+def refresh_targets(state: MRQState) -> MRQState:
+    """Hard-copy every target network and refresh the reward scales s_target <- s, s <- mean |r|."""
+    def copy(trained: Trained) -> Trained:
+        return trained.replace(target_params=trained.params)
+
+    return state.replace(
+        encoder=copy(state.encoder), value=copy(state.value), policy=copy(state.policy),
+        target_reward_scale=state.reward_scale,
+        reward_scale=replay.mean_abs_reward(state.replay),
+    )
+
+
+def update_encoder(state: MRQState, key: jax.Array) -> tuple[MRQState, dict]:
+    """One encoder step on a batch of H_enc-subsequences."""
+    config = state.config
+    optimizer, _, _ = _optimizers(config)
+    start = replay.sample_indices(state.replay, key, config.batch_size, config.prioritized)
+    batch = replay.subsequence(state.replay, start, config.enc_horizon)
+    grads, metrics = jax.grad(encoder_loss, has_aux=True)(
+        state.encoder.params, state.encoder.target_params, batch, state)
+    return state.replace(encoder=_apply_gradients(state.encoder, grads, optimizer)), metrics
+
+
+def encoder_burst(state: MRQState, key: jax.Array) -> MRQState:
+    """Targets refreshed, then `target_update_freq` encoder steps (one `lax.scan`).
+
+    The mean of the burst's losses is kept in `state.encoder_metrics` for logging.
+    """
+    state = refresh_targets(state)
+    keys = jax.random.split(key, state.config.target_update_freq)
+    state, metrics = jax.lax.scan(update_encoder, state, keys)
+    return state.replace(encoder_metrics=jax.tree.map(jnp.mean, metrics))
+
+
+def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, dict]:
+    """One value step (with LAP priority update) then one policy step, on the same sampled states."""
+    config = state.config
+    encoder_net, _, _ = _networks(config, state.spec)
+    _, value_opt, policy_opt = _optimizers(config)
+    k_sample, k_target = jax.random.split(key)
+    start = replay.sample_indices(state.replay, k_sample, config.batch_size, config.prioritized)
+    batch = replay.subsequence(state.replay, start, config.q_horizon)
+
+    target = jax.lax.stop_gradient(value_target(state, batch, k_target))
+    zs = encoder_net.apply(state.encoder.params, batch.obs[:, 0], method=MRQEncoder.zs)
+    zsa = encoder_net.apply(state.encoder.params, zs, batch.action[:, 0], method=MRQEncoder.zsa)
+    zs, zsa = jax.lax.stop_gradient(zs), jax.lax.stop_gradient(zsa)
+    (loss_v, q), grads_v = jax.value_and_grad(value_loss, has_aux=True)(state.value.params, zsa, target, state)
+    value = _apply_gradients(state.value, grads_v, value_opt)
+
+    # LAP: priority = max(max_i |Q_i - y|, min_priority)^alpha, from the critics before the step.
+    td = jnp.max(jnp.abs(q - target[:, None]), axis=-1)
+    priority = jnp.maximum(td, config.min_priority) ** config.alpha
+    buffer = replay.update_priority(state.replay, start, priority) if config.prioritized else state.replay
+
+    grads_p, policy_metrics = jax.grad(policy_loss, has_aux=True)(
+        state.policy.params, value.params, state.encoder.params, zs, state)
+    policy = _apply_gradients(state.policy, grads_p, policy_opt)
+    metrics = {"value/loss": loss_v, "value/q": jnp.mean(q), "value/target": jnp.mean(target),
+               "value/td_abs": jnp.mean(td), "reward_scale": state.reward_scale, **policy_metrics, **state.encoder_metrics}
+    return state.replace(value=value, policy=policy, replay=buffer, updates=state.updates + 1), metrics
+
+
+def update(state: MRQState, key: jax.Array, step: jax.Array) -> tuple[MRQState, dict]:
+    """MR.Q's training after the `step`-th stored transition (`step` counts from 1).
+
+    `step` is the same for every seed and is passed unbatched, so under `vmap`
+    the two `lax.cond`s stay real branches: the 250-step encoder burst runs
+    only every 250th update instead of being computed and discarded each step.
+    Before `random_steps` transitions are stored nothing is trained and the
+    metrics are zeros.
+    """
+    config = state.config
+    k_burst, k_update = jax.random.split(key)
+    update_index = step - config.random_steps - 1   # 0 for the first update
+
+    def train(state):
+        state = jax.lax.cond(update_index % config.target_update_freq == 0,
+                             lambda s: encoder_burst(s, k_burst), lambda s: s, state)
+        return update_value_and_policy(state, k_update)
+
+    def wait(state):
+        shapes = jax.eval_shape(train, state)[1]
+        return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    return jax.lax.cond(update_index >= 0, train, wait, state)

@@ -1,0 +1,69 @@
+"""Orbax checkpoints of the whole training state: agent (with replay), env, counters.
+
+A checkpoint is written to a temporary folder and renamed into place by orbax
+once complete, so a crash while saving never damages the previous one; the
+last `keep` checkpoints are kept. Restoring validates against the structure a
+fresh `init` produces, so a checkpoint from another agent, env or config is
+rejected with a clear message instead of silently mis-loading.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not match the run."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, tree: Any, meta: dict) -> None:
+        """Save `tree` (arrays) and `meta` (JSON) as checkpoint `step`; blocks until written."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restore the latest (or given) checkpoint into the structure of `target`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as error:  # orbax raises many types for damaged files
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} is corrupt or does not match this run "
+                f"(agent, env, config and number of seeds must be the same): {first_line}") from None
+        tree = restored["state"]
+        _check_finite(tree, self.directory / str(step))
+        return tree, dict(restored["meta"]), step
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _check_finite(tree: Any, where: Path) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        array = np.asarray(leaf)
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            raise CheckpointError(f"checkpoint {where} holds non-finite values in {jax.tree_util.keystr(path)}")

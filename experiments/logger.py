@@ -1,0 +1,114 @@
+"""Run outputs: eval.csv and train.csv (one row per seed), TensorBoard, optional W&B.
+
+CSV rows are appended and flushed as they come, so a killed run keeps every
+finished row; `truncate_after(step)` drops rows past a resumed checkpoint so
+a resumed run's files equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+class CsvLog:
+    """A CSV file with a fixed header (set by the first row written)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._columns: list[str] | None = None
+        if path.exists() and path.stat().st_size > 0:
+            with path.open() as f:
+                self._columns = next(csv.reader(f))
+
+    def write(self, rows: Sequence[Mapping[str, float]]) -> None:
+        if not rows:
+            return
+        new_file = self._columns is None
+        if new_file:
+            self._columns = list(rows[0].keys())
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            writer.writerows([{k: _plain(v) for k, v in row.items()} for row in rows])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows whose `step` is greater than `step` (used when resuming)."""
+        if not self.path.exists():
+            return
+        with self.path.open() as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        step_col = rows[0].index("step")
+        kept = [rows[0]] + [r for r in rows[1:] if int(float(r[step_col])) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        tmp.replace(self.path)
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    return value
+
+
+class RunLogger:
+    """eval.csv, train.csv, TensorBoard events and (optionally) Weights & Biases."""
+
+    def __init__(self, run_dir: Path, use_wandb: bool = False, wandb_project: str = "ctrlrl",
+                 config: dict | None = None):
+        self.eval_csv = CsvLog(run_dir / "eval.csv")
+        self.train_csv = CsvLog(run_dir / "train.csv")
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self._wandb = None
+        if use_wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("--wandb needs the wandb package: pip install -e '.[wandb]'") from None
+            self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config,
+                                     name=run_dir.name, resume="allow")
+
+    def truncate_after(self, step: int) -> None:
+        self.eval_csv.truncate_after(step)
+        self.train_csv.truncate_after(step)
+
+    def log_eval(self, step: int, returns: np.ndarray, extra: Mapping[str, float] | None = None) -> None:
+        """`returns` is [num_seeds, episodes]; one row per seed."""
+        rows = [{"step": step, "seed": seed, "return": float(np.mean(r)), "return_std": float(np.std(r)),
+                 **(extra or {})} for seed, r in enumerate(returns)]
+        self.eval_csv.write(rows)
+        self._scalars(step, {"eval/episode_reward": float(np.mean(returns)),
+                             "eval/episode_reward_std_over_seeds": float(np.std(np.mean(returns, axis=1)))})
+
+    def log_train(self, step: int, per_seed: Mapping[str, np.ndarray], shared: Mapping[str, float]) -> None:
+        """`per_seed` maps a metric to [num_seeds] values; `shared` to one value (e.g. training/sps)."""
+        num_seeds = len(next(iter(per_seed.values()))) if per_seed else 1
+        rows = [{"step": step, "seed": s, **shared, **{k: float(v[s]) for k, v in per_seed.items()}}
+                for s in range(num_seeds)]
+        self.train_csv.write(rows)
+        self._scalars(step, {**shared, **{f"training/{k}": float(np.nanmean(v)) for k, v in per_seed.items()}})
+
+    def _scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}   # e.g. no episode finished yet
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, value, step)
+        self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(dict(scalars), step=step)
+
+    def close(self) -> None:
+        self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

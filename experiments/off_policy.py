@@ -1,0 +1,230 @@
+"""The two loops that drive off-policy agents (`agent.LOOP == "off_policy"`).
+
+Both train every seed with ONE compiled program: the agent's pure functions
+are vmapped over a leading seed axis. Random keys are derived statelessly as
+fold_in(seed_key, step), so a resumed run draws exactly the keys an
+uninterrupted run would.
+
+* `HostLoop`  (dm_control, gymnasium): env instances step on the host in numpy,
+  one per seed; per environment step there is one jitted `act` and one jitted
+  `store + update` call. The replay buffer stays on the device.
+* `DeviceLoop` (MJX / pure-JAX envs): a chunk of environment steps -- act, env
+  step, store, update -- is one `lax.scan` inside `jit(vmap(...))`; the host
+  only works between chunks.
+
+`update(state, key, step)` receives the environment step count unbatched, so
+the agent's schedule (e.g. MR.Q's encoder burst every 250 steps) branches for
+real under vmap.
+"""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs as envs_lib
+import replay
+
+ACT, UPDATE = 1, 2   # fold_in tags: one independent key stream per purpose
+
+
+def step_keys(seed_keys: jax.Array, step, tag: int) -> jax.Array:
+    """Per-seed keys for environment step `step` and purpose `tag` ([num_seeds] keys)."""
+    return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, step), tag))(seed_keys)
+
+
+def _last_done_value(values: np.ndarray, done: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    return np.where(done, values, previous)
+
+
+class HostLoop:
+    """Off-policy training on `HostVecEnv`s with one env instance per seed."""
+
+    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+                 replay_transitions: int, env_kwargs: dict | None = None):
+        self.agent, self.config = agent, config
+        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        self.env_kwargs = env_kwargs or {}
+        self.env = envs_lib.make(env_id, num_envs=num_seeds, seed=seed, **self.env_kwargs)
+        self.spec = self.env.spec
+        self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
+        self.seed_keys = jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
+
+        def store_and_update(state, transition, keys, step):
+            return agent.update(agent.store(state, transition), keys, step)
+
+        self._act = jax.jit(jax.vmap(agent.act, in_axes=(0, 0, 0, None)), static_argnums=3)
+        self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0)
+        self._keys = jax.jit(step_keys, static_argnums=2)
+
+    # -- state ---------------------------------------------------------------
+
+    def init(self) -> dict:
+        """Fresh agents for every seed and the first observations."""
+        init_keys = step_keys(self.seed_keys, 0, 0)
+        agent_state = jax.vmap(lambda k: self.agent.init(k, self.spec, self.config, self.capacity))(init_keys)
+        obs = self.env.reset()
+        zeros = np.zeros(self.num_seeds, np.float32)
+        return {"agent": agent_state, "obs": obs, "episode_return": zeros.copy(),
+                "last_episode_return": np.full(self.num_seeds, np.nan, np.float32),
+                "episodes": np.zeros(self.num_seeds, np.int64)}
+
+    def host_state(self) -> bytes:
+        """What lives outside the pytree: the simulator states of the env instances."""
+        return self.env.get_state()
+
+    def set_host_state(self, blob: bytes) -> None:
+        self.env.set_state(blob)
+
+    # -- training --------------------------------------------------------------
+
+    def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
+        """Take `num_steps` environment steps per seed after `start_step`; returns the new state and metrics."""
+        agent_state, obs = state["agent"], state["obs"]
+        episode_return, last_return = state["episode_return"], state["last_episode_return"]
+        episodes = state["episodes"]
+        metrics = None
+        for step in range(start_step + 1, start_step + num_steps + 1):
+            action = np.asarray(self._act(agent_state, obs, self._keys(self.seed_keys, step, ACT), True))
+            result = self.env.step(action)
+            transition = replay.Transition(obs, action, result.reward, result.final_obs,
+                                           result.terminated, result.truncated)
+            agent_state, metrics = self._train(agent_state, transition, self._keys(self.seed_keys, step, UPDATE), step)
+            done = result.terminated | result.truncated
+            episode_return = episode_return + result.reward
+            last_return = _last_done_value(episode_return, done, last_return)
+            episode_return = np.where(done, 0.0, episode_return).astype(np.float32)
+            episodes = episodes + done
+            obs = result.obs
+        new_state = {"agent": agent_state, "obs": obs, "episode_return": episode_return,
+                     "last_episode_return": last_return, "episodes": episodes}
+        per_seed = {k: np.asarray(v) for k, v in (metrics or {}).items()}
+        per_seed["episode_return"] = last_return
+        per_seed["episodes"] = episodes.astype(np.float32)
+        return new_state, per_seed
+
+    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+        """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
+        eval_seed = 1_000_000 + 10_007 * self.seed + step
+        env = envs_lib.make(self.env_id, num_envs=self.num_seeds * episodes, seed=eval_seed, **self.env_kwargs)
+        try:
+            obs = env.reset()
+            returns = np.zeros(self.num_seeds * episodes)
+            running = np.ones(self.num_seeds * episodes, bool)
+            dummy_keys = self.seed_keys
+            while running.any():
+                action = self._act(state["agent"], obs.reshape(self.num_seeds, episodes, -1), dummy_keys, False)
+                result = env.step(np.asarray(action).reshape(self.num_seeds * episodes, -1))
+                returns += np.where(running, result.reward, 0.0)
+                running &= ~(result.terminated | result.truncated)
+                obs = result.obs
+        finally:
+            env.close()
+        return returns.reshape(self.num_seeds, episodes)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class DeviceLoop:
+    """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
+
+    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+                 replay_transitions: int, env_kwargs: dict | None = None):
+        self.agent, self.config = agent, config
+        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        self.env = envs_lib.make(env_id, **(env_kwargs or {}))
+        self.spec = self.env.spec
+        self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
+        self.seed_keys = jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
+        env = self.env
+
+        def chunk(agent_state, env_state, tracker, seed_key, steps):
+            def body(carry, step):
+                agent_state, env_state, tracker = carry
+                obs = env_state.obs
+                act_key = jax.random.fold_in(jax.random.fold_in(seed_key, step), ACT)
+                action = agent.act(agent_state, obs, act_key, True)
+                env_state, info = env.step(env_state, action)
+                transition = replay.Transition(obs, action, info.reward, info.final_obs,
+                                               info.terminated, info.truncated)
+                update_key = jax.random.fold_in(jax.random.fold_in(seed_key, step), UPDATE)
+                agent_state, metrics = agent.update(agent.store(agent_state, transition), update_key, step)
+                done = info.terminated | info.truncated
+                tracker = {
+                    "last_episode_return": jnp.where(done, info.episode_return, tracker["last_episode_return"]),
+                    "episodes": tracker["episodes"] + done,
+                    "nan_resets": tracker["nan_resets"] + info.nan_reset,
+                }
+                return (agent_state, env_state, tracker), metrics
+
+            (agent_state, env_state, tracker), metrics = jax.lax.scan(body, (agent_state, env_state, tracker), steps)
+            return agent_state, env_state, tracker, jax.tree.map(lambda m: m[-1], metrics)
+
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)), donate_argnums=(0, 1, 2))
+
+        def evaluate(agent_state, key, episodes):
+            keys = jax.random.split(key, episodes)
+            env_states = jax.vmap(env.reset)(keys)
+
+            def body(carry, _):
+                env_states, returns, running = carry
+                action = agent.act(agent_state, env_states.obs, key, False)
+                env_states, info = jax.vmap(env.step)(env_states, action)
+                returns = returns + jnp.where(running, info.reward, 0.0)
+                running = running & ~(info.terminated | info.truncated)
+                return (env_states, returns, running), None
+
+            init = (env_states, jnp.zeros(episodes), jnp.ones(episodes, bool))
+            (_, returns, _), _ = jax.lax.scan(body, init, None, length=self.spec.max_episode_steps)
+            return returns
+
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)
+
+    def init(self) -> dict:
+        init_keys = step_keys(self.seed_keys, 0, 0)
+        agent_state = jax.vmap(lambda k: self.agent.init(k, self.spec, self.config, self.capacity))(init_keys)
+        env_state = jax.vmap(self.env.reset)(step_keys(self.seed_keys, 0, 3))
+        tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan),
+                   "episodes": jnp.zeros(self.num_seeds, jnp.int32),
+                   "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
+        return {"agent": agent_state, "env": env_state, "tracker": tracker}
+
+    def host_state(self) -> bytes:
+        return b""
+
+    def set_host_state(self, blob: bytes) -> None:
+        pass
+
+    def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
+        steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
+        agent_state, env_state, tracker, metrics = self._chunk(
+            state["agent"], state["env"], state["tracker"], self.seed_keys, steps)
+        per_seed = {k: np.asarray(v) for k, v in metrics.items()}
+        per_seed["episode_return"] = np.asarray(tracker["last_episode_return"])
+        per_seed["episodes"] = np.asarray(tracker["episodes"], np.float32)
+        per_seed["nan_resets"] = np.asarray(tracker["nan_resets"], np.float32)
+        return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
+
+    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+        keys = step_keys(self.seed_keys, step, 4)
+        return np.asarray(self._evaluate(state["agent"], keys, episodes))
+
+    def close(self) -> None:
+        pass
+
+
+def make_loop(agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, replay_transitions: int,
+              env_kwargs: dict | None = None):
+    """The loop that fits `env_id`: `DeviceLoop` for JAX envs, `HostLoop` otherwise.
+
+    The replay buffer is sized for `replay_transitions` transitions (plus one
+    final-observation slot per episode).
+    """
+    loop_cls = DeviceLoop if envs_lib.is_jax_env(env_id) else HostLoop
+    return loop_cls(agent, config, env_id, num_seeds, seed, replay_transitions, env_kwargs)

@@ -1,0 +1,239 @@
+"""The outer training loop: validate, set up the run directory, train in chunks,
+evaluate, log, checkpoint, resume. Nothing algorithmic lives here.
+
+`train(run_args, agent_config)` is what `experiments/run.py` calls; notebooks
+and tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import agents
+import envs as envs_lib
+from experiments.checkpoint import Checkpointer, CheckpointError
+from experiments.logger import RunLogger
+
+
+class RunError(ValueError):
+    """A bad input from the user: the message names it and the valid choices."""
+
+
+class DivergenceError(RuntimeError):
+    """A loss or metric became NaN / inf during training."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """What to train, for how long, and where to write it."""
+
+    agent: str = "mrq"
+    """Agent name (see agents/__init__.py)."""
+    env: str = "dmc"
+    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass."""
+    seed: int = 0
+    """First seed; seed i of the run uses seed + i."""
+    num_seeds: int = 1
+    """Seeds trained at once by one vmapped program."""
+    total_steps: int = 500_000
+    """Agent (environment) steps per seed; frames = steps x action repeat."""
+    eval_every: int = 5_000
+    """Agent steps between evaluations (a checkpoint is written at each)."""
+    eval_episodes: int = 10
+    """Deterministic evaluation episodes per seed."""
+    log_every: int = 1_000
+    """Agent steps between rows of train.csv."""
+    run_dir: str | None = None
+    """Output directory (default runs/<agent>/<env>/<time>)."""
+    resume: bool = False
+    """Continue the run in --run-dir from its latest checkpoint."""
+    overwrite: bool = False
+    """Delete what --run-dir holds and start again."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the wandb extra)."""
+    wandb_project: str = "ctrlrl"
+    """W&B project name."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        for name in ("num_seeds", "total_steps", "eval_every", "eval_episodes", "log_every"):
+            if getattr(self, name) < 1:
+                raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise RunError(f"--seed must be >= 0, got {self.seed}")
+        if self.resume and self.overwrite:
+            raise RunError("--resume and --overwrite exclude each other: continue the run or start it again")
+        if self.resume and self.run_dir is None:
+            raise RunError("--resume needs --run-dir naming the run to continue")
+
+
+def default_run_dir(args: RunArgs) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / args.agent / args.env.replace(":", "_") / stamp
+
+
+def _versions() -> dict:
+    import flax
+    import mujoco
+    import optax
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "mujoco": mujoco.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _status(run_dir: Path) -> dict | None:
+    path = run_dir / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _prepare_run_dir(args: RunArgs, run_dir: Path) -> None:
+    """Refuse to clobber an existing run unless --resume or --overwrite says what to do."""
+    if args.resume:
+        if not (run_dir / "config.json").exists():
+            raise RunError(f"--resume: {run_dir} holds no run (no config.json); start it without --resume")
+        if not (run_dir / "checkpoints").exists() or Checkpointer(run_dir / "checkpoints").latest_step() is None:
+            raise RunError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run again with --overwrite")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            status = _status(run_dir)
+            what = "a finished run" if status and status.get("finished") else "an unfinished run"
+            raise RunError(f"{run_dir} already holds {what}; pass --resume to continue it or --overwrite to start again")
+
+
+def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
+    """A resumed run must be the same experiment; only its length and logging may change."""
+    mutable = {"total_steps", "resume", "overwrite", "progress", "wandb", "wandb_project", "run_dir"}
+    differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
+                   for k, v in dataclasses.asdict(args).items() if k not in mutable and saved["run"].get(k) != v]
+    differences += [f"--{k.replace('_', '-')} {saved['agent_config'].get(k)!r} -> {v!r}"
+                    for k, v in dataclasses.asdict(config).items() if saved["agent_config"].get(k) != v]
+    if differences:
+        raise RunError("--resume with a different configuration than the saved run: " + "; ".join(differences)
+                       + " (start a new run, or resume with the saved flags)")
+
+
+def _check_finite(step: int, per_seed: dict) -> None:
+    for name, values in per_seed.items():
+        if name in ("episode_return",):      # NaN before the first episode ends, by design
+            continue
+        bad = np.flatnonzero(~np.isfinite(np.asarray(values, np.float64)))
+        if bad.size:
+            raise DivergenceError(f"{name} is {values[bad[0]]} at step {step} (seed index {bad[0]})")
+
+
+def train(args: RunArgs, config: Any) -> Path:
+    """Train `args.agent` with `config` on `args.env`; returns the run directory."""
+    args.validate()
+    agent = agents.get(args.agent)          # UnknownAgentError names the valid agents
+    try:
+        config.validate()
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    if agent.LOOP != "off_policy":
+        raise RunError(f"agent {args.agent!r} uses loop {agent.LOOP!r}, which run.py does not drive yet")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args)
+    _prepare_run_dir(args, run_dir)
+
+    saved = json.loads((run_dir / "config.json").read_text()) if args.resume else None
+    if saved is not None:
+        _check_resume_config(saved, args, config)
+    replay_transitions = (saved["replay_transitions"] if saved is not None
+                          else min(args.total_steps, getattr(config, "buffer_size", args.total_steps)))
+
+    # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
+    from experiments.off_policy import make_loop
+
+    loop = make_loop(agent, config, args.env, args.num_seeds, args.seed, replay_transitions)
+    try:
+        return _train(args, config, agent, loop, run_dir, saved, replay_transitions)
+    finally:
+        loop.close()
+
+
+def _train(args, config, agent, loop, run_dir: Path, saved: dict | None, replay_transitions: int) -> Path:
+    state = loop.init()
+    checkpointer_dir = run_dir / "checkpoints"
+    start_step = 0
+    if saved is not None:
+        checkpointer = Checkpointer(checkpointer_dir)
+        restored, meta, start_step = checkpointer.restore(state)
+        state = restored
+        try:
+            loop.set_host_state(base64.b64decode(meta["host_state"]))
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {checkpointer_dir / str(start_step)}: {error}") from None
+    else:
+        if args.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpointer = Checkpointer(checkpointer_dir)
+
+    resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config),
+                "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
+                "replay_capacity": loop.capacity, "versions": _versions(),
+                "command": " ".join(sys.argv)}
+    _write_json(run_dir / "config.json", resolved)
+    _write_json(run_dir / "status.json", {"finished": False, "step": start_step})
+    logger = RunLogger(run_dir, args.wandb, args.wandb_project, resolved)
+    logger.truncate_after(start_step)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.total_steps, initial=start_step, disable=not args.progress, unit="step",
+               dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
+    step, last_eval = start_step, float("nan")
+    interval_start, interval_step = time.perf_counter(), start_step
+    try:
+        while step < args.total_steps:
+            next_log = (step // args.log_every + 1) * args.log_every
+            next_eval = (step // args.eval_every + 1) * args.eval_every
+            target = min(next_log, next_eval, args.total_steps)
+            state, per_seed = loop.run(state, step, target - step)
+            step = target
+            bar.update(target - bar.n)
+            if step % args.log_every == 0 or step == args.total_steps:
+                _check_finite(step, per_seed)
+                elapsed = time.perf_counter() - interval_start
+                sps = (step - interval_step) / max(elapsed, 1e-9)
+                logger.log_train(step, per_seed, {"training/sps": sps,
+                                                  "training/sps_all_seeds": sps * args.num_seeds})
+                interval_start, interval_step = time.perf_counter(), step
+                bar.set_postfix(sps=f"{sps:.1f}", eval_return=f"{last_eval:.1f}")
+            if step % args.eval_every == 0 or step == args.total_steps:
+                _check_finite(step, per_seed)
+                returns = loop.evaluate(state, step, args.eval_episodes)
+                last_eval = float(np.mean(returns))
+                logger.log_eval(step, returns)
+                checkpointer.save(step, state, {"step": step,
+                                                "host_state": base64.b64encode(loop.host_state()).decode()})
+                _write_json(run_dir / "status.json", {"finished": False, "step": step})
+                bar.set_postfix(eval_return=f"{last_eval:.1f}")
+                interval_start = time.perf_counter()    # evaluation time is not training time
+    finally:
+        bar.close()
+        logger.close()
+        checkpointer.close()
+    _write_json(run_dir / "status.json", {"finished": True, "step": step})
+    return run_dir

@@ -1,0 +1,92 @@
+"""Building blocks shared by every agent: initializers, LayerNorm, MLPs, ensembles.
+
+Parameters are plain pytrees (Flax linen), so every agent can `jit` and `vmap`
+its update over seeds with `jax.vmap(init)(keys)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Activation = Callable[[jax.Array], jax.Array]
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": nn.relu,
+    "elu": nn.elu,
+    "swish": nn.swish,
+    "silu": nn.silu,
+    "tanh": jnp.tanh,
+    "leaky_relu": nn.leaky_relu,
+}
+
+
+def activation(name: str) -> Activation:
+    """Look an activation up by name, with the valid names in the error."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def xavier_uniform(gain: float = 1.0) -> nn.initializers.Initializer:
+    """PyTorch's `xavier_uniform_(w, gain)`: U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
+    return nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
+
+
+# MR.Q initializes every Linear with xavier-uniform at the ReLU gain sqrt(2), bias 0.
+RELU_GAIN = math.sqrt(2.0)
+
+
+def dense(features: int, gain: float = RELU_GAIN, name: str | None = None) -> nn.Dense:
+    """A Linear layer with xavier-uniform weights (gain `gain`) and zero bias."""
+    return nn.Dense(features, kernel_init=xavier_uniform(gain), bias_init=nn.initializers.zeros, name=name)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm without a learned scale or bias (PyTorch's `F.layer_norm(x, x.shape[-1:])`)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class MLP(nn.Module):
+    """Linear -> [LayerNorm] -> act, repeated for each hidden width, then a Linear output.
+
+    With `hidden=(512, 512)` this is MR.Q's BaseMLP: Linear-LN-act-Linear-LN-act-Linear.
+    """
+
+    hidden: Sequence[int]
+    out_dim: int
+    act: str = "elu"
+    use_layer_norm: bool = True
+    gain: float = RELU_GAIN
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = activation(self.act)
+        for i, width in enumerate(self.hidden):
+            x = dense(width, self.gain, name=f"hidden_{i}")(x)
+            if self.use_layer_norm:
+                x = layer_norm(x)
+            x = act(x)
+        return dense(self.out_dim, self.gain, name="out")(x)
+
+
+def ensemble(module_cls: type[nn.Module], size: int, out_axis: int = -1) -> type[nn.Module]:
+    """`size` independent copies of `module_cls` evaluated on the same input in one batched call.
+
+    Parameters get a leading member axis; outputs are stacked on `out_axis`.
+    Used for twin critics (size 2) and larger critic / dynamics ensembles.
+    """
+    return nn.vmap(
+        module_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=None,
+        out_axes=out_axis,
+        axis_size=size,
+    )
