@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,18 +24,44 @@ from experiments.checkpoint import CheckpointError
 from experiments.train import DivergenceError, RunArgs, RunError, train
 
 
+def _saved_flags(run_dir: str) -> dict | None:
+    """The flags of the run saved in `run_dir`, so that `--resume` needs no other flag."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        return {"run": dict(saved["run"]), "agent_config": dict(saved["agent_config"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
+
+
 def parse(argv: list[str]):
-    """(RunArgs, agent Config) from the command line; the agent is read first to pick its flags."""
+    """(RunArgs, agent Config) from the command line.
+
+    The agent is read first to pick its flags. With `--resume`, the saved run's
+    flags are the defaults, so only what should change (e.g. `--total-steps`)
+    needs to be given.
+    """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--agent", default=RunArgs.agent)
+    pre.add_argument("--agent", default=None)
+    pre.add_argument("--run-dir", default=None)
+    pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    agent = agents.get(known.agent)
+    saved = _saved_flags(known.run_dir) if known.resume and known.run_dir else None
+    agent_name = known.agent or (saved["run"]["agent"] if saved else RunArgs.agent)
+    agent = agents.get(agent_name)
+    run_defaults, config_defaults = RunArgs(), agent.Config()
+    if saved is not None and saved["run"].get("agent") == agent_name:
+        fields = {f.name for f in dataclasses.fields(agent.Config)}
+        run_defaults = dataclasses.replace(RunArgs(**saved["run"]), resume=False, overwrite=False)
+        config_defaults = agent.Config(**{k: v for k, v in saved["agent_config"].items() if k in fields})
     cli_type = dataclasses.make_dataclass("Args", [
-        ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default_factory=RunArgs)),
+        ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_defaults)),
         ("agent_config", Annotated[agent.Config, tyro.conf.OmitArgPrefixes],
-         dataclasses.field(default_factory=agent.Config)),
+         dataclasses.field(default=config_defaults)),
     ], frozen=True)
-    parsed = tyro.cli(cli_type, args=argv, description=f"Train {known.agent} ({agent.__name__}).")
+    parsed = tyro.cli(cli_type, args=argv, description=f"Train {agent_name} ({agent.__name__}).")
     return parsed.run, parsed.agent_config
 
 

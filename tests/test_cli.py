@@ -1,0 +1,116 @@
+"""Bad input to run.py: a one-line error naming the problem and the choices, exit 2, nothing written."""
+
+import json
+import shutil
+
+import pytest
+
+from tests.cli_utils import TINY_MRQ, run_cli
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines, result.stderr[-2000:]
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--agent", "dqn"], "unknown agent 'dqn'; valid agents: mrq"),
+    (["--env", "dmc:cartpole-balancee"], "dmc:cartpole-swingup"),
+    (["--env", "atari:Pong"], "dmc:<domain>-<task>"),
+    (["--env", "mjx:NotAnEnv"], "CartpoleBalance"),
+    (["--total-steps", "-5"], "--total-steps must be >= 1, got -5"),
+    (["--num-seeds", "0"], "--num-seeds must be >= 1, got 0"),
+    (["--discount", "1.5"], "--discount must be in [0, 1], got 1.5"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--resume"], "--resume needs --run-dir"),
+])
+def test_bad_input_fails_cleanly(tmp_path, args, expected):
+    run_dir = tmp_path / "run"
+    result = run_cli(*args, "--run-dir", str(run_dir)) if "--resume" not in args else run_cli(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in _error_line(result)
+    assert not run_dir.exists()
+
+
+def test_wrong_type_is_rejected_by_the_parser(tmp_path):
+    result = run_cli("--batch-size", "many", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "--batch-size" in result.stderr and "many" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_agent_hyperparameters():
+    result = run_cli("--agent", "mrq", "--help")
+    assert result.returncode == 0
+    for flag in ("--enc-lr", "--target-update-freq", "--num-seeds", "--eval-episodes", "--resume"):
+        assert flag in result.stdout
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = run_cli("--env", "dmc:cartpole-balance", "--total-steps", "200", "--eval-every", "100",
+                     "--eval-episodes", "1", "--log-every", "100", "--run-dir", str(run_dir), *TINY_MRQ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_finished_run_outputs(finished_run):
+    assert json.loads((finished_run / "status.json").read_text()) == {"finished": True, "step": 200}
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["agent_config"]["batch_size"] == 32 and config["run"]["env"] == "dmc:cartpole-balance"
+    rows = (finished_run / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("step,seed,return") and len(rows) == 3
+    assert (finished_run / "train.csv").exists() and any((finished_run / "tensorboard").iterdir())
+    assert sorted(p.name for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()) == ["100", "200"]
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run):
+    before = (finished_run / "eval.csv").read_text()
+    result = run_cli("--env", "dmc:cartpole-balance", "--total-steps", "200", "--run-dir", str(finished_run), *TINY_MRQ)
+    assert result.returncode == 2
+    assert "already holds a finished run; pass --resume" in _error_line(result)
+    assert (finished_run / "eval.csv").read_text() == before
+
+
+def test_resume_with_another_config_is_refused(finished_run):
+    result = run_cli("--total-steps", "300", "--run-dir", str(finished_run), "--resume", "--random-steps", "7")
+    assert result.returncode == 2
+    assert "--random-steps 100 -> 7" in _error_line(result)
+
+
+def test_resume_without_checkpoint(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(finished_run / "config.json", run_dir / "config.json")
+    result = run_cli("--run-dir", str(run_dir), "--resume")
+    assert result.returncode == 2
+    assert "no checkpoint" in _error_line(result)
+
+
+def test_resume_with_a_corrupt_config(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{not json")
+    result = run_cli("--run-dir", str(run_dir), "--resume")
+    assert result.returncode == 2
+    assert "config.json is corrupt" in _error_line(result)
+
+
+def test_resume_of_an_empty_directory(tmp_path):
+    result = run_cli("--run-dir", str(tmp_path), "--resume")
+    assert result.returncode == 2
+    assert "holds no run" in _error_line(result)
+
+
+def test_resume_from_a_corrupt_checkpoint(finished_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, run_dir)
+    for path in (run_dir / "checkpoints" / "200").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "meta" not in str(path):
+            path.write_bytes(b"\0garbage" * 4)
+    result = run_cli("--total-steps", "300", "--run-dir", str(run_dir), "--resume")
+    assert result.returncode == 2
+    assert "is corrupt or does not match this run" in _error_line(result)
+    assert (run_dir / "eval.csv").read_text() == (finished_run / "eval.csv").read_text()
