@@ -9,11 +9,13 @@ suite has no terminal states, so episodes only end by truncation.
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any
 
 import numpy as np
 
-from envs.core import EnvSpec, HostVecEnv, scale_action, unknown_env_error
+from envs.core import EnvSpec, HostVecEnv, array_fields, scale_action, unknown_env_error
 
 DEFAULT_TASK = "cheetah-run"
 
@@ -45,8 +47,29 @@ def _flatten(observation) -> np.ndarray:
     )
 
 
+# (domain, task) -> the model's arrays as compiled, before any episode changed
+# them; shared by all instances of a task (some models are tens of MB).
+_PRISTINE_MODEL_ARRAYS: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+
 class DmcInstance:
-    """One seeded dm_control environment with action repeat (a ``HostEnvInstance``)."""
+    """One seeded dm_control environment with action repeat (a ``HostEnvInstance``).
+
+    Its checkpoint state (``get_state``) holds:
+
+    * the full MuJoCo integration state (``mj_getState`` with
+      ``mjSTATE_INTEGRATION``: time, qpos, qvel, act, ctrl, applied forces,
+      mocap, the solver's warmstart, ...), not just qpos/qvel;
+    * the model arrays that differ from the freshly compiled model, because
+      several tasks randomize the *model* per episode (reacher, fish and
+      swimmer move their target geom, finger its target site, manipulator its
+      receptacle body, point_mass its wrap parameters, quadruped-escape its
+      terrain), which no ``mj_getState`` covers;
+    * the task's attributes, i.e. its ``numpy.random.RandomState`` (which draws
+      every future reset) and per-episode values such as cheetah's
+      ``_timeout_progress`` or dog's ``_stand_height``;
+    * dm_control's step counter (time limit) and pending-reset flag.
+    """
 
     def __init__(self, domain: str, task: str, seed: int, action_repeat: int):
         from dm_control import suite
@@ -55,6 +78,14 @@ class DmcInstance:
         self._action_repeat = action_repeat
         spec = self.env.action_spec()
         self._low, self._high = spec.minimum, spec.maximum
+        # No episode has run yet, so the model is still as compiled.
+        self._pristine = _PRISTINE_MODEL_ARRAYS.get((domain, task))
+        if self._pristine is None:
+            self._pristine = {}
+            for name, value in array_fields(self.env.physics.model.ptr).items():
+                self._pristine[name] = value.copy()
+                self._pristine[name].flags.writeable = False
+            _PRISTINE_MODEL_ARRAYS[(domain, task)] = self._pristine
 
     def reset(self) -> np.ndarray:
         return _flatten(self.env.reset().observation)
@@ -68,6 +99,63 @@ class DmcInstance:
             if time_step.last():  # the time limit can fall inside a repeat
                 break
         return _flatten(time_step.observation), reward, False, time_step.last()
+
+    def get_state(self) -> dict[str, Any]:
+        import mujoco
+
+        physics, task = self.env.physics, self.env.task
+        model = array_fields(physics.model.ptr)
+        return {
+            "physics": physics.get_state(sig=mujoco.mjtState.mjSTATE_INTEGRATION),
+            # Compared bitwise: NaN-safe, and exactness is the point.
+            "model": {
+                name: value.copy()
+                for name, value in model.items()
+                if value.tobytes() != self._pristine[name].tobytes()
+            },
+            "task_random": task.random.get_state(),
+            "task": {k: copy.deepcopy(v) for k, v in vars(task).items() if k != "_random"},
+            # dm_control Environment keeps these privately; no public accessor.
+            "step_count": self.env._step_count,
+            "reset_next_step": self.env._reset_next_step,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        import mujoco
+
+        physics, task = self.env.physics, self.env.task
+        sig = mujoco.mjtState.mjSTATE_INTEGRATION
+        expected = {"physics", "model", "task_random", "task", "step_count", "reset_next_step"}
+        if set(state) != expected:
+            raise ValueError(f"dm_control state has keys {sorted(state)}, expected {sorted(expected)}.")
+        size = mujoco.mj_stateSize(physics.model.ptr, sig)
+        if np.shape(state["physics"]) != (size,):
+            raise ValueError(
+                f"dm_control physics state has shape {np.shape(state['physics'])}, "
+                f"this model's is ({size},)."
+            )
+        model = array_fields(physics.model.ptr)
+        for name, value in state["model"].items():
+            if name not in model or np.shape(value) != model[name].shape:
+                raise ValueError(f"dm_control state has model field {name!r} that this model lacks.")
+
+        # Model first: it is what the physics state is interpreted against.
+        for name, live in model.items():
+            np.copyto(live, state["model"].get(name, self._pristine[name]))
+        physics.set_state(np.asarray(state["physics"], np.float64), sig=sig)
+        # dm_control's legacy step (the suite default) begins with mj_step2,
+        # i.e. it expects the position/velocity stage (mj_step1) of *this*
+        # state in mjData; mj_setState restores only the state, so recompute
+        # it (without this, cheetah's first step after a restore differs).
+        mujoco.mj_step1(physics.model.ptr, physics.data.ptr)
+
+        task.random.set_state(state["task_random"])
+        for name in [k for k in vars(task) if k != "_random" and k not in state["task"]]:
+            delattr(task, name)
+        for name, value in state["task"].items():
+            setattr(task, name, copy.deepcopy(value))
+        self.env._step_count = state["step_count"]
+        self.env._reset_next_step = state["reset_next_step"]
 
     def close(self) -> None:
         self.env.close()

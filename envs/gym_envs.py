@@ -9,9 +9,11 @@ between versions.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from envs.core import EnvSpec, HostVecEnv, scale_action, unknown_env_error
+from envs.core import EnvSpec, HostVecEnv, array_fields, scale_action, unknown_env_error
 
 
 def gym_mujoco_ids() -> list[str]:
@@ -25,8 +27,40 @@ def gym_mujoco_ids() -> list[str]:
     )
 
 
+def _model_sized_data_fields(model) -> list[str]:
+    """Names of the ``mjData`` arrays whose size the model fixes.
+
+    The others live in mjData's arena and are sized by the current contacts
+    and constraints (``efc_*``, island arrays); they are empty in a fresh
+    ``MjData`` and rebuilt from scratch by every ``mj_forward``/``mj_step``.
+    """
+    import mujoco
+
+    return sorted(name for name, value in array_fields(mujoco.MjData(model)).items() if value.size)
+
+
 class GymInstance:
-    """One gymnasium environment (a ``HostEnvInstance``); its first reset uses ``seed``."""
+    """One gymnasium environment (a ``HostEnvInstance``); its first reset uses ``seed``.
+
+    Its checkpoint state (``get_state``) holds:
+
+    * the full MuJoCo integration state (``mj_getState`` with
+      ``mjSTATE_INTEGRATION``: time, qpos, qvel, act, ctrl, the solver
+      warmstart, ...), not just qpos/qvel;
+    * every model-sized ``mjData`` array (``xpos``, ``xipos``, ``cfrc_ext``,
+      ...), because they are *not* a function of that state: ``mj_step``
+      computes them before integrating, so after a step they describe the
+      previous frame, and some envs read them before stepping (Ant's forward
+      reward uses the torso ``xpos`` before and after the step, Humanoid's the
+      ``xipos`` centre of mass). Recomputing them with ``mj_forward`` instead
+      changes the first reward after a restore;
+    * the bit generator state of ``np_random`` (which draws every reset's
+      noise), ``TimeLimit``'s step count, ``OrderEnforcing``'s has-reset flag,
+      and the seed still owed to the first reset.
+
+    gymnasium's MuJoCo envs never change their model after construction, so
+    the model is not saved.
+    """
 
     def __init__(self, gym_id: str, seed: int, **make_kwargs):
         import gymnasium
@@ -35,6 +69,7 @@ class GymInstance:
         self._seed: int | None = seed
         space = self.env.action_space
         self._low, self._high = space.low.astype(np.float64), space.high.astype(np.float64)
+        self._buffer_fields = _model_sized_data_fields(self.env.unwrapped.model)
 
     def reset(self) -> np.ndarray:
         # Seed only the first reset: later episodes continue the seeded RNG,
@@ -49,6 +84,83 @@ class GymInstance:
         )
         terminated = bool(terminated)
         return np.asarray(obs, dtype=np.float32), float(reward), terminated, bool(truncated) and not terminated
+
+    def _wrappers(self) -> tuple[Any, Any]:
+        """The ``TimeLimit`` and ``OrderEnforcing`` wrappers, whose counters are state.
+
+        Raises ``NotImplementedError`` for any other wrapper in the chain:
+        one we know nothing about could hold state we would silently drop.
+        """
+        from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
+
+        found: dict[type, Any] = {TimeLimit: None, OrderEnforcing: None}
+        wrapper = self.env
+        while wrapper is not self.env.unwrapped:
+            kind = type(wrapper)
+            if kind in found:
+                found[kind] = wrapper
+            elif kind is not PassiveEnvChecker:  # its checks do not change results
+                raise NotImplementedError(
+                    f"cannot checkpoint gymnasium wrapper {kind.__name__}: its state is unknown."
+                )
+            wrapper = wrapper.env
+        return found[TimeLimit], found[OrderEnforcing]
+
+    def get_state(self) -> dict[str, Any]:
+        import mujoco
+
+        time_limit, order = self._wrappers()
+        sim = self.env.unwrapped
+        physics = np.empty(mujoco.mj_stateSize(sim.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(sim.model, sim.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        data = array_fields(sim.data)
+        return {
+            "physics": physics,
+            "data": {name: data[name].copy() for name in self._buffer_fields},
+            "np_random": sim.np_random.bit_generator.state,
+            "elapsed_steps": None if time_limit is None else time_limit._elapsed_steps,
+            "has_reset": None if order is None else order._has_reset,
+            "first_reset_seed": self._seed,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        import mujoco
+
+        expected = {"physics", "data", "np_random", "elapsed_steps", "has_reset", "first_reset_seed"}
+        if set(state) != expected:
+            raise ValueError(f"gymnasium state has keys {sorted(state)}, expected {sorted(expected)}.")
+        time_limit, order = self._wrappers()
+        sim = self.env.unwrapped
+        sig = mujoco.mjtState.mjSTATE_INTEGRATION
+        size = mujoco.mj_stateSize(sim.model, sig)
+        if np.shape(state["physics"]) != (size,):
+            raise ValueError(
+                f"gymnasium physics state has shape {np.shape(state['physics'])}, "
+                f"this model's is ({size},)."
+            )
+        if sorted(state["data"]) != self._buffer_fields:
+            raise ValueError("gymnasium state holds other mjData fields than this model has.")
+        data = array_fields(sim.data)
+        for name in self._buffer_fields:
+            if np.shape(state["data"][name]) != data[name].shape:
+                raise ValueError(
+                    f"mjData field {name} has shape {np.shape(state['data'][name])}, "
+                    f"here {data[name].shape}."
+                )
+        mujoco.mj_setState(sim.model, sim.data, np.asarray(state["physics"], np.float64), sig)
+        # mj_forward makes the arena (contacts, constraints) consistent with the
+        # state; then the saved arrays put back the previous frame's values
+        # that the original run still had (see the class docstring).
+        mujoco.mj_forward(sim.model, sim.data)
+        for name in self._buffer_fields:
+            np.copyto(data[name], state["data"][name])
+        # Raises ValueError for another bit generator type.
+        sim.np_random.bit_generator.state = state["np_random"]
+        if time_limit is not None:
+            time_limit._elapsed_steps = state["elapsed_steps"]
+        if order is not None:
+            order._has_reset = state["has_reset"]
+        self._seed = state["first_reset_seed"]
 
     def close(self) -> None:
         self.env.close()

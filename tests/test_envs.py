@@ -4,6 +4,8 @@ Kept fast (small num_envs, few steps); the one Playground test pays a single
 XLA compile of reset + scanned steps (about 10-15 s on a 2-core CPU).
 """
 
+import pickle
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,3 +267,99 @@ def test_mjx_cartpole_under_jit_vmap_truncates_at_episode_length():
     assert not np.allclose(infos.obs[2], infos.final_obs[2])
     np.testing.assert_array_equal(infos.obs[:2], infos.final_obs[:2])
     assert not np.allclose(infos.obs[2], initial.obs)  # re-randomized start
+
+
+# ------------------------------------------------------- host env checkpoints
+
+_STEP_FIELDS = ("obs", "reward", "terminated", "truncated", "final_obs")
+
+
+@pytest.mark.parametrize(
+    "env_id, steps_before, steps_after, bang_bang",
+    [
+        # The 10 steps after the checkpoint cross the 500-step time limit, so
+        # the restored env must also reproduce the time limit and the reset.
+        ("dmc:cartpole-balance", 495, 10, False),
+        # Cheetah's reset runs 200 physics steps from random joint angles.
+        ("dmc:cheetah-run", 20, 30, False),
+        # Reacher draws its target into the *model* at every reset.
+        ("dmc:reacher-easy", 20, 30, False),
+        # Stacking boxes: many contacts, so the solver warmstart matters.
+        ("dmc:stacker-stack_2", 20, 20, False),
+        # Bang-bang actions make the hopper fall: terminations and resets on both sides.
+        ("gym:Hopper-v5", 40, 60, True),
+        # Humanoid's reward reads mjData's xipos from before the step, and its
+        # contacts make the solver warmstart matter.
+        ("gym:Humanoid-v5", 10, 20, False),
+    ],
+)
+def test_host_env_resumes_bit_identically_from_get_state(env_id, steps_before, steps_after, bang_bang):
+    original = envs.make(env_id, num_envs=2, seed=0)
+    rng = np.random.default_rng(1)
+    shape = (2, original.spec.action_dim)
+    sample = (lambda: rng.choice([-1.0, 1.0], size=shape)) if bang_bang else (lambda: rng.uniform(-1, 1, shape))
+    original.reset()
+    for _ in range(steps_before):
+        original.step(sample())
+    blob = original.get_state()
+    assert isinstance(blob, bytes)
+    actions = [sample() for _ in range(steps_after)]
+    expected = [original.step(action) for action in actions]
+    if env_id in ("dmc:cartpole-balance", "gym:Hopper-v5"):
+        assert any((r.terminated | r.truncated).any() for r in expected), "no reset was covered"
+
+    # Same seed, and another seed: the saved state must replace everything the seed decided.
+    for seed in (0, 7):
+        resumed = envs.make(env_id, num_envs=2, seed=seed)
+        resumed.reset()
+        resumed.step(sample())  # let the fresh env drift away from the saved state first
+        resumed.set_state(blob)
+        for t, (action, want) in enumerate(zip(actions, expected)):
+            got = resumed.step(action)
+            for field in _STEP_FIELDS:
+                assert np.array_equal(getattr(got, field), getattr(want, field)), (seed, t, field)
+
+
+def test_set_state_before_reset_and_round_trip():
+    original = envs.make("gym:Hopper-v5", num_envs=2, seed=3)
+    fresh_blob = original.get_state()  # before any reset: the seed is still owed
+    first_obs = original.reset()
+
+    unreset = envs.make("gym:Hopper-v5", num_envs=2, seed=9)
+    unreset.set_state(fresh_blob)
+    with pytest.raises(RuntimeError, match="reset"):
+        unreset.step(np.zeros((2, 3)))
+    np.testing.assert_array_equal(unreset.reset(), first_obs)
+
+    # A reset env restored without calling reset() may step at once.
+    blob = original.get_state()
+    restored = envs.make("gym:Hopper-v5", num_envs=2, seed=9)
+    restored.set_state(blob)
+    assert restored.get_state() == blob
+    action = np.full((2, 3), 0.5)
+    np.testing.assert_array_equal(restored.step(action).obs, original.step(action).obs)
+
+
+def test_set_state_rejects_other_envs_and_garbage():
+    cartpole = envs.make("dmc:cartpole-balance", num_envs=2, seed=0)
+    cartpole.reset()
+    before = cartpole.get_state()
+
+    cheetah = envs.make("dmc:cheetah-run", num_envs=2, seed=0)
+    with pytest.raises(ValueError, match="corrupt or from another env.*'dmc:cheetah-run'.*'dmc:cartpole-balance'"):
+        cartpole.set_state(cheetah.get_state())
+    with pytest.raises(ValueError, match="num_envs=1"):
+        cartpole.set_state(envs.make("dmc:cartpole-balance", num_envs=1).get_state())
+    with pytest.raises(ValueError, match="action_repeat 4 != 2"):
+        cartpole.set_state(envs.make("dmc:cartpole-balance", num_envs=2, action_repeat=4).get_state())
+    with pytest.raises(ValueError, match="corrupt or from another env"):
+        cartpole.set_state(envs.make("gym:Hopper-v5", num_envs=2).get_state())
+    for garbage in (b"", b"not a pickle", before[: len(before) // 2], bytes(range(256))):
+        with pytest.raises(ValueError, match="host env state is corrupt or from another env"):
+            cartpole.set_state(garbage)
+    with pytest.raises(ValueError, match="keys"):
+        cartpole.set_state(pickle.dumps({"some": "dict"}))
+    # Loading never calls anything outside numpy's array reconstruction.
+    with pytest.raises(ValueError, match="refers to builtins.print"):
+        cartpole.set_state(pickle.dumps(print))
+    assert cartpole.get_state() == before  # failed restores changed nothing
