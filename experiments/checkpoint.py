@@ -40,8 +40,14 @@ class Checkpointer:
             state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
-        """Restore the latest (or given) checkpoint into the structure of `target`."""
+    def restore(self, target: dict, step: int | None = None, must_be_finite: tuple[str, ...] = ("agent",)
+                ) -> tuple[Any, dict, int]:
+        """Restore the latest (or given) checkpoint into the structure of `target`.
+
+        The entries named in `must_be_finite` (the agent: parameters, optimizer,
+        replay) are checked for NaN/inf; others (e.g. "no episode finished yet"
+        markers) may legitimately hold NaN.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
@@ -55,7 +61,8 @@ class Checkpointer:
                 f"checkpoint {self.directory / str(step)} is corrupt or does not match this run "
                 f"(agent, env, config and number of seeds must be the same): {first_line}") from None
         tree = restored["state"]
-        _check_finite(tree, self.directory / str(step))
+        for name in must_be_finite:
+            _check_finite(tree[name], self.directory / str(step))
         return tree, dict(restored["meta"]), step
 
     def close(self) -> None:
