@@ -116,6 +116,9 @@ def _prepare_run_dir(args: RunArgs, run_dir: Path) -> None:
             raise RunError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run again with --overwrite")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
+        if args.overwrite and not (run_dir / "config.json").exists():
+            raise RunError(f"--overwrite deletes only run directories (with a config.json); {run_dir} holds "
+                           "other files: choose another --run-dir")
         if not args.overwrite:
             status = _status(run_dir)
             what = "a finished run" if status and status.get("finished") else "an unfinished run"
@@ -203,7 +206,7 @@ def _train(args, config, agent, loop, run_dir: Path, saved: dict | None, replay_
 
     bar = tqdm(total=args.total_steps, initial=start_step, disable=not args.progress, unit="step",
                dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
-    step, last_eval = start_step, float("nan")
+    step, postfix = start_step, {"sps": "-", "eval_return": "-"}
     interval_start, interval_step = time.perf_counter(), start_step
     try:
         while step < args.total_steps:
@@ -220,16 +223,17 @@ def _train(args, config, agent, loop, run_dir: Path, saved: dict | None, replay_
                 logger.log_train(step, per_seed, {"training/sps": sps,
                                                   "training/sps_all_seeds": sps * args.num_seeds})
                 interval_start, interval_step = time.perf_counter(), step
-                bar.set_postfix(sps=f"{sps:.1f}", eval_return=f"{last_eval:.1f}")
+                postfix["sps"] = f"{sps:.1f}"
+                bar.set_postfix(postfix)
             if step % args.eval_every == 0 or step == args.total_steps:
                 _check_finite(step, per_seed)
                 returns = loop.evaluate(state, step, args.eval_episodes)
-                last_eval = float(np.mean(returns))
                 logger.log_eval(step, returns)
                 checkpointer.save(step, state, {"step": step,
                                                 "host_state": base64.b64encode(loop.host_state()).decode()})
                 _write_json(run_dir / "status.json", {"finished": False, "step": step})
-                bar.set_postfix(eval_return=f"{last_eval:.1f}")
+                postfix["eval_return"] = f"{float(np.mean(returns)):.1f}"
+                bar.set_postfix(postfix)
                 interval_start = time.perf_counter()    # evaluation time is not training time
     finally:
         bar.close()

@@ -114,3 +114,11 @@ def test_resume_from_a_corrupt_checkpoint(finished_run, tmp_path):
     assert result.returncode == 2
     assert "is corrupt or does not match this run" in _error_line(result)
     assert (run_dir / "eval.csv").read_text() == (finished_run / "eval.csv").read_text()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    result = run_cli("--run-dir", str(tmp_path), "--overwrite")
+    assert result.returncode == 2
+    assert "--overwrite deletes only run directories" in _error_line(result)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
