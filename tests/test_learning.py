@@ -11,22 +11,22 @@ def _final_returns(run_dir, step):
 
 
 # Reduced MR.Q for a CPU learning test: widths 128 instead of 512, batch 128 instead of 256,
-# 1000 random steps instead of 10k, targets/encoder bursts every 100 updates instead of 250.
+# 1000 random steps instead of 10k; everything else (250-update bursts, LAP, 3-step returns) as in the paper.
+# On the CI machine this run takes about 2 minutes and reaches 871 / 902.
 REDUCED_MRQ = ["--batch-size", "128", "--enc-hidden-dim", "128", "--zs-dim", "128", "--zsa-dim", "128",
-               "--za-dim", "64", "--value-hidden-dim", "128", "--policy-hidden-dim", "128",
-               "--target-update-freq", "100", "--random-steps", "1000"]
+               "--za-dim", "64", "--value-hidden-dim", "128", "--policy-hidden-dim", "128", "--random-steps", "1000"]
 
 
 def test_mrq_learns_cartpole_balance(tmp_path):
-    """Random actions score about 250 on cartpole-balance; the reduced MR.Q must pass 600 on both seeds."""
+    """An untrained policy scores about 250-300 on cartpole-balance; after 5000 updates both seeds must pass 700."""
     run_dir = tmp_path / "run"
-    result = run_cli("--env", "dmc:cartpole-balance", "--num-seeds", "2", "--total-steps", "5000",
-                     "--eval-every", "2500", "--eval-episodes", "5", "--run-dir", str(run_dir), *REDUCED_MRQ,
+    result = run_cli("--env", "dmc:cartpole-balance", "--num-seeds", "2", "--total-steps", "6000",
+                     "--eval-every", "6000", "--eval-episodes", "5", "--run-dir", str(run_dir), *REDUCED_MRQ,
                      timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    returns = _final_returns(run_dir, 5000)
+    returns = _final_returns(run_dir, 6000)
     assert len(returns) == 2
-    assert min(returns) >= 600, returns
+    assert min(returns) >= 700, returns
 
 
 def test_mrq_runs_on_mjx_in_the_device_loop(tmp_path):
