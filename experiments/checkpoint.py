@@ -37,7 +37,7 @@ class Checkpointer:
     def save(self, step: int, tree: Any, meta: dict) -> None:
         """Save `tree` (arrays) and `meta` (JSON) as checkpoint `step`; blocks until written."""
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.StandardSave(_fill_empty(tree)), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
 
     def restore(self, target: dict, step: int | None = None, must_be_finite: tuple[str, ...] = ("agent",)
@@ -51,7 +51,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _fill_empty(target))
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -60,13 +60,24 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt or does not match this run "
                 f"(agent, env, config and number of seeds must be the same): {first_line}") from None
-        tree = restored["state"]
+        tree = _restore_empty(restored["state"], target)
         for name in must_be_finite:
             _check_finite(tree[name], self.directory / str(step))
         return tree, dict(restored["meta"]), step
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _fill_empty(tree: Any) -> Any:
+    """Orbax cannot save zero-size arrays (MJX data has some, e.g. `act` of a model without
+    actuator state): store a one-element placeholder instead."""
+    return jax.tree.map(lambda x: np.zeros((1,), np.asarray(x).dtype) if np.size(x) == 0 else x, tree)
+
+
+def _restore_empty(restored: Any, target: Any) -> Any:
+    """Put the target's zero-size arrays back where `_fill_empty` left placeholders."""
+    return jax.tree.map(lambda r, t: t if np.size(t) == 0 else r, restored, target)
 
 
 def _check_finite(tree: Any, where: Path) -> None:

@@ -19,7 +19,6 @@ real under vmap.
 
 from __future__ import annotations
 
-import time
 from types import ModuleType
 from typing import Any
 
@@ -30,44 +29,60 @@ import numpy as np
 import envs as envs_lib
 import replay
 
-ACT, UPDATE = 1, 2   # fold_in tags: one independent key stream per purpose
+INIT, ACT, UPDATE, ENV_RESET, EVAL = range(5)   # fold_in tags: one independent key stream per purpose
+
+
+def step_key(seed_key: jax.Array, step, tag: int) -> jax.Array:
+    """The key of one seed for environment step `step` and purpose `tag` (stateless: resume-exact)."""
+    return jax.random.fold_in(jax.random.fold_in(seed_key, step), tag)
 
 
 def step_keys(seed_keys: jax.Array, step, tag: int) -> jax.Array:
-    """Per-seed keys for environment step `step` and purpose `tag` ([num_seeds] keys)."""
-    return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, step), tag))(seed_keys)
+    """`step_key` for every seed: [num_seeds] keys."""
+    return jax.vmap(step_key, in_axes=(0, None, None))(seed_keys, step, tag)
 
 
-def _last_done_value(values: np.ndarray, done: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    return np.where(done, values, previous)
+class _SeedLoop:
+    """What both loops share: the env, the seeds' keys, the replay capacity, fresh agents."""
+
+    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+                 replay_transitions: int, env):
+        self.agent, self.config = agent, config
+        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        self.env = env
+        self.spec = env.spec
+        self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
+        self.seed_keys = jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
+
+    def _init_agents(self):
+        init_keys = step_keys(self.seed_keys, 0, INIT)
+        return jax.vmap(lambda k: self.agent.init(k, self.spec, self.config, self.capacity))(init_keys)
 
 
-class HostLoop:
+class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None):
-        self.agent, self.config = agent, config
-        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.env_kwargs = env_kwargs or {}
-        self.env = envs_lib.make(env_id, num_envs=num_seeds, seed=seed, **self.env_kwargs)
-        self.spec = self.env.spec
-        self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
-        self.seed_keys = jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
+        env = envs_lib.make(env_id, num_envs=num_seeds, seed=seed, **self.env_kwargs)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env)
 
-        def store_and_update(state, transition, keys, step):
-            return agent.update(agent.store(state, transition), keys, step)
+        def act(state, obs, seed_key, step, explore):
+            return agent.act(state, obs, step_key(seed_key, step, ACT), explore)
 
-        self._act = jax.jit(jax.vmap(agent.act, in_axes=(0, 0, 0, None)), static_argnums=3)
+        def store_and_update(state, transition, seed_key, step):
+            return agent.update(agent.store(state, transition), step_key(seed_key, step, UPDATE), step)
+
+        # `step` is unbatched (in_axes None): the agent's schedule branches on it for real.
+        self._act = jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None, None)), static_argnums=4)
         self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0)
-        self._keys = jax.jit(step_keys, static_argnums=2)
 
     # -- state ---------------------------------------------------------------
 
     def init(self) -> dict:
         """Fresh agents for every seed and the first observations."""
-        init_keys = step_keys(self.seed_keys, 0, 0)
-        agent_state = jax.vmap(lambda k: self.agent.init(k, self.spec, self.config, self.capacity))(init_keys)
+        agent_state = self._init_agents()
         obs = self.env.reset()
         zeros = np.zeros(self.num_seeds, np.float32)
         return {"agent": agent_state, "obs": obs, "episode_return": zeros.copy(),
@@ -90,14 +105,14 @@ class HostLoop:
         episodes = state["episodes"]
         metrics = None
         for step in range(start_step + 1, start_step + num_steps + 1):
-            action = np.asarray(self._act(agent_state, obs, self._keys(self.seed_keys, step, ACT), True))
+            action = np.asarray(self._act(agent_state, obs, self.seed_keys, step, True))
             result = self.env.step(action)
             transition = replay.Transition(obs, action, result.reward, result.final_obs,
                                            result.terminated, result.truncated)
-            agent_state, metrics = self._train(agent_state, transition, self._keys(self.seed_keys, step, UPDATE), step)
+            agent_state, metrics = self._train(agent_state, transition, self.seed_keys, step)
             done = result.terminated | result.truncated
             episode_return = episode_return + result.reward
-            last_return = _last_done_value(episode_return, done, last_return)
+            last_return = np.where(done, episode_return, last_return)
             episode_return = np.where(done, 0.0, episode_return).astype(np.float32)
             episodes = episodes + done
             obs = result.obs
@@ -116,9 +131,9 @@ class HostLoop:
             obs = env.reset()
             returns = np.zeros(self.num_seeds * episodes)
             running = np.ones(self.num_seeds * episodes, bool)
-            dummy_keys = self.seed_keys
             while running.any():
-                action = self._act(state["agent"], obs.reshape(self.num_seeds, episodes, -1), dummy_keys, False)
+                action = self._act(state["agent"], obs.reshape(self.num_seeds, episodes, -1), self.seed_keys, step,
+                                   False)
                 result = env.step(np.asarray(action).reshape(self.num_seeds * episodes, -1))
                 returns += np.where(running, result.reward, 0.0)
                 running &= ~(result.terminated | result.truncated)
@@ -131,30 +146,24 @@ class HostLoop:
         self.env.close()
 
 
-class DeviceLoop:
+class DeviceLoop(_SeedLoop):
     """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None):
-        self.agent, self.config = agent, config
-        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
-        self.env = envs_lib.make(env_id, **(env_kwargs or {}))
-        self.spec = self.env.spec
-        self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
-        self.seed_keys = jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
-        env = self.env
+        env = envs_lib.make(env_id, **(env_kwargs or {}))
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env)
 
         def chunk(agent_state, env_state, tracker, seed_key, steps):
             def body(carry, step):
                 agent_state, env_state, tracker = carry
                 obs = env_state.obs
-                act_key = jax.random.fold_in(jax.random.fold_in(seed_key, step), ACT)
-                action = agent.act(agent_state, obs, act_key, True)
+                action = agent.act(agent_state, obs, step_key(seed_key, step, ACT), True)
                 env_state, info = env.step(env_state, action)
                 transition = replay.Transition(obs, action, info.reward, info.final_obs,
                                                info.terminated, info.truncated)
-                update_key = jax.random.fold_in(jax.random.fold_in(seed_key, step), UPDATE)
-                agent_state, metrics = agent.update(agent.store(agent_state, transition), update_key, step)
+                agent_state, metrics = agent.update(agent.store(agent_state, transition),
+                                                    step_key(seed_key, step, UPDATE), step)
                 done = info.terminated | info.truncated
                 tracker = {
                     "last_episode_return": jnp.where(done, info.episode_return, tracker["last_episode_return"]),
@@ -166,7 +175,9 @@ class DeviceLoop:
             (agent_state, env_state, tracker), metrics = jax.lax.scan(body, (agent_state, env_state, tracker), steps)
             return agent_state, env_state, tracker, jax.tree.map(lambda m: m[-1], metrics)
 
-        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)), donate_argnums=(0, 1, 2))
+        # Donate the agent state (it holds the replay buffer, the big allocation). Not the env state:
+        # Playground states alias arrays (obs appears twice), which donation rejects.
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
 
         def evaluate(agent_state, key, episodes):
             keys = jax.random.split(key, episodes)
@@ -187,9 +198,8 @@ class DeviceLoop:
         self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)
 
     def init(self) -> dict:
-        init_keys = step_keys(self.seed_keys, 0, 0)
-        agent_state = jax.vmap(lambda k: self.agent.init(k, self.spec, self.config, self.capacity))(init_keys)
-        env_state = jax.vmap(self.env.reset)(step_keys(self.seed_keys, 0, 3))
+        agent_state = self._init_agents()
+        env_state = jax.vmap(self.env.reset)(step_keys(self.seed_keys, 0, ENV_RESET))
         tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan),
                    "episodes": jnp.zeros(self.num_seeds, jnp.int32),
                    "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
@@ -212,7 +222,7 @@ class DeviceLoop:
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
-        keys = step_keys(self.seed_keys, step, 4)
+        keys = step_keys(self.seed_keys, step, EVAL)
         return np.asarray(self._evaluate(state["agent"], keys, episodes))
 
     def close(self) -> None:

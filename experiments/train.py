@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import math
 import platform
 import shutil
 import sys
@@ -23,7 +22,6 @@ import jax
 import numpy as np
 
 import agents
-import envs as envs_lib
 from experiments.checkpoint import Checkpointer, CheckpointError
 from experiments.logger import RunLogger
 
@@ -170,12 +168,12 @@ def train(args: RunArgs, config: Any) -> Path:
 
     loop = make_loop(agent, config, args.env, args.num_seeds, args.seed, replay_transitions)
     try:
-        return _train(args, config, agent, loop, run_dir, saved, replay_transitions)
+        return _train(args, config, loop, run_dir, saved, replay_transitions)
     finally:
         loop.close()
 
 
-def _train(args, config, agent, loop, run_dir: Path, saved: dict | None, replay_transitions: int) -> Path:
+def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transitions: int) -> Path:
     state = loop.init()
     checkpointer_dir = run_dir / "checkpoints"
     start_step = 0
