@@ -147,10 +147,6 @@ def add(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated, truncat
     )
 
 
-def num_startable(buffer: ReplayBuffer) -> jax.Array:
-    return jnp.sum(buffer.can_start)
-
-
 def sample_indices(buffer: ReplayBuffer, key: jax.Array, batch_size: int, prioritized: bool) -> jax.Array:
     """Start slots drawn with probability proportional to priority (LAP) or uniformly among valid starts.
 
