@@ -8,6 +8,9 @@ the training loop in `experiments/` that drives it:
 * "off_policy": `store(state, transition)` then `update(state, key, step)`
   after every environment step (host envs) or inside a scanned device chunk
   (JAX envs).
+* "on_policy": `train_step(state, env, env_state, key, sync_axes)` -- a whole
+  rollout and update on a JAX env -- scanned in chunks on the device; the agent
+  also exposes `layout(config)` with `steps_per_update`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from types import ModuleType
 
 AGENTS = {
     "mrq": "agents.mrq",
+    "ppo": "agents.ppo",
 }
 
 

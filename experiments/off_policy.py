@@ -29,17 +29,8 @@ import numpy as np
 import envs as envs_lib
 import replay
 
-INIT, ACT, UPDATE, ENV_RESET, EVAL = range(5)   # fold_in tags: one independent key stream per purpose
-
-
-def step_key(seed_key: jax.Array, step, tag: int) -> jax.Array:
-    """The key of one seed for environment step `step` and purpose `tag` (stateless: resume-exact)."""
-    return jax.random.fold_in(jax.random.fold_in(seed_key, step), tag)
-
-
-def step_keys(seed_keys: jax.Array, step, tag: int) -> jax.Array:
-    """`step_key` for every seed: [num_seeds] keys."""
-    return jax.vmap(step_key, in_axes=(0, None, None))(seed_keys, step, tag)
+from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, evaluate_on_device, seed_keys,
+                                 step_key, step_keys)
 
 
 class _SeedLoop:
@@ -52,7 +43,7 @@ class _SeedLoop:
         self.env = env
         self.spec = env.spec
         self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
-        self.seed_keys = jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
+        self.seed_keys = seed_keys(seed, num_seeds)
 
     def _init_agents(self):
         init_keys = step_keys(self.seed_keys, 0, INIT)
@@ -180,22 +171,9 @@ class DeviceLoop(_SeedLoop):
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
 
         def evaluate(agent_state, key, episodes):
-            keys = jax.random.split(key, episodes)
-            env_states = jax.vmap(env.reset)(keys)
+            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
 
-            def body(carry, _):
-                env_states, returns, running = carry
-                action = agent.act(agent_state, env_states.obs, key, False)
-                env_states, info = jax.vmap(env.step)(env_states, action)
-                returns = returns + jnp.where(running, info.reward, 0.0)
-                running = running & ~(info.terminated | info.truncated)
-                return (env_states, returns, running), None
-
-            init = (env_states, jnp.zeros(episodes), jnp.ones(episodes, bool))
-            (_, returns, _), _ = jax.lax.scan(body, init, None, length=self.spec.max_episode_steps)
-            return returns
-
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS), static_argnums=2)
 
     def init(self) -> dict:
         agent_state = self._init_agents()

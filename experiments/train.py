@@ -152,7 +152,7 @@ def train(args: RunArgs, config: Any) -> Path:
         config.validate()
     except ValueError as error:
         raise RunError(str(error)) from None
-    if agent.LOOP != "off_policy":
+    if agent.LOOP not in ("off_policy", "on_policy"):
         raise RunError(f"agent {args.agent!r} uses loop {agent.LOOP!r}, which run.py does not drive yet")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args)
     _prepare_run_dir(args, run_dir)
@@ -164,13 +164,30 @@ def train(args: RunArgs, config: Any) -> Path:
                           else min(args.total_steps, getattr(config, "buffer_size", args.total_steps)))
 
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
-    from experiments.off_policy import make_loop
-
-    loop = make_loop(agent, config, args.env, args.num_seeds, args.seed, replay_transitions)
+    loop = make_loop(agent, config, args, replay_transitions)
     try:
         return _train(args, config, loop, run_dir, saved, replay_transitions)
     finally:
         loop.close()
+
+
+def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int):
+    """The loop of `agent.LOOP` for `args.env`; configurations it cannot run raise RunError."""
+    if agent.LOOP == "on_policy":
+        from experiments.on_policy import LoopError, OnPolicyLoop
+
+        try:
+            return OnPolicyLoop(agent, config, args.env, args.num_seeds, args.seed)
+        except LoopError as error:
+            raise RunError(str(error)) from None
+    from experiments.off_policy import make_loop as make_off_policy_loop
+
+    return make_off_policy_loop(agent, config, args.env, args.num_seeds, args.seed, replay_transitions)
+
+
+def derived_settings(agent, config: Any) -> dict:
+    """Values the agent derives from its flags (e.g. PPO's batch layout), as saved in config.json."""
+    return agent.layout(config)._asdict() if hasattr(agent, "layout") else {}
 
 
 def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transitions: int) -> Path:
@@ -191,7 +208,10 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = Checkpointer(checkpointer_dir)
 
-    resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config),
+    derived = derived_settings(agents.get(args.agent), config)
+    if derived and saved is None:
+        print("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()), flush=True)
+    resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config), "derived": derived,
                 "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
                 "replay_capacity": loop.capacity, "versions": _versions(),
                 "command": " ".join(sys.argv)}
@@ -204,17 +224,23 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
 
     bar = tqdm(total=args.total_steps, initial=start_step, disable=not args.progress, unit="step",
                dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
+    # On-policy loops advance in whole updates: boundaries round up to them (the run may
+    # end up to one update past --total-steps).
+    granularity = getattr(loop, "granularity", 1)
+    round_up = lambda n: -(-n // granularity) * granularity
+    total_steps = round_up(args.total_steps)
     step, postfix = start_step, {"sps": "-", "eval_return": "-"}
     interval_start, interval_step = time.perf_counter(), start_step
     try:
-        while step < args.total_steps:
+        while step < total_steps:
             next_log = (step // args.log_every + 1) * args.log_every
             next_eval = (step // args.eval_every + 1) * args.eval_every
-            target = min(next_log, next_eval, args.total_steps)
+            target = min(round_up(min(next_log, next_eval)), total_steps)
             state, per_seed = loop.run(state, step, target - step)
-            step = target
-            bar.update(target - bar.n)
-            if step % args.log_every == 0 or step == args.total_steps:
+            previous, step = step, target
+            bar.update(min(step, bar.total) - bar.n)
+            finished = step >= total_steps
+            if step // args.log_every > previous // args.log_every or finished:
                 _check_finite(step, per_seed)
                 elapsed = time.perf_counter() - interval_start
                 sps = (step - interval_step) / max(elapsed, 1e-9)
@@ -223,7 +249,7 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
                 interval_start, interval_step = time.perf_counter(), step
                 postfix["sps"] = f"{sps:.1f}"
                 bar.set_postfix(postfix)
-            if step % args.eval_every == 0 or step == args.total_steps:
+            if step // args.eval_every > previous // args.eval_every or finished:
                 _check_finite(step, per_seed)
                 returns = loop.evaluate(state, step, args.eval_episodes)
                 logger.log_eval(step, returns)

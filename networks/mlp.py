@@ -41,9 +41,22 @@ def xavier_uniform(gain: float = 1.0) -> nn.initializers.Initializer:
 RELU_GAIN = math.sqrt(2.0)
 
 
-def dense(features: int, gain: float = RELU_GAIN, name: str | None = None) -> nn.Dense:
-    """A Linear layer with xavier-uniform weights (gain `gain`) and zero bias."""
-    return nn.Dense(features, kernel_init=xavier_uniform(gain), bias_init=nn.initializers.zeros, name=name)
+KERNEL_INITS = ("xavier_uniform", "lecun_uniform")
+
+
+def kernel_init(name: str, gain: float = RELU_GAIN) -> nn.initializers.Initializer:
+    """`xavier_uniform` at `gain` (MR.Q, PyTorch-style) or `lecun_uniform` (Brax's MLP default)."""
+    if name == "xavier_uniform":
+        return xavier_uniform(gain)
+    if name == "lecun_uniform":
+        return nn.initializers.lecun_uniform()
+    raise ValueError(f"unknown kernel init {name!r}; valid: {', '.join(KERNEL_INITS)}")
+
+
+def dense(features: int, gain: float = RELU_GAIN, name: str | None = None,
+          init: str = "xavier_uniform") -> nn.Dense:
+    """A Linear layer with zero bias and xavier-uniform (gain `gain`) or lecun-uniform weights."""
+    return nn.Dense(features, kernel_init=kernel_init(init, gain), bias_init=nn.initializers.zeros, name=name)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -64,16 +77,17 @@ class MLP(nn.Module):
     act: str = "elu"
     use_layer_norm: bool = True
     gain: float = RELU_GAIN
+    initializer: str = "xavier_uniform"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = activation(self.act)
         for i, width in enumerate(self.hidden):
-            x = dense(width, self.gain, name=f"hidden_{i}")(x)
+            x = dense(width, self.gain, name=f"hidden_{i}", init=self.initializer)(x)
             if self.use_layer_norm:
                 x = layer_norm(x)
             x = act(x)
-        return dense(self.out_dim, self.gain, name="out")(x)
+        return dense(self.out_dim, self.gain, name="out", init=self.initializer)(x)
 
 
 def ensemble(module_cls: type[nn.Module], size: int, out_axis: int = -1) -> type[nn.Module]:

@@ -1,0 +1,142 @@
+"""The device loop for on-policy agents (`agent.LOOP == "on_policy"`: PPO, GTR, SIGReg).
+
+A chunk of training -- k x the agent's `train_step` (rollout in `num_envs`
+JAX envs, advantages, epochs x minibatches) -- is one `lax.scan` inside
+`jit(vmap(..., axis_name="seeds"))`. The host only evaluates, logs,
+checkpoints and draws the progress bar between chunks.
+
+Scale: the env axis of the env state is sharded over every device of a 1-D
+`jax.sharding.Mesh` (all local devices; after `jax.distributed.initialize()`,
+all devices of all hosts); parameters and optimizer states are replicated.
+XLA (GSPMD) partitions the program from these input shardings: the rollout
+runs where its envs live, gradients are all-reduced. Update `i` of seed `s`
+draws the key fold_in(fold_in(PRNGKey(seed + s), i), UPDATE): resuming, or
+changing the number of devices, replays the same keys.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import envs as envs_lib
+from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, evaluate_on_device, seed_keys,
+                                 step_key, step_keys)
+
+
+class LoopError(ValueError):
+    """A configuration the loop cannot run (message names the constraint and a valid value)."""
+
+
+class OnPolicyLoop:
+    """Chunks of `agent.train_step` on a JaxEnv, every seed in one program, envs sharded over devices."""
+
+    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+                 env_kwargs: dict | None = None, devices: list | None = None):
+        if not envs_lib.is_jax_env(env_id):
+            raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
+                            f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
+        self.agent, self.config = agent, config
+        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        self.env = envs_lib.make(env_id, **(env_kwargs or {}))
+        self.spec = self.env.spec
+        self.layout = agent.layout(config)
+        self.granularity = self.layout.steps_per_update     # train() advances in whole updates
+        self.capacity = 0                                    # no replay buffer
+        self.seed_keys = seed_keys(seed, num_seeds)
+
+        devices = list(devices if devices is not None else jax.devices())
+        if config.num_envs % len(devices):
+            nearby = max(len(devices), round(config.num_envs / len(devices)) * len(devices))
+            raise LoopError(f"--num-envs ({config.num_envs}) must be a multiple of the number of devices "
+                            f"({len(devices)}) to shard the envs evenly; e.g. --num-envs {nearby}")
+        self.mesh = Mesh(np.array(devices), ("env",))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.env_sharding = NamedSharding(self.mesh, P(None, "env"))    # [seeds, envs, ...]
+        env = self.env
+
+        def chunk(agent_state, env_state, seed_key, update_indices):
+            def body(carry, update_index):
+                agent_state, env_state = carry
+                agent_state, env_state, metrics = agent.train_step(
+                    agent_state, env, env_state, step_key(seed_key, update_index, UPDATE), (SEED_AXIS,))
+                return (agent_state, env_state), metrics
+
+            (agent_state, env_state), metrics = jax.lax.scan(body, (agent_state, env_state), update_indices)
+            return agent_state, env_state, metrics
+
+        self._chunk = jax.jit(
+            jax.vmap(chunk, in_axes=(0, 0, 0, None), axis_name=SEED_AXIS),
+            in_shardings=(self.replicated, self.env_sharding, self.replicated, self.replicated),
+            out_shardings=(self.replicated, self.env_sharding, self.replicated),
+            donate_argnums=(0, 1))
+
+        def evaluate(agent_state, key, episodes):
+            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
+
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
+                                 static_argnums=2)
+
+        def init_state(keys):
+            agent_state = jax.vmap(lambda k: agent.init(step_key(k, 0, INIT), self.spec, config))(keys)
+            env_keys = jax.vmap(lambda k: jax.random.split(step_key(k, 0, ENV_RESET), config.num_envs))(keys)
+            env_state = jax.vmap(jax.vmap(env.reset))(env_keys)
+            return agent_state, env_state
+
+        self._init = jax.jit(init_state, out_shardings=(self.replicated, self.env_sharding))
+
+    # -- state ---------------------------------------------------------------
+
+    def init(self) -> dict:
+        agent_state, env_state = self._init(self.seed_keys)
+        # Playground states hold the same array twice (obs); donation needs distinct buffers.
+        env_state = jax.tree.map(lambda x: jnp.copy(x), env_state)
+        tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan), "episodes": jnp.zeros(self.num_seeds),
+                   "nan_resets": jnp.zeros(self.num_seeds)}
+        return {"agent": agent_state, "env": env_state, "tracker": tracker}
+
+    def host_state(self) -> bytes:
+        return b""
+
+    def set_host_state(self, blob: bytes) -> None:
+        pass
+
+    # -- training ------------------------------------------------------------
+
+    def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
+        """Train `num_steps` env steps per seed (a multiple of `granularity`) after `start_step`."""
+        if start_step % self.granularity or num_steps % self.granularity:
+            raise LoopError(f"steps must be whole updates of {self.granularity} env steps, got "
+                            f"{start_step} + {num_steps}")
+        first = start_step // self.granularity
+        update_indices = jnp.arange(first, first + num_steps // self.granularity)
+        agent_state = jax.device_put(state["agent"], self.replicated)
+        env_state = jax.device_put(state["env"], self.env_sharding)
+        agent_state, env_state, metrics = self._chunk(agent_state, env_state, self.seed_keys, update_indices)
+        metrics = jax.device_get(metrics)                   # leaves [num_seeds, updates]
+        tracker = jax.device_get(state["tracker"])
+        episodes = metrics.pop("episodes").sum(axis=1)
+        return_sum = metrics.pop("episode_return_sum").sum(axis=1)
+        nan_resets = metrics.pop("nan_resets").sum(axis=1)
+        tracker = {"last_episode_return": np.where(episodes > 0, return_sum / np.maximum(episodes, 1),
+                                                   tracker["last_episode_return"]),
+                   "episodes": tracker["episodes"] + episodes,
+                   "nan_resets": tracker["nan_resets"] + nan_resets}
+        per_seed = {name: np.asarray(values).mean(axis=1) for name, values in metrics.items()}
+        per_seed["episode_return"] = tracker["last_episode_return"]
+        per_seed["episodes"] = tracker["episodes"]
+        per_seed["nan_resets"] = tracker["nan_resets"]
+        return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
+
+    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+        """Deterministic returns [num_seeds, episodes] on fresh envs keyed by (seed, step)."""
+        keys = step_keys(self.seed_keys, step, EVAL)
+        return np.asarray(self._evaluate(state["agent"], keys, episodes))
+
+    def close(self) -> None:
+        pass

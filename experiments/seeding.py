@@ -1,0 +1,51 @@
+"""Stateless per-seed random keys and on-device evaluation, shared by every loop.
+
+Keys are fold_in(fold_in(seed_key, step), tag): a resumed run draws exactly
+the keys an uninterrupted one would, and each purpose (tag) has its own stream.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+INIT, ACT, UPDATE, ENV_RESET, EVAL = range(5)   # fold_in tags: one independent key stream per purpose
+
+SEED_AXIS = "seeds"   # the name of the vmapped seed axis (lets envs reduce "any env done" over seeds)
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """One root key per seed: PRNGKey(seed + i)."""
+    return jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds))
+
+
+def step_key(seed_key: jax.Array, step, tag: int) -> jax.Array:
+    """The key of one seed for step `step` (env step or update) and purpose `tag`."""
+    return jax.random.fold_in(jax.random.fold_in(seed_key, step), tag)
+
+
+def step_keys(keys: jax.Array, step, tag: int) -> jax.Array:
+    """`step_key` for every seed: [num_seeds] keys."""
+    return jax.vmap(step_key, in_axes=(0, None, None))(keys, step, tag)
+
+
+def evaluate_on_device(agent, env, agent_state, key: jax.Array, episodes: int,
+                       sync_axes: tuple[str, ...] = ()) -> jax.Array:
+    """Deterministic returns of `episodes` fresh episodes of a JaxEnv (one seed; vmap over seeds).
+
+    Every episode runs to its first end (termination or the time limit);
+    later steps of an env that already finished are not counted.
+    """
+    env_states = jax.vmap(env.reset)(jax.random.split(key, episodes))
+
+    def body(carry, _):
+        env_states, returns, running = carry
+        action = agent.act(agent_state, env_states.obs, key, False)
+        env_states, info = env.step_batch(env_states, action, sync_axes)
+        returns = returns + jnp.where(running, info.reward, 0.0)
+        running = running & ~(info.terminated | info.truncated)
+        return (env_states, returns, running), None
+
+    init = (env_states, jnp.zeros(episodes), jnp.ones(episodes, bool))
+    (_, returns, _), _ = jax.lax.scan(body, init, None, length=env.spec.max_episode_steps)
+    return returns
