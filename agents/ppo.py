@@ -459,6 +459,7 @@ def train_step(state: PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Ar
 
 # Named presets of the flags above (`run.py --agent ppo --preset cpu`).
 PRESETS = {
+    "playground": {},   # the Config defaults: Playground's DMC config (for GPUs/TPUs)
     # For a 2-core CPU budget of ~5M steps on the DMC balance/stabilization tasks. Measured on
     # mjx:CartpoleBalance: Playground's config updates once per 983k steps at 1024 envs (Brax: eval
     # 279 -> 560 in 5.9M steps); with updates every 30k steps but gamma 0.995, ours and Brax's both
@@ -466,5 +467,10 @@ PRESETS = {
     # 1M steps). The value MLP is 3x128 (5x256 costs ~20x the FLOPs) and 8 epochs keep the
     # gradient steps per env step cheap; batch 256 x 4 minibatches = one unroll per env per update.
     "cpu": {"num_envs": 1024, "batch_size": 256, "num_minibatches": 4, "num_epochs": 8,
-            "value_hidden": (128, 128, 128), "discount": 0.97},
+            "value_hidden": (128, 128, 128), "discount": 0.97, "reference_num_envs": 1024},
 }
+
+
+def default_preset() -> str:
+    """run.py's preset when none is given: Playground's config on accelerators, `cpu` on a CPU backend."""
+    return "cpu" if jax.default_backend() == "cpu" else "playground"

@@ -1,8 +1,22 @@
-"""Throughput of an off-policy agent at several seed counts, as JSON.
+"""Throughput benchmarks, as JSON.
 
     python experiments/bench.py --agent mrq --env dmc:cartpole-balance
     python experiments/bench.py --agent mrq --env mjx:CartpoleBalance --seeds 1 4 10
+    python experiments/bench.py --agent ppo --env mjx:CartpoleBalance --num-envs 4096
+    python experiments/bench.py --agent ppo --env mjx:CartpoleBalance --num-envs 65536 262144 1048576 --preset playground
 
+On-policy agents (PPO), for each `--num-envs`, in one process on one device:
+(a) the physics limit: Playground's raw `env.step` under `jit(vmap)`, random
+actions, no reset, no learning; (b) our training steps/s (env steps per second
+of whole updates: rollout + epochs x minibatches), and the part of it spent
+collecting (rollout with policy inference, timed alone); (c) Brax's
+`ppo.train` with the same hyperparameters, its own `training/sps` after the
+compiling epoch (experiments/brax_baseline.py, with the shim for
+`jax.device_put_replicated`). Hyperparameters: the preset (default as in
+run.py: `cpu` on a CPU, `playground` elsewhere) with `--scale-envs` from the
+preset's num_envs, so every num_envs keeps the preset's unrolls per update.
+
+Off-policy agents (MR.Q):
 Each seed count builds the same loop `run.py` uses (host env stepping
 included), fills the buffer with random steps, then times one full schedule
 period of training steps (for MR.Q: 250 value/policy updates plus one
@@ -40,6 +54,14 @@ class BenchArgs:
     """Timed training steps per seed count (0: one period of the agent's schedule, 250 for MR.Q)."""
     out: str | None = None
     """Also write the JSON to this file."""
+    num_envs: tuple[int, ...] = (4096,)
+    """On-policy agents: parallel env counts to measure (powers of two up to what the device holds)."""
+    updates: int = 2
+    """On-policy agents: timed updates per measurement (after one compiling update)."""
+    preset: str | None = None
+    """On-policy agents: hyperparameter preset (default: as run.py picks it for this backend)."""
+    brax: bool = True
+    """On-policy agents: also time Brax's PPO (the reference)."""
 
 
 def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
@@ -63,8 +85,95 @@ def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
             "compile_and_warmup_s": round(warmup, 1)}
 
 
+def on_policy_config(agent, preset: str, num_envs: int):
+    """The preset's hyperparameters at `num_envs`, minibatches co-scaled from the preset's num_envs."""
+    base = agent.Config(**agent.PRESETS[preset])
+    return dataclasses.replace(base, num_envs=num_envs, scale_envs=True, reference_num_envs=base.num_envs)
+
+
+def time_ours(agent, config, env_id: str, updates: int) -> dict:
+    """Our training and collection throughput (1 seed), after one compiling update each."""
+    from experiments.on_policy import OnPolicyLoop
+
+    loop = OnPolicyLoop(agent, config, env_id, num_seeds=1, seed=0)
+    steps = loop.granularity
+    state = loop.init()
+    start = time.perf_counter()
+    state, _ = loop.run(state, 0, steps)
+    jax.block_until_ready(state["agent"])
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    state, _ = loop.run(state, steps, updates * steps)
+    jax.block_until_ready(state["agent"])
+    train_s = time.perf_counter() - start
+
+    from experiments.seeding import SEED_AXIS
+
+    collect = jax.jit(jax.vmap(lambda a, e, k: agent.collect(a, loop.env, e, k, (SEED_AXIS,))[:2],
+                               in_axes=(0, 0, None), axis_name=SEED_AXIS))
+    env_state, batch = collect(state["agent"], state["env"], jax.random.PRNGKey(0))
+    jax.block_until_ready(batch)
+    start = time.perf_counter()
+    for i in range(updates):
+        env_state, batch = collect(state["agent"], env_state, jax.random.PRNGKey(i + 1))
+        jax.block_until_ready(batch)
+    collect_s = time.perf_counter() - start
+    return {"sps": updates * steps / train_s, "seconds": train_s, "compile_and_first_update_s": compile_s,
+            "collect_share": collect_s / train_s, "learn_share": max(0.0, 1 - collect_s / train_s),
+            "steps_per_update": steps}
+
+
+def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dict:
+    from experiments import brax_baseline
+
+    config = on_policy_config(agent, preset, num_envs)
+    config.validate()
+    name = args.env.partition(":")[2]
+    physics = brax_baseline.physics_steps_per_s(name, num_envs)
+    ours = time_ours(agent, config, args.env, args.updates)
+    result = {"num_envs": num_envs, "num_minibatches": agent.layout(config).num_minibatches,
+              "physics_sps": round(physics["env_steps_per_s"]), "ours_sps": round(ours["sps"]),
+              "ours_over_physics": round(ours["sps"] / physics["env_steps_per_s"], 4),
+              "ours_physics_share": round(ours["collect_share"], 3),
+              "ours_learning_share": round(ours["learn_share"], 3), "ours": ours}
+    if args.brax:
+        reference = brax_baseline.brax_ppo_training_sps(
+            name, num_envs=num_envs, unroll_length=config.unroll_length, batch_size=config.batch_size,
+            num_minibatches=result["num_minibatches"], num_updates_per_batch=config.num_epochs,
+            discounting=config.discount, gae_lambda=config.gae_lambda, learning_rate=config.learning_rate,
+            entropy_cost=config.entropy_cost, reward_scaling=config.reward_scaling,
+            clipping_epsilon=config.clip_epsilon, normalize_observations=config.normalize_observations,
+            policy_hidden=config.policy_hidden, value_hidden=config.value_hidden,
+            max_grad_norm=config.max_grad_norm or None, training_steps=args.updates + 1)
+        result["brax_sps"] = round(reference["sps"])
+        result["ours_over_brax"] = round(ours["sps"] / reference["sps"], 3)
+        result["brax"] = reference
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), file=sys.stderr, flush=True)
+    return result
+
+
+def main_on_policy(agent, args: BenchArgs) -> dict:
+    preset = args.preset or agent.default_preset()
+    results = [measure_on_policy(agent, args, preset, n) for n in args.num_envs]
+    config = dataclasses.asdict(on_policy_config(agent, preset, args.num_envs[0]))
+    return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
+            "device_kind": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
+            "preset": preset, "hyperparameters": {k: v for k, v in config.items() if k != "num_envs"},
+            "what": "env steps/s per seed: physics limit (raw Playground step), our whole PPO update "
+                    "(rollout + epochs), Brax ppo.train at equal hyperparameters; shares = our time "
+                    "collecting (physics + policy) vs learning",
+            "results": results}
+
+
 def main(args: BenchArgs) -> dict:
     agent = agents.get(args.agent)
+    if agent.LOOP == "on_policy":
+        report = main_on_policy(agent, args)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return report
     config = agent.Config()
     steps = args.steps or getattr(config, "target_update_freq", 250)
     results = [measure(agent, config, args.env, n, steps) for n in args.seeds]

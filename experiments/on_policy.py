@@ -16,6 +16,7 @@ changing the number of devices, replays the same keys.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -89,6 +90,49 @@ class OnPolicyLoop:
             return agent_state, env_state
 
         self._init = jax.jit(init_state, out_shardings=(self.replicated, self.env_sharding))
+
+    # -- memory --------------------------------------------------------------
+
+    def bytes_per_env(self) -> dict:
+        """Device bytes each env needs: its simulator state, and its share of one update's rollout batch."""
+        agent_state, env_state = jax.eval_shape(self._init, self.seed_keys)
+        batch = jax.eval_shape(jax.vmap(lambda a, e, k: self.agent.collect(a, self.env, e, k)[1],
+                                        in_axes=(0, 0, None)), agent_state, env_state, jax.random.PRNGKey(0))
+        per_env = lambda tree: sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)) / (
+            self.num_seeds * self.config.num_envs)
+        # The env state exists twice while a chunk runs (input and output), the batch once.
+        return {"env_state": 2 * per_env(env_state), "rollout": per_env(batch)}
+
+    def _available_memory(self) -> tuple[float, str]:
+        device = self.mesh.devices.flat[0]
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "bytes_limit" in stats:
+            return stats["bytes_limit"] * self.mesh.devices.size, f"{self.mesh.devices.size} x {device}"
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"   # the CPU
+
+    def memory_error(self) -> LoopError:
+        """What does not fit and what would: names the per-env cost and a power-of-two num_envs that fits."""
+        available, where = self._available_memory()
+        per_env = self.bytes_per_env()
+        envs_total = self.num_seeds * self.config.num_envs
+        need = sum(per_env.values()) * envs_total
+        largest = 2 ** int(np.log2(max(1.0, 0.9 * available / (self.num_seeds * sum(per_env.values())))))
+        return LoopError(
+            f"--num-envs {self.config.num_envs} x {self.num_seeds} seed(s) needs about {need / 2**30:.1f} GiB "
+            f"({per_env['env_state'] / 1024:.1f} KiB of env states and {per_env['rollout'] / 1024:.1f} KiB of "
+            f"rollout per env, before activations) and {where} holds {available / 2**30:.1f} GiB; "
+            f"--num-envs {largest} fits (fewer --num-seeds or a shorter --unroll-length also help)")
+
+    def check_memory(self, min_envs: int = 2**15) -> None:
+        """Refuse, before allocating, a num_envs whose states and rollout cannot fit in device memory.
+
+        Skipped below `min_envs` envs in all (tracing the rollout for the estimate takes seconds).
+        """
+        if self.num_seeds * self.config.num_envs < min_envs:
+            return
+        available, _ = self._available_memory()
+        if sum(self.bytes_per_env().values()) * self.num_seeds * self.config.num_envs > 0.9 * available:
+            raise self.memory_error()
 
     # -- state ---------------------------------------------------------------
 

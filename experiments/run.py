@@ -48,17 +48,28 @@ def parse(argv: list[str]):
     pre.add_argument("--run-dir", default=None)
     pre.add_argument("--resume", action="store_true")
     pre.add_argument("--preset", default=None)
+    pre.add_argument("--distributed", action="store_true")
     known, _ = pre.parse_known_args(argv)
+    if known.distributed:
+        # Before anything touches a JAX backend; the cluster is detected from the environment
+        # (SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+        import jax
+
+        jax.distributed.initialize()
     saved = _saved_flags(known.run_dir) if known.resume and known.run_dir else None
     agent_name = known.agent or (saved["run"]["agent"] if saved else RunArgs.agent)
     agent = agents.get(agent_name)
     # Agents may set their own run defaults (PPO: 60M steps) and named presets of their flags.
     run_defaults = RunArgs(agent=agent_name, **getattr(agent, "RUN_DEFAULTS", {}))
     presets = getattr(agent, "PRESETS", {})
-    if known.preset is not None and known.preset not in presets:
+    preset = known.preset
+    if preset is None and hasattr(agent, "default_preset") and saved is None:
+        preset = agent.default_preset()
+    if preset is not None and preset not in presets:
         valid = ", ".join(sorted(presets)) or "none for this agent"
-        raise RunError(f"unknown --preset {known.preset!r} for {agent_name}; valid: {valid}")
-    config_defaults = agent.Config(**presets.get(known.preset, {}))
+        raise RunError(f"unknown --preset {preset!r} for {agent_name}; valid: {valid}")
+    run_defaults = dataclasses.replace(run_defaults, preset=preset)
+    config_defaults = agent.Config(**presets.get(preset, {}))
     if saved is not None and saved["run"].get("agent") == agent_name:
         fields = {f.name for f in dataclasses.fields(agent.Config)}
         run_defaults = dataclasses.replace(RunArgs(**saved["run"]), resume=False, overwrite=False)
@@ -69,22 +80,10 @@ def parse(argv: list[str]):
          dataclasses.field(default=config_defaults)),
     ], frozen=True)
     presets_help = f" Presets (--preset): {', '.join(sorted(presets))}." if presets else ""
-    argv = _without_preset(argv)
     parsed = tyro.cli(cli_type, args=argv, description=f"Train {agent_name} ({agent.__name__}).{presets_help}")
+    if parsed.run.preset is not None and saved is None:
+        print(f"preset: {parsed.run.preset} (flags given on the command line override it)", flush=True)
     return parsed.run, parsed.agent_config
-
-
-def _without_preset(argv: list[str]) -> list[str]:
-    """Drop `--preset NAME` (read by the pre-parser; it only changes the defaults tyro shows)."""
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == "--preset":
-            skip = True
-        elif not arg.startswith("--preset="):
-            out.append(arg)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

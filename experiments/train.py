@@ -66,6 +66,11 @@ class RunArgs:
     """W&B project name."""
     progress: bool = True
     """Show a progress bar."""
+    distributed: bool = False
+    """Call jax.distributed.initialize() first (multi-host: every host runs the same command)."""
+    preset: str | None = None
+    """Named preset of the agent's flags, applied before the flags given (PPO: playground, cpu; default
+    for PPO: cpu on a CPU backend, playground on GPU/TPU)."""
 
     def validate(self) -> None:
         for name in ("num_seeds", "total_steps", "eval_every", "eval_episodes", "log_every"):
@@ -94,7 +99,14 @@ def _versions() -> dict:
             "devices": [str(d) for d in jax.devices()]}
 
 
+def is_main_process() -> bool:
+    """With several hosts (after `jax.distributed.initialize()`), only process 0 writes files."""
+    return jax.process_index() == 0
+
+
 def _write_json(path: Path, data: dict) -> None:
+    if not is_main_process():
+        return
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
@@ -125,7 +137,7 @@ def _prepare_run_dir(args: RunArgs, run_dir: Path) -> None:
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
     """A resumed run must be the same experiment; only its length and logging may change."""
-    mutable = {"total_steps", "resume", "overwrite", "progress", "wandb", "wandb_project", "run_dir"}
+    mutable = {"total_steps", "resume", "overwrite", "progress", "wandb", "wandb_project", "run_dir", "distributed"}
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in dataclasses.asdict(args).items() if k not in mutable and saved["run"].get(k) != v]
     differences += [f"--{k.replace('_', '-')} {saved['agent_config'].get(k)!r} -> {v!r}"
@@ -167,6 +179,10 @@ def train(args: RunArgs, config: Any) -> Path:
     loop = make_loop(agent, config, args, replay_transitions)
     try:
         return _train(args, config, loop, run_dir, saved, replay_transitions)
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error) or not hasattr(loop, "memory_error"):
+            raise
+        raise RunError(f"out of device memory: {loop.memory_error()}") from None
     finally:
         loop.close()
 
@@ -177,7 +193,9 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int):
         from experiments.on_policy import LoopError, OnPolicyLoop
 
         try:
-            return OnPolicyLoop(agent, config, args.env, args.num_seeds, args.seed)
+            loop = OnPolicyLoop(agent, config, args.env, args.num_seeds, args.seed)
+            loop.check_memory()      # before anything is allocated or written
+            return loop
         except LoopError as error:
             raise RunError(str(error)) from None
     from experiments.off_policy import make_loop as make_off_policy_loop
@@ -217,12 +235,14 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
                 "command": " ".join(sys.argv)}
     _write_json(run_dir / "config.json", resolved)
     _write_json(run_dir / "status.json", {"finished": False, "step": start_step})
-    logger = RunLogger(run_dir, args.wandb, args.wandb_project, resolved)
+    logger = (RunLogger(run_dir, args.wandb, args.wandb_project, resolved) if is_main_process()
+              else RunLogger(run_dir / f"process_{jax.process_index()}", False))
     logger.truncate_after(start_step)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.total_steps, initial=start_step, disable=not args.progress, unit="step",
+    bar = tqdm(total=args.total_steps, initial=start_step, disable=not (args.progress and is_main_process()),
+               unit="step",
                dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
     # On-policy loops advance in whole updates: boundaries round up to them (the run may
     # end up to one update past --total-steps).

@@ -209,3 +209,20 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert _rows(tmp_path / "cut" / "train.csv") == _rows(tmp_path / "full" / "train.csv")
     saved = json.loads((tmp_path / "full" / "config.json").read_text())
     assert saved["derived"]["steps_per_update"] == steps_per_update
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env", "mjx:CartpoleBalance", "--num-envs", "1000"],
+     "--num-envs (1000) must divide batch_size x num_minibatches = 256 x 4 = 1024"),
+    (["--env", "jax:PointMass", "--num-envs", "1000", "--scale-envs"], "--num-envs must be a multiple of 256"),
+    (["--env", "jax:PointMass", "--num-minibatches", "0"], "--num-minibatches must be >= 1"),
+    (["--env", "mjx:CartpoleBalanc"], "valid Playground DM Control suite names are mjx:AcrobotSwingup"),
+    (["--env", "dmc:cartpole-balance"], "ppo trains on JAX envs"),
+    (["--env", "jax:PointMass", "--preset", "gpu"], "unknown --preset 'gpu' for ppo; valid: cpu, playground"),
+    (["--env", "jax:PointMass", "--num-envs", str(2**30), "--scale-envs"], "GiB; --num-envs"),
+])
+def test_bad_ppo_input_is_a_clear_error_and_writes_nothing(tmp_path, flags, message):
+    result = run_cli("--agent", "ppo", *flags, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
