@@ -99,7 +99,7 @@ def time_ours(agent, config, env_id: str, updates: int) -> dict:
     steps = loop.granularity
     state = loop.init()
     start = time.perf_counter()
-    state, _ = loop.run(state, 0, steps)
+    state, _ = loop.run(state, 0, steps)      # compiles the update program
     jax.block_until_ready(state["agent"])
     compile_s = time.perf_counter() - start
     start = time.perf_counter()

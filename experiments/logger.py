@@ -61,6 +61,13 @@ def _plain(value):
     return value
 
 
+def _mean_over_seeds(values: np.ndarray) -> float:
+    """Mean over the seeds that have a value (NaN = e.g. no episode finished yet); NaN if none has."""
+    values = np.asarray(values, np.float64)
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 class RunLogger:
     """eval.csv, train.csv, TensorBoard events and (optionally) Weights & Biases."""
 
@@ -98,7 +105,7 @@ class RunLogger:
         rows = [{"step": step, "seed": s, **shared, **{k: float(v[s]) for k, v in per_seed.items()}}
                 for s in range(num_seeds)]
         self.train_csv.write(rows)
-        self._scalars(step, {**shared, **{f"training/{k}": float(np.nanmean(v)) for k, v in per_seed.items()}})
+        self._scalars(step, {**shared, **{f"training/{k}": _mean_over_seeds(v) for k, v in per_seed.items()}})
 
     def _scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}   # e.g. no episode finished yet

@@ -1,8 +1,11 @@
 """The device loop for on-policy agents (`agent.LOOP == "on_policy"`: PPO, GTR, SIGReg).
 
-A chunk of training -- k x the agent's `train_step` (rollout in `num_envs`
-JAX envs, advantages, epochs x minibatches) -- is one `lax.scan` inside
-`jit(vmap(..., axis_name="seeds"))`. The host only evaluates, logs,
+One update -- the agent's `train_step`: rollout in `num_envs` JAX envs,
+advantages, epochs x minibatches, all `lax.scan`s -- is one compiled program,
+`jit(vmap(..., axis_name="seeds"))`. A chunk of k updates dispatches it k
+times without waiting for the device (scanning k updates instead would compile
+a new program for every chunk length, ~20 s each for a Playground env on a
+CPU, for no gain when an update takes seconds). The host only evaluates, logs,
 checkpoints and draws the progress bar between chunks.
 
 Scale: the env axis of the env state is sharded over every device of a 1-D
@@ -61,18 +64,12 @@ class OnPolicyLoop:
         self.env_sharding = NamedSharding(self.mesh, P(None, "env"))    # [seeds, envs, ...]
         env = self.env
 
-        def chunk(agent_state, env_state, seed_key, update_indices):
-            def body(carry, update_index):
-                agent_state, env_state = carry
-                agent_state, env_state, metrics = agent.train_step(
-                    agent_state, env, env_state, step_key(seed_key, update_index, UPDATE), (SEED_AXIS,))
-                return (agent_state, env_state), metrics
+        def one_update(agent_state, env_state, seed_key, update_index):
+            return agent.train_step(agent_state, env, env_state, step_key(seed_key, update_index, UPDATE),
+                                    (SEED_AXIS,))
 
-            (agent_state, env_state), metrics = jax.lax.scan(body, (agent_state, env_state), update_indices)
-            return agent_state, env_state, metrics
-
-        self._chunk = jax.jit(
-            jax.vmap(chunk, in_axes=(0, 0, 0, None), axis_name=SEED_AXIS),
+        self._update = jax.jit(
+            jax.vmap(one_update, in_axes=(0, 0, 0, None), axis_name=SEED_AXIS),
             in_shardings=(self.replicated, self.env_sharding, self.replicated, self.replicated),
             out_shardings=(self.replicated, self.env_sharding, self.replicated),
             donate_argnums=(0, 1))
@@ -153,16 +150,26 @@ class OnPolicyLoop:
     # -- training ------------------------------------------------------------
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
-        """Train `num_steps` env steps per seed (a multiple of `granularity`) after `start_step`."""
+        """Train `num_steps` env steps per seed (a multiple of `granularity`) after `start_step`.
+
+        One compiled program runs one update; it is dispatched once per update
+        without waiting for the device (metrics stay on it until the end), so
+        chunks of any length reuse the same program instead of compiling a
+        scan per length.
+        """
         if start_step % self.granularity or num_steps % self.granularity:
             raise LoopError(f"steps must be whole updates of {self.granularity} env steps, got "
                             f"{start_step} + {num_steps}")
-        first = start_step // self.granularity
-        update_indices = jnp.arange(first, first + num_steps // self.granularity)
         agent_state = jax.device_put(state["agent"], self.replicated)
         env_state = jax.device_put(state["env"], self.env_sharding)
-        agent_state, env_state, metrics = self._chunk(agent_state, env_state, self.seed_keys, update_indices)
-        metrics = jax.device_get(metrics)                   # leaves [num_seeds, updates]
+        all_metrics = []
+        first = start_step // self.granularity
+        for update_index in range(first, first + num_steps // self.granularity):
+            agent_state, env_state, metrics = self._update(agent_state, env_state, self.seed_keys,
+                                                           jnp.int32(update_index))
+            all_metrics.append(metrics)
+        # leaves [num_seeds, updates]
+        metrics = jax.device_get(jax.tree.map(lambda *m: jnp.stack(m, axis=1), *all_metrics))
         tracker = jax.device_get(state["tracker"])
         episodes = metrics.pop("episodes").sum(axis=1)
         return_sum = metrics.pop("episode_return_sum").sum(axis=1)

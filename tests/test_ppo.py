@@ -73,7 +73,7 @@ def test_collect_bootstraps_truncated_episodes_with_the_final_observation_value(
     env_state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), config.num_envs))
     _, batch, stats = jax.jit(lambda s, e, k: ppo.collect(s, env, e, k))(state, env_state, jax.random.PRNGKey(2))
     done = np.asarray(batch.done)
-    assert done.shape == (ppo.layout(config).unrolls_per_update, config.unroll_length, config.num_envs)
+    assert done.shape == (ppo.layout(config).unrolls_per_update * config.num_envs, config.unroll_length)
     assert done[:, 4].all() and not done[:, :4].any()       # time limit 5: truncation at step 5 only
     assert not np.asarray(batch.terminated).any()
     # Recompute V(final obs) at the truncated step by stepping a copy of the envs.
