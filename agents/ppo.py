@@ -61,6 +61,7 @@ from flax import struct
 
 import envs
 from envs import EnvSpec, JaxEnv, JaxEnvState
+from envs.core import any_over
 from networks import distributions as dist_lib
 from networks.mlp import MLP
 from networks.normalizer import RunningStats, init_stats, normalize, update_stats
@@ -297,9 +298,8 @@ class Batch(NamedTuple):
     bootstrap_obs: jax.Array       # the obs after each unroll: V of it closes the trajectory
 
 
-def _advantages(state, params, stats, batch: Batch, values: jax.Array, bootstrap_values: jax.Array):
+def _advantages(config: Config, batch: Batch, values: jax.Array, bootstrap_values: jax.Array):
     """GAE for trajectories batched [B, T] (values, rewards) with bootstrap values [B]."""
-    config = state.config
     next_values = jnp.concatenate([values[:, 1:], bootstrap_values[:, None]], axis=1)
     next_values = jnp.where(batch.done, batch.final_value, next_values)
     time_major = lambda x: jnp.swapaxes(x, 0, 1)
@@ -321,7 +321,7 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
     values = value(state, params, stats, batch.obs)
     if precomputed is None:
         bootstrap_values = value(state, params, stats, batch.bootstrap_obs)
-        advantages, targets = _advantages(state, params, stats, batch, values, bootstrap_values)
+        advantages, targets = _advantages(config, batch, values, bootstrap_values)
         advantages, targets = jax.lax.stop_gradient((advantages, targets))
     else:
         advantages, targets = precomputed
@@ -353,14 +353,6 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
 # ------------------------------------------------------------------------------------------------
 
 
-def _any(mask: jax.Array, sync_axes: tuple[str, ...]) -> jax.Array:
-    """any(mask) over the batch and the named vmap axes: an unbatched predicate, so `cond` branches for real."""
-    flag = jnp.any(mask).astype(jnp.int32)
-    for axis in sync_axes:
-        flag = jax.lax.psum(flag, axis)
-    return flag > 0
-
-
 def collect(state: PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array,
             sync_axes: tuple[str, ...] = ()) -> tuple[JaxEnvState, Batch, dict]:
     """U unrolls of T steps in every env with the current policy; returns the batch and episode stats."""
@@ -376,7 +368,7 @@ def collect(state: PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array
         done = info.terminated | info.truncated
         # V_old(final obs) is needed only where an episode ended: compute it only on such steps.
         final_value = jax.lax.cond(
-            _any(done, sync_axes),
+            any_over(done, sync_axes),
             lambda: jnp.where(done, value(state, state.params, state.obs_stats, info.final_obs), 0.0),
             lambda: jnp.zeros_like(info.reward))
         return {"reward": info.reward, "terminated": info.terminated, "done": done, "final_value": final_value,
@@ -412,7 +404,7 @@ def update(state: PPOState, batch: Batch, key: jax.Array) -> tuple[PPOState, dic
     if config.advantages == "per_rollout":
         values = value(state, state.params, stats, batch.obs)                        # [U * N, T]
         bootstrap_values = value(state, state.params, stats, batch.bootstrap_obs)   # [U * N]
-        precomputed = _advantages(state, state.params, stats, batch, values, bootstrap_values)
+        precomputed = _advantages(config, batch, values, bootstrap_values)
 
     def minibatch_step(carry, rows):
         params, opt_state, key = carry

@@ -454,9 +454,7 @@ class JaxEnv:
         (about two physics steps) on every step.
         """
         continued, info, done, reset_keys = jax.vmap(self._advance)(states, actions)
-        any_done = jnp.any(done)
-        for axis in sync_axes:
-            any_done = jax.lax.psum(any_done.astype(jnp.int32), axis) > 0
+        any_done = any_over(done, sync_axes)
 
         def reset_finished():
             fresh = jax.vmap(self._fresh)(reset_keys, continued)
@@ -464,6 +462,19 @@ class JaxEnv:
 
         new_states = jax.lax.cond(any_done, reset_finished, lambda: continued)
         return new_states, info._replace(obs=new_states.obs)
+
+
+def any_over(mask: jax.Array, sync_axes: tuple[str, ...] = ()) -> jax.Array:
+    """any(mask) over the array and over the named ``vmap`` axes in ``sync_axes``.
+
+    The result is unbatched, so a ``lax.cond`` on it stays a real branch under
+    that ``vmap`` (a batched predicate turns ``cond`` into a select that runs
+    both branches).
+    """
+    flag = jnp.any(mask).astype(jnp.int32)
+    for axis in sync_axes:
+        flag = jax.lax.psum(flag, axis)
+    return flag > 0
 
 
 def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:

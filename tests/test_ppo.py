@@ -226,3 +226,11 @@ def test_bad_ppo_input_is_a_clear_error_and_writes_nothing(tmp_path, flags, mess
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_per_rollout_advantages_train():
+    """The CleanRL-style variant (GAE once per rollout from the behaviour values) trains to finite params."""
+    config = ppo.Config(**TINY, advantages="per_rollout")
+    params, state = _loop_params(OnPolicyLoop(ppo, config, "jax:PointMass", num_seeds=1, seed=0), 2)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+    assert int(state["agent"].updates[0]) == 2
