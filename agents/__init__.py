@@ -21,6 +21,7 @@ from types import ModuleType
 AGENTS = {
     "mrq": "agents.mrq",
     "ppo": "agents.ppo",
+    "gtr": "agents.gtr",
 }
 
 

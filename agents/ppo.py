@@ -52,7 +52,8 @@ degrades, per the paper; it is not offered as a recipe.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+import functools
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -309,12 +310,35 @@ def _advantages(config: Config, batch: Batch, values: jax.Array, bootstrap_value
     return time_major(advantages), time_major(targets)
 
 
+class PolicyTerms(NamedTuple):
+    """What a policy objective sees on one minibatch (leaves [B, T, ...])."""
+
+    dist: dist_lib.TanhGaussian    # the current policy pi(.|s)
+    log_ratio: jax.Array           # log pi(u|s) - log pi_old(u|s)
+    advantages: jax.Array          # normalized if config.normalize_advantage
+    minibatch: Batch
+
+
+# policy_objective(terms) -> (loss to minimize, metrics). PPO's is the clipped surrogate; GTR swaps in its own.
+PolicyObjective = Callable[[PolicyTerms], tuple[jax.Array, dict]]
+
+
+def clipped_surrogate(terms: PolicyTerms, clip_epsilon: float) -> tuple[jax.Array, dict]:
+    """-E[min(r A, clip(r, 1 - eps, 1 + eps) A)] (Schulman et al. 2017, Eq. 7)."""
+    ratio = jnp.exp(terms.log_ratio)
+    clipped_ratio = jnp.clip(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon)
+    return -jnp.mean(jnp.minimum(ratio * terms.advantages, clipped_ratio * terms.advantages)), {}
+
+
 def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key: jax.Array,
-         precomputed: tuple[jax.Array, jax.Array] | None = None):
+         precomputed: tuple[jax.Array, jax.Array] | None = None,
+         policy_objective: PolicyObjective | None = None):
     """The PPO loss on one minibatch of trajectories (leaves [B, T, ...]); returns (loss, metrics).
 
     `precomputed` = (advantages, value targets) from the behaviour value net
     (per_rollout mode); otherwise GAE is computed here from the current one.
+    `policy_objective` replaces the clipped surrogate (default); the value
+    loss and entropy bonus stay.
     """
     config = state.config
     dist = policy_dist(state, params, stats, batch.obs)
@@ -330,8 +354,9 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
 
     log_ratio = dist_lib.log_prob(dist, batch.raw_action) - batch.log_prob
     ratio = jnp.exp(log_ratio)
-    clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_epsilon, 1.0 + config.clip_epsilon)
-    policy_loss = -jnp.mean(jnp.minimum(ratio * advantages, clipped_ratio * advantages))
+    if policy_objective is None:
+        policy_objective = functools.partial(clipped_surrogate, clip_epsilon=config.clip_epsilon)
+    policy_loss, objective_metrics = policy_objective(PolicyTerms(dist, log_ratio, advantages, batch))
     value_loss = config.value_loss_coef * 0.5 * jnp.mean(jnp.square(targets - values))
     entropy = jnp.mean(dist_lib.entropy(dist, key))
     total = policy_loss + value_loss - config.entropy_cost * entropy
@@ -344,6 +369,7 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
         "policy/clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_epsilon).astype(jnp.float32)),
         "policy/std": jnp.mean(dist.scale),
         "value/explained_variance": explained_variance,
+        **objective_metrics,
     }
     return total, metrics
 
@@ -393,7 +419,8 @@ def collect(state: PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array
     return env_state, batch, stats
 
 
-def update(state: PPOState, batch: Batch, key: jax.Array) -> tuple[PPOState, dict]:
+def update(state: PPOState, batch: Batch, key: jax.Array,
+           policy_objective: PolicyObjective | None = None) -> tuple[PPOState, dict]:
     """num_epochs x num_minibatches Adam steps on the PPO loss; metrics are means over all of them."""
     config = state.config
     shape = layout(config)
@@ -411,7 +438,8 @@ def update(state: PPOState, batch: Batch, key: jax.Array) -> tuple[PPOState, dic
         key, loss_key = jax.random.split(key)
         minibatch = jax.tree.map(lambda x: x[rows], batch)
         pre = None if precomputed is None else jax.tree.map(lambda x: x[rows], precomputed)
-        grads, metrics = jax.grad(loss, has_aux=True)(params, state, stats, minibatch, loss_key, pre)
+        grads, metrics = jax.grad(loss, has_aux=True)(params, state, stats, minibatch, loss_key, pre,
+                                                      policy_objective)
         updates, opt_state = tx.update(grads, opt_state, params)
         metrics["optim/grad_norm"] = optax.tree.norm(grads)
         return (optax.apply_updates(params, updates), opt_state, key), metrics

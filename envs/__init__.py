@@ -6,11 +6,14 @@ Ids (``list_env_ids()`` lists the families):
 * ``gym:<id>`` (e.g. ``gym:Hopper-v5``) -- gymnasium MuJoCo, host, real terminations
 * ``mjx:<PlaygroundName>`` (e.g. ``mjx:CheetahRun``) -- MuJoCo Playground, JAX
 * ``jax:PointMass`` -- a tiny pure-JAX env for fast tests, JAX
+* any JAX id followed by ``?switch=...&every=...`` -- a non-stationary version
+  (envs/nonstationary.py), e.g. ``mjx:CheetahRun?switch=reward&every=5000000``
 
 Host ids give a ``HostVecEnv`` of ``num_envs`` instances seeded ``seed + i``.
 JAX ids give a ``JaxEnv`` of single-env pure functions (the caller vmaps and
-seeds through the keys it passes to ``reset``), so ``num_envs`` and ``seed``
-are not used for them.
+seeds through the keys it passes to ``reset``); ``seed`` is not used for them,
+and ``num_envs`` (the envs per seed stepping in lockstep) only converts a
+non-stationary schedule from env steps per seed to steps per env.
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs) -> HostVecEnv 
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    from envs import nonstationary
+
+    base_id, schedule = nonstationary.split_env_id(env_id)
+    if schedule is not None:
+        if not is_jax_env(base_id):
+            raise nonstationary.NonStationaryError(
+                f"{env_id}: non-stationary switches run inside jit and need a JAX env (mjx:<name>, jax:PointMass)")
+        # num_envs: the parallel envs per seed, so that `every` counts env steps per seed in all.
+        return nonstationary.make(make(base_id, **kwargs), base_id, schedule, num_envs)
     family, _, name = env_id.partition(":")
 
     if family == "dmc":

@@ -324,6 +324,7 @@ class JaxEnvState(NamedTuple):
     key: jax.Array
     step: jax.Array  # agent steps taken in the current episode, int32
     episode_return: jax.Array  # float32
+    clock: jax.Array  # agent steps this env has taken since it was made, across episodes (int32)
 
 
 class StepInfo(NamedTuple):
@@ -348,10 +349,13 @@ class StepInfo(NamedTuple):
     nan_reset: jax.Array
 
 
-# physics_reset(key) -> (physics, obs)
-PhysicsReset = Callable[[jax.Array], tuple[Any, jax.Array]]
-# physics_step(physics, action) -> (physics, obs, reward, terminated); one frame
-PhysicsStep = Callable[[Any, jax.Array], tuple[Any, jax.Array, jax.Array, jax.Array]]
+# physics_reset(key, phase) -> (physics, obs)
+PhysicsReset = Callable[[jax.Array, jax.Array], tuple[Any, jax.Array]]
+# physics_step(physics, action, phase) -> (physics, obs, reward, terminated); one frame.
+# `phase` (int32) is the task's phase for non-stationary envs (envs/nonstationary.py); 0 otherwise.
+PhysicsStep = Callable[[Any, jax.Array, jax.Array], tuple[Any, jax.Array, jax.Array, jax.Array]]
+# phase_of(clock) -> phase: which task an env that has taken `clock` steps faces.
+PhaseOf = Callable[[jax.Array], jax.Array]
 
 
 class JaxEnv:
@@ -361,30 +365,40 @@ class JaxEnv:
     stopping early at a terminal frame), truncates at
     ``spec.max_episode_steps`` agent steps, and auto-resets with a fresh key so
     the next episode starts from a newly randomized state.
+
+    Every env state counts its steps across episodes (``clock``); a
+    non-stationary env maps it to the task's phase with ``phase_of``, and the
+    physics functions receive that phase (see envs/nonstationary.py).
     """
 
-    def __init__(self, spec: EnvSpec, physics_reset: PhysicsReset, physics_step: PhysicsStep):
+    def __init__(self, spec: EnvSpec, physics_reset: PhysicsReset, physics_step: PhysicsStep,
+                 phase_of: PhaseOf | None = None):
         self.spec = spec
         self._physics_reset = physics_reset
         self._physics_step = physics_step
+        self.phase_of = phase_of or (lambda clock: jnp.zeros((), jnp.int32))
 
-    def reset(self, key: jax.Array) -> JaxEnvState:
+    def reset(self, key: jax.Array, clock: jax.Array | int = 0) -> JaxEnvState:
+        """A new episode; ``clock`` is the env's step count so far (the phase it starts in)."""
         reset_key, carry_key = jax.random.split(key)
-        physics, obs = self._physics_reset(reset_key)
+        clock = jnp.asarray(clock, jnp.int32)
+        physics, obs = self._physics_reset(reset_key, self.phase_of(clock))
         return JaxEnvState(
             obs=obs.astype(jnp.float32),
             physics=physics,
             key=carry_key,
             step=jnp.zeros((), jnp.int32),
             episode_return=jnp.zeros((), jnp.float32),
+            clock=clock,
         )
 
     def _repeat_action(self, state: JaxEnvState, action: jax.Array):
         """Run ``action_repeat`` frames; frames after a terminal one change nothing."""
+        phase = self.phase_of(state.clock)
 
         def frame(carry, _):
             physics, obs, reward_sum, terminated, nan = carry
-            new_physics, new_obs, reward, new_terminated = self._physics_step(physics, action)
+            new_physics, new_obs, reward, new_terminated = self._physics_step(physics, action, phase)
             new_nan = ~(jnp.all(jnp.isfinite(new_obs)) & jnp.isfinite(reward))
             new_carry = (
                 new_physics,
@@ -414,7 +428,7 @@ class JaxEnv:
         truncated = (step >= self.spec.max_episode_steps) & ~terminated
         done = terminated | truncated
         next_key, reset_key = jax.random.split(state.key)
-        continued = JaxEnvState(final_obs, physics, next_key, step, episode_return)
+        continued = JaxEnvState(final_obs, physics, next_key, step, episode_return, state.clock + 1)
         info = StepInfo(
             obs=final_obs,
             reward=reward,
@@ -429,7 +443,7 @@ class JaxEnv:
 
     def _fresh(self, reset_key: jax.Array, continued: JaxEnvState) -> JaxEnvState:
         """The state that replaces a finished episode: a newly randomized reset."""
-        return self.reset(reset_key)._replace(key=continued.key)
+        return self.reset(reset_key, continued.clock)._replace(key=continued.key)
 
     def step(self, state: JaxEnvState, action: jax.Array) -> tuple[JaxEnvState, StepInfo]:
         """One env: step, and reset with a fresh key where the episode ended.

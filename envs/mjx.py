@@ -49,11 +49,11 @@ def make_playground(
             f"multiple of action_repeat ({action_repeat})."
         )
 
-    def physics_reset(key):
+    def physics_reset(key, phase):
         playground_state = env.reset(key)
         return playground_state, playground_state.obs
 
-    def physics_step(playground_state, action):
+    def physics_step(playground_state, action, phase):
         playground_state = env.step(playground_state, action)
         terminated = playground_state.done > 0.5
         return playground_state, playground_state.obs, playground_state.reward, terminated
@@ -70,4 +70,6 @@ def make_playground(
         can_terminate=False,
     )
     # Playground's actions are already in [-1, 1]; JaxEnv clips them there.
-    return JaxEnv(spec, physics_reset, physics_step)
+    jax_env = JaxEnv(spec, physics_reset, physics_step)
+    jax_env.playground = env      # for envs/nonstationary.py (dynamics and reward switches)
+    return jax_env

@@ -35,12 +35,12 @@ def make_point_mass(
             f"({action_repeat}) must be >= 1."
         )
 
-    def physics_reset(key):
+    def physics_reset(key, phase):
         position = jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0)
         physics = (position, jnp.zeros(2))
         return physics, jnp.concatenate(physics)
 
-    def physics_step(physics, action):
+    def physics_step(physics, action, phase):
         position, velocity = physics
         velocity = velocity * (1.0 - _DAMPING * _DT) + _DT * action
         position = position + _DT * velocity

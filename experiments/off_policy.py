@@ -170,10 +170,11 @@ class DeviceLoop(_SeedLoop):
         # Playground states alias arrays (obs appears twice), which donation rejects.
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
 
-        def evaluate(agent_state, key, episodes):
-            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
+        def evaluate(agent_state, key, episodes, clock):
+            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
 
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS), static_argnums=2)
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
+                                 static_argnums=2)
 
     def init(self) -> dict:
         agent_state = self._init_agents()
@@ -201,7 +202,7 @@ class DeviceLoop(_SeedLoop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
         keys = step_keys(self.seed_keys, step, EVAL)
-        return np.asarray(self._evaluate(state["agent"], keys, episodes))
+        return np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step)))   # one env per seed: clock = step
 
     def close(self) -> None:
         pass

@@ -47,7 +47,7 @@ class OnPolicyLoop:
                             f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
         self.agent, self.config = agent, config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
-        self.env = envs_lib.make(env_id, **(env_kwargs or {}))
+        self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
         self.spec = self.env.spec
         self.layout = agent.layout(config)
         self.granularity = self.layout.steps_per_update     # train() advances in whole updates
@@ -74,10 +74,10 @@ class OnPolicyLoop:
             out_shardings=(self.replicated, self.env_sharding, self.replicated),
             donate_argnums=(0, 1))
 
-        def evaluate(agent_state, key, episodes):
-            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
+        def evaluate(agent_state, key, episodes, clock):
+            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
 
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
                                  static_argnums=2)
 
         def init_state(keys):
@@ -187,7 +187,8 @@ class OnPolicyLoop:
     def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
         """Deterministic returns [num_seeds, episodes] on fresh envs keyed by (seed, step)."""
         keys = step_keys(self.seed_keys, step, EVAL)
-        return np.asarray(self._evaluate(state["agent"], keys, episodes))
+        clock = jnp.int32(step // self.config.num_envs)      # the training envs' own step count
+        return np.asarray(self._evaluate(state["agent"], keys, episodes, clock))
 
     def close(self) -> None:
         pass

@@ -30,13 +30,15 @@ def step_keys(keys: jax.Array, step, tag: int) -> jax.Array:
 
 
 def evaluate_on_device(agent, env, agent_state, key: jax.Array, episodes: int,
-                       sync_axes: tuple[str, ...] = ()) -> jax.Array:
+                       sync_axes: tuple[str, ...] = (), clock=0) -> jax.Array:
     """Deterministic returns of `episodes` fresh episodes of a JaxEnv (one seed; vmap over seeds).
 
     Every episode runs to its first end (termination or the time limit);
-    later steps of an env that already finished are not counted.
+    later steps of an env that already finished are not counted. The eval envs
+    start at `clock` (the training envs' step count), so that a non-stationary
+    env is evaluated on the task the agent currently faces.
     """
-    env_states = jax.vmap(env.reset)(jax.random.split(key, episodes))
+    env_states = jax.vmap(lambda k: env.reset(k, clock))(jax.random.split(key, episodes))
 
     def body(carry, _):
         env_states, returns, running = carry

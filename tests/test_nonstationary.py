@@ -1,0 +1,74 @@
+"""Non-stationary envs: each switch changes exactly what it says, at exactly the scheduled step, and nothing else."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from envs import nonstationary
+from tests.cli_utils import run_cli
+
+NUM_ENVS, EVERY = 2, 8          # 2 envs in lockstep, switch every 8 env steps in all = every 4 steps per env
+
+
+def _trajectory(env_id, steps=10, action=0.5):
+    env = envs.make(env_id, num_envs=NUM_ENVS)
+    state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), NUM_ENVS))
+    step = jax.jit(env.step_batch)
+    obs, rewards = [], []
+    for _ in range(steps):
+        state, info = step(state, jnp.full((NUM_ENVS, env.spec.action_dim), action))
+        obs.append(np.asarray(info.obs))
+        rewards.append(np.asarray(info.reward))
+    return np.stack(obs), np.stack(rewards), state
+
+
+def test_schedule_parsing_and_phases():
+    base, schedule = nonstationary.split_env_id("mjx:CheetahRun?switch=reward&every=5000000")
+    assert base == "mjx:CheetahRun" and schedule == nonstationary.Schedule("reward", 5_000_000)
+    phase_of = nonstationary.phase_schedule(10, 4)                    # ceil(10 / 4) = 3 steps per env
+    assert [int(phase_of(jnp.int32(c))) for c in range(7)] == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_obs_permutation_changes_only_the_order_at_the_switch():
+    obs, rewards, state = _trajectory("jax:PointMass")
+    obs_p, rewards_p, _ = _trajectory(f"jax:PointMass?switch=obs_permutation&every={EVERY}&seed=1")
+    np.testing.assert_array_equal(rewards, rewards_p)                 # the task itself never changes
+    np.testing.assert_array_equal(obs[:4], obs_p[:4])                 # steps 1-4 (clock 0-3): phase 0, identity
+    # Step 5 is taken at clock 4 = phase 1: what it returns, and every step of phase 1, is permuted.
+    perm = np.asarray(nonstationary.permutation(jnp.int32(1), 4, 1))
+    assert not np.array_equal(perm, np.arange(4))
+    np.testing.assert_array_equal(obs_p[4:8], obs[4:8][..., perm])
+    perm2 = np.asarray(nonstationary.permutation(jnp.int32(2), 4, 1))
+    np.testing.assert_array_equal(obs_p[8:], obs[8:][..., perm2])
+    assert np.asarray(state.clock).tolist() == [10, 10]
+
+
+def test_reward_switch_changes_only_the_reward_at_the_switch():
+    obs, rewards, _ = _trajectory("mjx:CheetahRun", steps=6)
+    obs_s, rewards_s, _ = _trajectory(f"mjx:CheetahRun?switch=reward&every={EVERY}", steps=6)
+    np.testing.assert_array_equal(obs, obs_s)                         # same physics, same observations
+    np.testing.assert_array_equal(rewards[:4], rewards_s[:4])         # forward running until the switch
+    assert rewards[4:].min() > 0 and np.all(rewards_s[4:] == 0.0)     # moving forward earns nothing backward
+
+
+def test_gravity_switch_changes_only_the_dynamics_at_the_switch():
+    obs, rewards, _ = _trajectory("mjx:CheetahRun", steps=6)
+    obs_s, rewards_s, _ = _trajectory(f"mjx:CheetahRun?switch=gravity&every={EVERY}&scale=0.25", steps=6)
+    np.testing.assert_array_equal(obs[:4], obs_s[:4])
+    np.testing.assert_array_equal(rewards[:4], rewards_s[:4])
+    assert np.abs(obs[4:] - obs_s[4:]).max() > 1e-4                  # lighter gravity from the 5th step
+
+
+@pytest.mark.parametrize("env_id, message", [
+    ("mjx:CheetahRun?switch=wind&every=10", "switch must be one of gravity, actuator_gain, mass, friction"),
+    ("mjx:CheetahRun?switch=reward&every=0", "every (env steps between switches) must be >= 1"),
+    ("mjx:CartpoleBalance?switch=reward&every=10", "has no alternative reward; switch=reward supports"),
+    ("jax:PointMass?switch=gravity&every=10", "dynamics and reward switches need a Playground env"),
+    ("dmc:cheetah-run?switch=reward&every=10", "ppo trains on JAX envs"),
+])
+def test_bad_schedules_are_clear_errors(tmp_path, env_id, message):
+    result = run_cli("--agent", "ppo", "--env", env_id, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
