@@ -107,6 +107,8 @@ class Config:
     """Standardize advantages within each minibatch."""
     max_grad_norm: float = 0.0
     """Clip the global gradient norm to this (0: no clipping, Playground's DMC setting)."""
+    kl_coef: float = 0.0
+    """Add kl_coef * KL(pi_old || pi) to the policy loss (PPO's KL-penalty variant, fixed coefficient; 0: off)."""
     advantages: Literal["per_minibatch", "per_rollout"] = "per_minibatch"
     """per_minibatch: recompute GAE with the current value net each minibatch (Brax); per_rollout: once."""
     policy_hidden: tuple[int, ...] = (32, 32, 32, 32)
@@ -133,7 +135,7 @@ class Config:
         for name in ("clip_epsilon", "learning_rate", "reward_scaling", "min_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("entropy_cost", "value_loss_coef", "max_grad_norm"):
+        for name in ("entropy_cost", "value_loss_coef", "max_grad_norm", "kl_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not self.policy_hidden or not self.value_hidden or min(self.policy_hidden + self.value_hidden) < 1:
@@ -357,6 +359,8 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
     if policy_objective is None:
         policy_objective = functools.partial(clipped_surrogate, clip_epsilon=config.clip_epsilon)
     policy_loss, objective_metrics = policy_objective(PolicyTerms(dist, log_ratio, advantages, batch))
+    kl = jnp.mean(dist_lib.kl_divergence(batch.behaviour, dist))   # KL(pi_old || pi)
+    policy_loss = policy_loss + config.kl_coef * kl
     value_loss = config.value_loss_coef * 0.5 * jnp.mean(jnp.square(targets - values))
     entropy = jnp.mean(dist_lib.entropy(dist, key))
     total = policy_loss + value_loss - config.entropy_cost * entropy
@@ -365,7 +369,7 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
     metrics = {
         "loss/total": total, "loss/policy": policy_loss, "loss/value": value_loss,
         "policy/entropy": entropy,
-        "policy/kl": jnp.mean(dist_lib.kl_divergence(batch.behaviour, dist)),   # KL(pi_old || pi)
+        "policy/kl": kl,
         "policy/clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_epsilon).astype(jnp.float32)),
         "policy/std": jnp.mean(dist.scale),
         "value/explained_variance": explained_variance,
