@@ -45,16 +45,22 @@ def test_obs_permutation_changes_only_the_order_at_the_switch():
     assert np.asarray(state.clock).tolist() == [10, 10]
 
 
-def test_reward_switch_changes_only_the_reward_at_the_switch():
-    obs, rewards, _ = _trajectory("mjx:CheetahRun", steps=6)
+@pytest.fixture(scope="module")
+def cheetah():
+    """The stationary CheetahRun trajectory both switch tests compare against (compiled once)."""
+    return _trajectory("mjx:CheetahRun", steps=6)
+
+
+def test_reward_switch_changes_only_the_reward_at_the_switch(cheetah):
+    obs, rewards, _ = cheetah
     obs_s, rewards_s, _ = _trajectory(f"mjx:CheetahRun?switch=reward&every={EVERY}", steps=6)
     np.testing.assert_array_equal(obs, obs_s)                         # same physics, same observations
     np.testing.assert_array_equal(rewards[:4], rewards_s[:4])         # forward running until the switch
     assert rewards[4:].min() > 0 and np.all(rewards_s[4:] == 0.0)     # moving forward earns nothing backward
 
 
-def test_gravity_switch_changes_only_the_dynamics_at_the_switch():
-    obs, rewards, _ = _trajectory("mjx:CheetahRun", steps=6)
+def test_gravity_switch_changes_only_the_dynamics_at_the_switch(cheetah):
+    obs, rewards, _ = cheetah
     obs_s, rewards_s, _ = _trajectory(f"mjx:CheetahRun?switch=gravity&every={EVERY}&scale=0.25", steps=6)
     np.testing.assert_array_equal(obs[:4], obs_s[:4])
     np.testing.assert_array_equal(rewards[:4], rewards_s[:4])
