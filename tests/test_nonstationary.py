@@ -78,3 +78,25 @@ def test_bad_schedules_are_clear_errors(tmp_path, env_id, message):
     result = run_cli("--agent", "ppo", "--env", env_id, "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("switch, field", [("gravity", "opt.gravity"), ("actuator_gain", "actuator_gainprm"),
+                                           ("mass", "body_mass"), ("friction", "geom_friction")])
+def test_each_dynamics_switch_scales_exactly_its_quantity_in_odd_phases(switch, field):
+    playground = envs.make("mjx:CheetahRun").playground
+    model_for = nonstationary._dynamics_shift(playground, nonstationary.Schedule(switch, 10, scale=0.5))
+    base = playground.mjx_model
+    get = lambda m, name: np.asarray(m.opt.gravity if name == "opt.gravity" else getattr(m, name))
+    even, odd = model_for(jnp.int32(2)), model_for(jnp.int32(3))
+    expected = get(base, field).copy()
+    if field in ("actuator_gainprm", "geom_friction"):
+        expected[:, 0] *= 0.5                  # the gain / the sliding friction coefficient only
+    else:
+        expected *= 0.5
+    np.testing.assert_allclose(get(even, field), get(base, field))
+    np.testing.assert_allclose(get(odd, field), expected, rtol=1e-6)
+    changed = {"opt.gravity": {"opt.gravity"}, "actuator_gainprm": {"actuator_gainprm"},
+               "body_mass": {"body_mass", "body_inertia"}, "geom_friction": {"geom_friction"}}[field]
+    for other in {"opt.gravity", "actuator_gainprm", "body_mass", "body_inertia", "geom_friction",
+                  "dof_damping"} - changed:
+        np.testing.assert_array_equal(get(odd, other), get(base, other))
