@@ -135,8 +135,6 @@ class OnPolicyLoop:
 
     def init(self) -> dict:
         agent_state, env_state = self._init(self.seed_keys)
-        # Playground states hold the same array twice (obs); donation needs distinct buffers.
-        env_state = jax.tree.map(lambda x: jnp.copy(x), env_state)
         tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan), "episodes": jnp.zeros(self.num_seeds),
                    "nan_resets": jnp.zeros(self.num_seeds)}
         return {"agent": agent_state, "env": env_state, "tracker": tracker}
