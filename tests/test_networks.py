@@ -83,3 +83,21 @@ def test_mrq_network_shapes():
 def test_unknown_activation_names_valid_ones():
     with pytest.raises(ValueError, match="valid"):
         MLP((4,), 1, act="gelu_fancy").init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+
+
+def test_running_stats_merge_batches_exactly():
+    """Folding three batches in equals the mean / std of all of them at once; the identity before any."""
+    from networks.normalizer import init_stats, normalize, std, update_stats
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=3.0, scale=2.0, size=(n, 4)).astype(np.float32) for n in (5, 17, 40)]
+    stats = init_stats(4)
+    x = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+    np.testing.assert_array_equal(normalize(stats, x), x)
+    for batch in batches:
+        stats = update_stats(stats, jnp.asarray(batch).reshape(-1, 1, 4))   # leading dims are flattened
+    everything = np.concatenate(batches)
+    assert float(stats.count) == len(everything)
+    np.testing.assert_allclose(stats.mean, everything.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std(stats), everything.std(0), rtol=1e-4)
+    np.testing.assert_allclose(normalize(stats, x), (x - everything.mean(0)) / everything.std(0), rtol=1e-4)
