@@ -170,8 +170,7 @@ def layout(config: Config) -> Layout:
         num_minibatches = scaled // config.reference_num_envs
     trajectories = config.batch_size * num_minibatches
     if trajectories % config.num_envs:
-        valid = [n for n in _divisors(trajectories) if n >= 1]
-        nearby = min(valid, key=lambda n: abs(n - config.num_envs))
+        nearby = min(_divisors(trajectories), key=lambda n: abs(n - config.num_envs))
         raise ValueError(
             f"--num-envs ({config.num_envs}) must divide batch_size x num_minibatches = {config.batch_size} x "
             f"{num_minibatches} = {trajectories} (every env contributes whole unrolls); e.g. --num-envs {nearby}, "

@@ -35,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -233,6 +231,3 @@ def _playground_env(base: JaxEnv, playground, phase_of, model_for=None, rewards=
 
     return _rebuilt(base, physics_reset, physics_step, phase_of)
 
-
-def describe(schedule: Schedule | None) -> dict[str, Any]:
-    return {} if schedule is None else dataclasses.asdict(schedule)

@@ -78,12 +78,10 @@ def test_recency_weights():
 def test_anchor_push_keeps_the_last_k_policies():
     spec = envs.make("jax:PointMass").spec
     state = gtr.init(jax.random.PRNGKey(0), spec, gtr.Config(**TINY, num_anchors=2))
-    marks = []
     anchors = state.anchors
     for i in range(3):
         policy = jax.tree.map(lambda x: jnp.full_like(x, float(i)), state.ppo.params.policy)
         anchors = gtr.push_anchor(anchors, policy, state.ppo.obs_stats)
-        marks.append(float(jax.tree.leaves(anchors.policy)[0][0].ravel()[0]))
     leaf = jax.tree.leaves(anchors.policy)[0]
     assert float(leaf[0].ravel()[0]) == 2.0 and float(leaf[1].ravel()[0]) == 1.0 and int(anchors.filled) == 2
 
