@@ -14,14 +14,23 @@ switching) needs to make.
     D_k(s)   = KL(pi_k(.|s) || pi(.|s))          (--divergence kl)
              | (log pi(u|s) - log pi_k(u|s))^2   (--divergence sq_log_ratio, at the sampled u)
     kernel   = sum_k w_k exp(-D_k^2 / (2 sigma^2))     w_k ~ anchor_decay^k, k = 0 the newest
-    penalty  = beta sigma^2 (1 - kernel)                in [0, beta sigma^2]
+    penalty  = beta sigma^2 (1 - kernel)                in [0, beta sigma^2]   (--penalty-scale sigma_sq)
+             | beta (1 - kernel)                        in [0, beta]           (--penalty-scale unit)
     L_pi     = -E[r A]  (--surrogate unclipped)  |  PPO's clipped surrogate (--surrogate clipped)
                + E[penalty]
 
-With one anchor the penalty's gradient in D is beta D exp(-D^2 / 2 sigma^2):
-largest at D = sigma, vanishing beyond a few sigma. As sigma -> infinity the
-penalty tends to beta D^2 / 2 (a quadratic trust region); as sigma -> 0 it
-vanishes and L_pi is the bare surrogate.
+With one anchor the penalty's gradient in D is beta D exp(-D^2 / 2 sigma^2)
+(divided by sigma^2 for the unit scale): largest at D = sigma, vanishing
+beyond a few sigma.
+
+The two scales differ in their limits, and the reconstruction cannot say which
+the paper meant. ALGORITHMS.md's formula (sigma_sq, the default) is bounded by
+beta sigma^2 and tends to beta D^2 / 2 as sigma -> infinity: a quadratic trust
+region, so it is the bare surrogate only as sigma -> 0. With `--penalty-scale
+unit` the kernel's flattening as sigma -> infinity means what a trust region
+of infinite width should: no penalty, L_pi is the bare surrogate (the
+acceptance test of the GTR issue), and as sigma -> 0 the penalty is the
+constant beta, whose gradient is 0 -- again the bare surrogate.
 
 Anchors (the Mixture Gaussian Anchor): the last K behaviour policies, i.e.
 the policy at the start of each of the last K updates, each with the
@@ -65,6 +74,9 @@ class Config(ppo.Config):
     """K, the anchors of the Mixture Gaussian Anchor (1: a single anchor, the old policy)."""
     anchor_decay: float = 0.5
     """Recency weights w_k proportional to anchor_decay^k (k = 0 the newest); 1 = uniform."""
+    penalty_scale: Literal["sigma_sq", "unit"] = "sigma_sq"
+    """Penalty = beta sigma^2 (1 - kernel) (ALGORITHMS.md; sigma -> inf: beta D^2/2), or beta (1 - kernel)
+    (sigma -> inf: no penalty, the bare surrogate)."""
 
     def validate(self) -> None:
         super().validate()
@@ -80,6 +92,8 @@ class Config(ppo.Config):
             raise ValueError(f"--divergence must be kl or sq_log_ratio, got {self.divergence!r}")
         if self.surrogate not in ("unclipped", "clipped"):
             raise ValueError(f"--surrogate must be unclipped or clipped, got {self.surrogate!r}")
+        if self.penalty_scale not in ("sigma_sq", "unit"):
+            raise ValueError(f"--penalty-scale must be sigma_sq or unit, got {self.penalty_scale!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,8 +112,9 @@ def mixture_kernel(divergences: jax.Array, weights: jax.Array, sigma: float) -> 
     return jnp.sum(weights * kernel(divergences, sigma), axis=0)
 
 
-def penalty(divergences: jax.Array, weights: jax.Array, sigma: float, beta: float) -> jax.Array:
-    """beta sigma^2 (1 - sum_k w_k kernel_k): 0 at the anchors, at most beta sigma^2.
+def penalty(divergences: jax.Array, weights: jax.Array, sigma: float, beta: float,
+            scale: str = "sigma_sq") -> jax.Array:
+    """beta sigma^2 (1 - sum_k w_k kernel_k): 0 at the anchors, at most beta sigma^2 (scale "unit": beta (1 - ...)).
 
     Written as beta sigma^2 sum_k w_k (-expm1(-D_k^2 / 2 sigma^2)) (the weights sum
     to 1): 1 - exp(-x) in float32 is 0 for x below ~6e-8, which would make the
@@ -107,7 +122,8 @@ def penalty(divergences: jax.Array, weights: jax.Array, sigma: float, beta: floa
     """
     gap = -jnp.expm1(-jnp.square(divergences) / (2.0 * sigma**2))
     weights = weights.reshape(weights.shape + (1,) * (divergences.ndim - 1))
-    return beta * sigma**2 * jnp.sum(weights * gap, axis=0)
+    height = beta * sigma**2 if scale == "sigma_sq" else beta
+    return height * jnp.sum(weights * gap, axis=0)
 
 
 def recency_weights(num_anchors: int, decay: float, filled: jax.Array) -> jax.Array:
@@ -184,7 +200,7 @@ def objective(terms: ppo.PolicyTerms, state: ppo.PPOState, anchors: Anchors) -> 
     d = divergences(config, anchors_dist, terms)                                     # [K, B, T]
     weights = recency_weights(config.num_anchors, config.anchor_decay, anchors.filled)
     kernel_value = mixture_kernel(d, weights, config.sigma)
-    penalty_value = penalty(d, weights, config.sigma, config.beta)
+    penalty_value = penalty(d, weights, config.sigma, config.beta, config.penalty_scale)
     metrics = {"gtr/divergence": jnp.mean(d[0]), "gtr/kernel": jnp.mean(kernel_value),
                "gtr/penalty": jnp.mean(penalty_value),
                "gtr/beyond_sigma": jnp.mean((d[0] > config.sigma).astype(jnp.float32)),

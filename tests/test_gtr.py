@@ -36,6 +36,55 @@ def test_penalty_limits_in_sigma():
     np.testing.assert_allclose(tiny, 0.0, atol=1e-7)                 # sigma -> 0: no penalty, the bare surrogate
 
 
+@pytest.mark.parametrize("surrogate", ["unclipped", "clipped"])
+def test_unit_scale_with_infinite_sigma_reduces_to_the_chosen_surrogate(surrogate):
+    """--penalty-scale unit: as sigma -> inf the kernel is flat, the penalty and its gradient vanish, and GTR's
+    policy loss is the bare surrogate -- value and gradient in the policy's parameters."""
+    spec = envs.make("jax:PointMass").spec
+    rng = np.random.default_rng(1)
+    obs = jnp.asarray(rng.normal(size=(2, 3, spec.obs_dim)), jnp.float32)
+    u = jnp.asarray(rng.normal(size=(2, 3, spec.action_dim)), jnp.float32)
+    advantages = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+
+    def losses(sigma, params_shift):
+        config = gtr.Config(**TINY, sigma=sigma, beta=5.0, surrogate=surrogate, penalty_scale="unit")
+        state = gtr.init(jax.random.PRNGKey(0), spec, config)
+        anchors = gtr.push_anchor(state.anchors, state.ppo.params.policy, state.ppo.obs_stats)
+        old = gtr.anchor_dists(state.ppo, anchors, obs)
+        old = jax.tree.map(lambda x: x[0], old)
+        zeros = jnp.zeros((2, 3))
+        batch = ppo.Batch(obs, u, dist_lib.log_prob(old, u), old, zeros, zeros.astype(bool), zeros.astype(bool),
+                          zeros, jnp.zeros((2, spec.obs_dim)))
+
+        def loss(policy):
+            moved = jax.tree.map(lambda x: x + params_shift, policy)
+            new = gtr.anchor_dists(state.ppo, gtr.Anchors(jax.tree.map(lambda x: x[None], moved),
+                                                          anchors.obs_stats, anchors.filled), obs)
+            new = jax.tree.map(lambda x: x[0], new)
+            terms = ppo.PolicyTerms(new, dist_lib.log_prob(new, u) - batch.log_prob, advantages, batch)
+            total, metrics = gtr.objective(terms, state.ppo, anchors)
+            return total, metrics["gtr/surrogate"]
+
+        (total, surrogate_value), grad_total = jax.value_and_grad(loss, has_aux=True)(state.ppo.params.policy)
+        grad_surrogate = jax.grad(lambda p: loss(p)[1])(state.ppo.params.policy)
+        return total, surrogate_value, grad_total, grad_surrogate
+
+    total, surrogate_value, grad_total, grad_surrogate = losses(1e6, 0.05)
+    assert float(total) == pytest.approx(float(surrogate_value), abs=1e-9)
+    for a, b in zip(jax.tree.leaves(grad_total), jax.tree.leaves(grad_surrogate)):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+    # A finite sigma does penalize the same move: the limit is not vacuous.
+    total, surrogate_value, _, _ = losses(0.05, 0.05)
+    assert float(total) > float(surrogate_value) + 1e-3
+
+
+def test_unit_scale_penalty_is_bounded_by_beta():
+    d = jnp.linspace(0.0, 5.0, 101)
+    p = gtr.penalty(d[None], jnp.ones(1), 0.3, 2.0, "unit")
+    assert float(jnp.max(p)) <= 2.0 and float(p[-1]) == pytest.approx(2.0, rel=1e-4)
+    np.testing.assert_allclose(p, 0.3**-2 * gtr.penalty(d[None], jnp.ones(1), 0.3, 2.0), rtol=1e-5)
+
+
 def _terms(rng):
     B, T = 2, 3
     old = dist_lib.TanhGaussian(jnp.asarray(rng.normal(size=(B, T, 2)), jnp.float32),
@@ -99,6 +148,7 @@ def test_gtr_trains_in_the_device_loop():
 @pytest.mark.parametrize("change, message", [
     (dict(sigma=0.0), "--sigma must be > 0"), (dict(num_anchors=0), "--num-anchors (K) must be >= 1"),
     (dict(anchor_decay=0.0), "--anchor-decay must be in (0, 1]"),
+    (dict(penalty_scale="cubic"), "--penalty-scale must be sigma_sq or unit"),
 ])
 def test_bad_gtr_config(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
