@@ -11,7 +11,8 @@ task the agent currently faces. Written into `--run-dir`:
 * `returns.csv`     -- env, method, step, seed, return
 * `recovery.csv`    -- per env, method and switch: the mean evaluation return over
                        the `--window` env steps after the switch (the return
-                       recovered), mean and std over seeds
+                       recovered), mean and std over seeds, beside the return
+                       just before the switch
 * `<env>.png`       -- return over steps, mean +- std over seeds, switches marked
 * `summary.json`    -- the settings and the recovery table
 
@@ -71,6 +72,8 @@ class CompareArgs:
     """gtr: penalty scale (None: gtr.Config's default)."""
     gtr_anchors: int | None = None
     """gtr: number of anchors K (None: gtr.Config's default)."""
+    gtr_penalty_scale: str | None = None
+    """gtr: sigma_sq or unit (None: gtr.Config's default)."""
     seed: int = 0
     """First seed."""
 
@@ -91,7 +94,8 @@ def method_config(method: str, args: CompareArgs):
         return ppo, ppo.Config(**base, kl_coef=args.kl_coef)
     if method == "gtr":
         extra = {k: v for k, v in (("sigma", args.gtr_sigma), ("beta", args.gtr_beta),
-                                   ("num_anchors", args.gtr_anchors)) if v is not None}
+                                   ("num_anchors", args.gtr_anchors),
+                                   ("penalty_scale", args.gtr_penalty_scale)) if v is not None}
         return gtr, gtr.Config(**base, **extra)
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
@@ -122,7 +126,8 @@ def train_and_evaluate(agent, config, env_id: str, args: CompareArgs) -> tuple[l
 
 
 def recovery(steps: list[int], returns: np.ndarray, switches: list[int], window: int) -> list[dict]:
-    """Mean return over the evaluations in (switch, switch + window], per seed, then over seeds."""
+    """Mean return over the evaluations in (switch, switch + window], per seed, then over seeds; beside it the
+    return of the last evaluation at or before the switch (what the agent had before the task changed)."""
     rows = []
     steps_array = np.asarray(steps)
     for switch in switches:
@@ -130,7 +135,10 @@ def recovery(steps: list[int], returns: np.ndarray, switches: list[int], window:
         if not inside.any():
             continue
         per_seed = returns[:, inside].mean(axis=1)
+        before = steps_array <= switch
+        pre_switch = returns[:, np.flatnonzero(before)[-1]] if before.any() else np.full(len(returns), np.nan)
         rows.append({"switch_step": switch, "evaluations": int(inside.sum()),
+                     "pre_switch_return_mean": float(pre_switch.mean()),
                      "recovered_return_mean": float(per_seed.mean()), "recovered_return_std": float(per_seed.std())})
     return rows
 
