@@ -46,6 +46,7 @@ import replay
 from envs import EnvSpec
 from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
 from networks.twohot import symexp_bins, two_hot_cross_entropy
+from networks.training import Trained, apply_gradients, hard_copy, trained
 
 LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
 
@@ -173,15 +174,6 @@ class Config:
 
 
 @struct.dataclass
-class Trained:
-    """Parameters of one network with its optimizer state and its target copy."""
-
-    params: dict
-    target_params: dict
-    opt_state: optax.OptState
-
-
-@struct.dataclass
 class MRQState:
     encoder: Trained
     value: Trained
@@ -222,10 +214,6 @@ def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = N
     encoder_params = encoder_net.init(k_enc, obs, action)
     value_params = value_net.init(k_val, jnp.zeros((1, config.zsa_dim)))
     policy_params = policy_net.init(k_pol, jnp.zeros((1, config.zs_dim)))
-
-    def trained(params, opt):
-        # The target is a copy, not an alias, so the loops may donate the state's buffers.
-        return Trained(params=params, target_params=jax.tree.map(jnp.copy, params), opt_state=opt.init(params))
 
     if capacity is None:
         capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
@@ -358,18 +346,10 @@ def policy_loss(policy_params, value_params, encoder_params, zs: jax.Array, stat
 # ----------------------------------------------------------------------------
 
 
-def _apply_gradients(trained: Trained, grads, optimizer) -> Trained:
-    updates, opt_state = optimizer.update(grads, trained.opt_state, trained.params)
-    return trained.replace(params=optax.apply_updates(trained.params, updates), opt_state=opt_state)
-
-
 def refresh_targets(state: MRQState) -> MRQState:
     """Hard-copy every target network and refresh the reward scales s_target <- s, s <- mean |r|."""
-    def copy(trained: Trained) -> Trained:
-        return trained.replace(target_params=trained.params)
-
     return state.replace(
-        encoder=copy(state.encoder), value=copy(state.value), policy=copy(state.policy),
+        encoder=hard_copy(state.encoder), value=hard_copy(state.value), policy=hard_copy(state.policy),
         target_reward_scale=state.reward_scale,
         reward_scale=replay.mean_abs_reward(state.replay),
     )
@@ -383,7 +363,7 @@ def update_encoder(state: MRQState, key: jax.Array) -> tuple[MRQState, dict]:
     batch = replay.subsequence(state.replay, start, config.enc_horizon)
     grads, metrics = jax.grad(encoder_loss, has_aux=True)(
         state.encoder.params, state.encoder.target_params, batch, state)
-    return state.replace(encoder=_apply_gradients(state.encoder, grads, optimizer)), metrics
+    return state.replace(encoder=apply_gradients(state.encoder, grads, optimizer)), metrics
 
 
 def encoder_burst(state: MRQState, key: jax.Array) -> MRQState:
@@ -411,7 +391,7 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
     zsa = encoder_net.apply(state.encoder.params, zs, batch.action[:, 0], method=MRQEncoder.zsa)
     zs, zsa = jax.lax.stop_gradient(zs), jax.lax.stop_gradient(zsa)
     (loss_v, q), grads_v = jax.value_and_grad(value_loss, has_aux=True)(state.value.params, zsa, target, state)
-    value = _apply_gradients(state.value, grads_v, value_opt)
+    value = apply_gradients(state.value, grads_v, value_opt)
 
     # LAP: priority = max(max_i |Q_i - y|, min_priority)^alpha, from the critics before the step.
     td = jnp.max(jnp.abs(q - target[:, None]), axis=-1)
@@ -420,7 +400,7 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
 
     grads_p, policy_metrics = jax.grad(policy_loss, has_aux=True)(
         state.policy.params, value.params, state.encoder.params, zs, state)
-    policy = _apply_gradients(state.policy, grads_p, policy_opt)
+    policy = apply_gradients(state.policy, grads_p, policy_opt)
     metrics = {"value/loss": loss_v, "value/q": jnp.mean(q), "value/target": jnp.mean(target),
                "value/td_abs": jnp.mean(td), "reward_scale": state.reward_scale, **policy_metrics, **state.encoder_metrics}
     return state.replace(value=value, policy=policy, replay=buffer, updates=state.updates + 1), metrics
