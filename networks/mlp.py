@@ -41,15 +41,19 @@ def xavier_uniform(gain: float = 1.0) -> nn.initializers.Initializer:
 RELU_GAIN = math.sqrt(2.0)
 
 
-KERNEL_INITS = ("xavier_uniform", "lecun_uniform")
+KERNEL_INITS = ("xavier_uniform", "lecun_uniform", "pytorch_default")
 
 
 def kernel_init(name: str, gain: float = RELU_GAIN) -> nn.initializers.Initializer:
-    """`xavier_uniform` at `gain` (MR.Q, PyTorch-style) or `lecun_uniform` (Brax's MLP default)."""
+    """`xavier_uniform` at `gain` (MR.Q, PyTorch-style), `lecun_uniform` (Brax's MLP default) or
+    `pytorch_default` (nn.Linear's own init, kaiming-uniform with a = sqrt(5): U(+-1/sqrt(fan_in)), as in
+    CleanRL's SAC and TD3; `gain` is ignored for the last two)."""
     if name == "xavier_uniform":
         return xavier_uniform(gain)
     if name == "lecun_uniform":
         return nn.initializers.lecun_uniform()
+    if name == "pytorch_default":
+        return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
     raise ValueError(f"unknown kernel init {name!r}; valid: {', '.join(KERNEL_INITS)}")
 
 
@@ -87,6 +91,9 @@ class MLP(nn.Module):
             if self.use_layer_norm:
                 x = layer_norm(x)
             x = act(x)
+            # Post-activation features, for plasticity diagnostics (ReDo scores, dormant ratio, srank):
+            # collected only when the caller applies with mutable=["intermediates"], else a no-op.
+            self.sow("intermediates", f"features_{i}", x)
         return dense(self.out_dim, self.gain, name="out", init=self.initializer)(x)
 
 
@@ -98,7 +105,7 @@ def ensemble(module_cls: type[nn.Module], size: int, out_axis: int = -1) -> type
     """
     return nn.vmap(
         module_cls,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True},
         in_axes=None,
         out_axes=out_axis,
