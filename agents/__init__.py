@@ -22,6 +22,9 @@ AGENTS = {
     "mrq": "agents.mrq",
     "ppo": "agents.ppo",
     "gtr": "agents.gtr",
+    "regrama": "agents.regrama",
+    "sac": "agents.sac",
+    "td3": "agents.td3",
 }
 
 

@@ -91,13 +91,15 @@ class RunLogger:
         self.eval_csv.truncate_after(step)
         self.train_csv.truncate_after(step)
 
-    def log_eval(self, step: int, returns: np.ndarray, extra: Mapping[str, float] | None = None) -> None:
-        """`returns` is [num_seeds, episodes]; one row per seed."""
+    def log_eval(self, step: int, returns: np.ndarray, per_seed: Mapping[str, np.ndarray] | None = None) -> None:
+        """`returns` is [num_seeds, episodes]; one row per seed, with the agent's diagnostics ([num_seeds] each)."""
+        per_seed = per_seed or {}
         rows = [{"step": step, "seed": seed, "return": float(np.mean(r)), "return_std": float(np.std(r)),
-                 **(extra or {})} for seed, r in enumerate(returns)]
+                 **{k: float(v[seed]) for k, v in per_seed.items()}} for seed, r in enumerate(returns)]
         self.eval_csv.write(rows)
         self._scalars(step, {"eval/episode_reward": float(np.mean(returns)),
-                             "eval/episode_reward_std_over_seeds": float(np.std(np.mean(returns, axis=1)))})
+                             "eval/episode_reward_std_over_seeds": float(np.std(np.mean(returns, axis=1))),
+                             **{f"eval/{k}": _mean_over_seeds(v) for k, v in per_seed.items()}})
 
     def log_train(self, step: int, per_seed: Mapping[str, np.ndarray], shared: Mapping[str, float]) -> None:
         """`per_seed` maps a metric to [num_seeds] values; `shared` to one value (e.g. training/sps)."""

@@ -29,8 +29,8 @@ import numpy as np
 import envs as envs_lib
 import replay
 
-from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, evaluate_on_device, seed_keys,
-                                 step_key, step_keys)
+from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device,
+                                 seed_keys, step_key, step_keys)
 
 
 class _SeedLoop:
@@ -44,6 +44,11 @@ class _SeedLoop:
         self.spec = env.spec
         self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
         self.seed_keys = seed_keys(seed, num_seeds)
+        self._diagnostics = Diagnostics(agent)
+
+    def diagnostics(self, state: dict, step: int) -> dict:
+        """The agent's diagnostics per seed ({name: [num_seeds]}), {} if it has none."""
+        return self._diagnostics(state["agent"], self.seed_keys, step)
 
     def _init_agents(self):
         init_keys = step_keys(self.seed_keys, 0, INIT)

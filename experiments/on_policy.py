@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs as envs_lib
-from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, evaluate_on_device, seed_keys,
+from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys,
                                  step_key, step_keys)
 
 
@@ -87,6 +87,7 @@ class OnPolicyLoop:
             return agent_state, env_state
 
         self._init = jax.jit(init_state, out_shardings=(self.replicated, self.env_sharding))
+        self._diagnostics = Diagnostics(agent)
 
     # -- memory --------------------------------------------------------------
 
@@ -187,6 +188,10 @@ class OnPolicyLoop:
         keys = step_keys(self.seed_keys, step, EVAL)
         clock = jnp.int32(step // self.config.num_envs)      # the training envs' own step count
         return np.asarray(self._evaluate(state["agent"], keys, episodes, clock))
+
+    def diagnostics(self, state: dict, step: int) -> dict:
+        """The agent's diagnostics per seed ({name: [num_seeds]}), {} if it has none."""
+        return self._diagnostics(state["agent"], self.seed_keys, step)
 
     def close(self) -> None:
         pass

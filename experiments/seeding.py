@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-INIT, ACT, UPDATE, ENV_RESET, EVAL = range(5)   # fold_in tags: one independent key stream per purpose
+INIT, ACT, UPDATE, ENV_RESET, EVAL, DIAGNOSE = range(6)   # fold_in tags: one independent key stream per purpose
 
 SEED_AXIS = "seeds"   # the name of the vmapped seed axis (lets envs reduce "any env done" over seeds)
 
@@ -51,3 +51,20 @@ def evaluate_on_device(agent, env, agent_state, key: jax.Array, episodes: int,
     init = (env_states, jnp.zeros(episodes), jnp.ones(episodes, bool))
     (_, returns, _), _ = jax.lax.scan(body, init, None, length=env.spec.max_episode_steps)
     return returns
+
+
+class Diagnostics:
+    """The agent's optional `diagnostics(state, key) -> {name: scalar}` (e.g. dormant ratio, srank), jitted and
+    vmapped over seeds; the loops call it at every evaluation. Agents without one give {}."""
+
+    def __init__(self, agent):
+        fn = getattr(agent, "diagnostics", None)
+        self._fn = None if fn is None else jax.jit(jax.vmap(fn))
+
+    def __call__(self, agent_state, keys: jax.Array, step: int) -> dict:
+        if self._fn is None:
+            return {}
+        import numpy as np
+
+        values = self._fn(agent_state, step_keys(keys, step, DIAGNOSE))
+        return {name: np.asarray(v, np.float64) for name, v in values.items()}

@@ -272,7 +272,7 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
             if step // args.eval_every > previous // args.eval_every or finished:
                 _check_finite(step, per_seed)
                 returns = loop.evaluate(state, step, args.eval_episodes)
-                logger.log_eval(step, returns)
+                logger.log_eval(step, returns, loop.diagnostics(state, step))
                 checkpointer.save(step, state, {"step": step,
                                                 "host_state": base64.b64encode(loop.host_state()).decode()})
                 _write_json(run_dir / "status.json", {"finished": False, "step": step})

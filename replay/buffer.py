@@ -189,3 +189,23 @@ def mean_abs_reward(buffer: ReplayBuffer, eps: float = 1e-8) -> jax.Array:
     """Mean |r| over stored transitions (MR.Q's reward scale), at least `eps`."""
     total = jnp.sum(jnp.abs(buffer.reward) * buffer.has_transition)
     return jnp.maximum(total / jnp.maximum(jnp.sum(buffer.has_transition), 1.0), eps)
+
+
+class TransitionBatch(NamedTuple):
+    """One-step transitions sampled from a buffer (leading axis: batch)."""
+
+    obs: jax.Array         # [B, obs_dim]
+    action: jax.Array      # [B, action_dim]
+    reward: jax.Array      # [B]
+    next_obs: jax.Array    # [B, obs_dim]: the true next observation, also at episode ends
+    terminated: jax.Array  # [B]  1.0 if next_obs is terminal (no bootstrap); truncation stays 0
+
+
+def sample_transitions(buffer: ReplayBuffer, key: jax.Array, batch_size: int,
+                       prioritized: bool = False) -> tuple[TransitionBatch, jax.Array]:
+    """`batch_size` one-step transitions (uniform, or by priority) and the slots they came from."""
+    index = sample_indices(buffer, key, batch_size, prioritized)
+    after = (index + 1) % buffer.capacity
+    batch = TransitionBatch(buffer.obs[index], buffer.action[index], buffer.reward[index], buffer.obs[after],
+                            buffer.terminated[index])
+    return batch, index

@@ -1,0 +1,333 @@
+"""SAC: Soft Actor-Critic with automatic entropy tuning.
+
+Haarnoja et al. 2018, "Soft Actor-Critic: Off-Policy Maximum Entropy Deep RL
+with a Stochastic Actor" (arXiv 1801.01290) and "Soft Actor-Critic Algorithms
+and Applications" (arXiv 1812.05905). Defaults are CleanRL's
+`sac_continuous_action.py`: twin 256 x 256 ReLU critics, q lr 1e-3, policy lr
+3e-4, batch 256, 5000 random steps, the actor (and alpha) trained twice every
+second critic update, Polyak tau 0.005 every update.
+
+    y        = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')   (Eq. 3, 5)
+    L_Q      = sum_j mean (Q_j(s, a) - y)^2
+    L_pi     = mean alpha log pi(a|s) - min_j Q_j(s, a),  a ~ pi(.|s) reparameterized                (Eq. 7)
+    L_alpha  = mean -alpha (log pi(a|s) + H_target),      H_target = -|A|                            (Eq. 18)
+
+Truncated transitions keep their bootstrap (only `terminated` zeroes it).
+`--updates-per-step` is the update-to-data ratio (UTD): 2 gives two critic
+updates per env step; the actor's delay counts critic updates.
+
+The pieces -- `critic_loss`, `actor_loss`, `update_critic`, `update_actor`,
+`update_once` -- are exposed so agents built on SAC (ReGraMa, LEAST) reuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+import replay
+from envs import EnvSpec
+from networks import distributions as dist_lib
+from networks.actor_critic import GaussianActor, QEnsemble
+from networks import plasticity
+from networks.mlp import ACTIVATIONS, KERNEL_INITS
+from networks.training import Trained, apply_gradients, polyak, scheduled_updates, trained
+
+LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """SAC's hyperparameters; defaults are CleanRL's."""
+
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    discount: float = 0.99
+    """gamma."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    critic_lr: float = 1e-3
+    """Adam learning rate of the critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    alpha_lr: float = 1e-3
+    """Adam learning rate of log alpha (CleanRL uses the critics' rate)."""
+    learning_starts: int = 5_000
+    """Uniform random actions and no updates for this many env steps."""
+    updates_per_step: float = 1.0
+    """Update-to-data ratio: critic updates per env step (fractions allowed, e.g. 0.5)."""
+    policy_frequency: int = 2
+    """The actor and alpha train every this many critic updates, this many times (CleanRL's delayed update)."""
+    target_frequency: int = 1
+    """Polyak-update the target critics every this many critic updates."""
+    autotune: bool = True
+    """Learn alpha to keep the policy's entropy at the target; otherwise alpha stays `alpha`."""
+    alpha: float = 0.2
+    """The fixed entropy coefficient when --no-autotune (with autotune alpha starts at 1, log alpha = 0)."""
+    target_entropy_scale: float = 1.0
+    """H_target = -target_entropy_scale * action_dim."""
+    num_critics: int = 2
+    """Critics in the ensemble; the target takes the minimum over all of them."""
+    critic_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of each critic."""
+    actor_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor."""
+    activation: str = "relu"
+    """Hidden activation of every network."""
+    layer_norm: bool = False
+    """LayerNorm after every hidden Linear (critics and actor)."""
+    initializer: Literal["pytorch_default", "xavier_uniform", "lecun_uniform"] = "pytorch_default"
+    """Weight initializer of every Linear (biases start at 0)."""
+    log_std_min: float = -5.0
+    """Lower end of the actor's log-std range."""
+    log_std_max: float = 2.0
+    """Upper end of the actor's log-std range."""
+
+    def validate(self) -> None:
+        positive = ("buffer_size", "batch_size", "policy_frequency", "target_frequency", "num_critics")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.updates_per_step > 0:
+            raise ValueError(f"--updates-per-step (the update-to-data ratio) must be > 0, got {self.updates_per_step}")
+        if self.learning_starts < 0:
+            raise ValueError(f"--learning-starts must be >= 0, got {self.learning_starts}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"--discount must be in [0, 1], got {self.discount}")
+        for name in ("critic_lr", "actor_lr", "alpha_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.alpha < 0:
+            raise ValueError(f"--alpha must be >= 0, got {self.alpha}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"--activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.activation!r}")
+        if self.initializer not in KERNEL_INITS:
+            raise ValueError(f"--initializer must be one of {', '.join(KERNEL_INITS)}, got {self.initializer!r}")
+        if any(w < 1 for w in self.critic_hidden + self.actor_hidden):
+            raise ValueError("hidden widths must be >= 1")
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"--log-std-min must be < --log-std-max, got {self.log_std_min}, {self.log_std_max}")
+
+
+# ----------------------------------------------------------------------------
+# Networks and state
+# ----------------------------------------------------------------------------
+
+
+def critic_network(config: Config) -> QEnsemble:
+    return QEnsemble(config.num_critics, config.critic_hidden, config.activation, config.layer_norm,
+                     config.initializer)
+
+
+def actor_network(config: Config, spec: EnvSpec) -> GaussianActor:
+    return GaussianActor(spec.action_dim, config.actor_hidden, config.activation, config.log_std_min,
+                         config.log_std_max, config.layer_norm, config.initializer)
+
+
+def optimizers(config: Config) -> tuple[optax.GradientTransformation, ...]:
+    """(critic, actor, log alpha) optimizers: Adam, as in CleanRL."""
+    return optax.adam(config.critic_lr), optax.adam(config.actor_lr), optax.adam(config.alpha_lr)
+
+
+@struct.dataclass
+class SACState:
+    critic: Trained                 # with target critics
+    actor: Trained                  # no target
+    log_alpha: jax.Array
+    alpha_opt_state: optax.OptState
+    replay: replay.ReplayBuffer
+    env_steps: jax.Array            # transitions stored
+    updates: jax.Array              # critic updates done
+    actor_metrics: dict             # of the last actor update (logged between the delayed updates)
+    config: Config = struct.field(pytree_node=False)
+    spec: EnvSpec = struct.field(pytree_node=False)
+
+    @property
+    def alpha(self) -> jax.Array:
+        return jnp.exp(self.log_alpha) if self.config.autotune else jnp.asarray(self.config.alpha)
+
+
+def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = None) -> SACState:
+    """Fresh networks and optimizers, and an empty replay of `capacity` slots (default: from `buffer_size`)."""
+    critic_opt, actor_opt, alpha_opt = optimizers(config)
+    k_critic, k_actor = jax.random.split(key)
+    obs, action = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.action_dim))
+    critic_params = critic_network(config).init(k_critic, obs, action)
+    actor_params = actor_network(config, spec).init(k_actor, obs)
+    if capacity is None:
+        capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
+    log_alpha = jnp.zeros(())
+    return SACState(
+        critic=trained(critic_params, critic_opt),
+        actor=trained(actor_params, actor_opt, target=False),
+        log_alpha=log_alpha,
+        alpha_opt_state=alpha_opt.init(log_alpha),
+        replay=replay.create(capacity, spec.obs_dim, spec.action_dim, horizon=1),
+        env_steps=jnp.zeros((), jnp.int32),
+        updates=jnp.zeros((), jnp.int32),
+        actor_metrics={name: jnp.zeros(()) for name in ACTOR_METRICS},
+        config=config,
+        spec=spec,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Acting and storing
+# ----------------------------------------------------------------------------
+
+
+def policy(state: SACState, actor_params: dict, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A reparameterized sample a = tanh(u) ~ pi(.|obs) and its log-probability (with the tanh correction)."""
+    dist = actor_network(state.config, state.spec).apply(actor_params, obs)
+    u = dist_lib.sample_pre_tanh(dist, key)
+    return jnp.tanh(u), dist_lib.log_prob(dist, u)
+
+
+def act(state: SACState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:
+    """A sample from pi when exploring (uniform in [-1, 1] before `learning_starts`), else tanh(mean)."""
+    if not explore:
+        return dist_lib.mode(actor_network(state.config, state.spec).apply(state.actor.params, obs))
+    k_policy, k_uniform = jax.random.split(key)
+    action, _ = policy(state, state.actor.params, obs, k_policy)
+    uniform = jax.random.uniform(k_uniform, action.shape, minval=-1.0, maxval=1.0)
+    return jnp.where(state.env_steps < state.config.learning_starts, uniform, action)
+
+
+def store(state: SACState, transition: replay.Transition) -> SACState:
+    buffer = replay.add(state.replay, transition.obs, transition.action, transition.reward,
+                        transition.next_obs, transition.terminated, transition.truncated)
+    return state.replace(replay=buffer, env_steps=state.env_steps + 1)
+
+
+# ----------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------
+
+
+def critic_target(state: SACState, batch: replay.TransitionBatch, key: jax.Array) -> jax.Array:
+    """y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s'))."""
+    next_action, next_log_prob = policy(state, state.actor.params, batch.next_obs, key)
+    next_q = critic_network(state.config).apply(state.critic.target_params, batch.next_obs, next_action)
+    soft_value = jnp.min(next_q, axis=-1) - state.alpha * next_log_prob
+    return batch.reward + state.config.discount * (1.0 - batch.terminated) * soft_value
+
+
+def critic_loss(critic_params: dict, state: SACState, batch: replay.TransitionBatch,
+                target: jax.Array) -> tuple[jax.Array, dict]:
+    """sum_j mean (Q_j(s, a) - y)^2 (CleanRL sums the twin critics' MSEs)."""
+    q = critic_network(state.config).apply(critic_params, batch.obs, batch.action)        # [B, N]
+    loss = jnp.sum(jnp.mean(jnp.square(q - target[:, None]), axis=0))
+    return loss, {"critic/loss": loss, "critic/q": jnp.mean(q), "critic/target": jnp.mean(target)}
+
+
+def actor_loss(actor_params: dict, state: SACState, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """mean alpha log pi(a|s) - min_j Q_j(s, a), a ~ pi reparameterized; also returns log pi for alpha."""
+    action, log_prob = policy(state, actor_params, obs, key)
+    q = critic_network(state.config).apply(state.critic.params, obs, action)
+    return jnp.mean(state.alpha * log_prob - jnp.min(q, axis=-1)), log_prob
+
+
+def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float) -> jax.Array:
+    """mean -alpha (log pi + H_target): raises alpha while the entropy is below the target (CleanRL's form)."""
+    return jnp.mean(-jnp.exp(log_alpha) * (jax.lax.stop_gradient(log_prob) + target_entropy))
+
+
+# ----------------------------------------------------------------------------
+# Updates
+# ----------------------------------------------------------------------------
+
+
+def update_critic(state: SACState, batch: replay.TransitionBatch, key: jax.Array) -> tuple[SACState, dict]:
+    critic_opt, _, _ = optimizers(state.config)
+    target = jax.lax.stop_gradient(critic_target(state, batch, key))
+    grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target)
+    return state.replace(critic=apply_gradients(state.critic, grads, critic_opt), updates=state.updates + 1), metrics
+
+
+ACTOR_METRICS = ("actor/loss", "actor/entropy", "alpha")
+
+
+def update_actor(state: SACState, obs: jax.Array, key: jax.Array) -> tuple[SACState, dict]:
+    """One actor step, then (with autotune) one alpha step on the same log-probabilities."""
+    config = state.config
+    _, actor_opt, alpha_opt = optimizers(config)
+    (loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params, state, obs, key)
+    state = state.replace(actor=apply_gradients(state.actor, grads, actor_opt))
+    if config.autotune:
+        target_entropy = -config.target_entropy_scale * state.spec.action_dim
+        grad_alpha = jax.grad(alpha_loss)(state.log_alpha, log_prob, target_entropy)
+        step, alpha_opt_state = alpha_opt.update(grad_alpha, state.alpha_opt_state)
+        state = state.replace(log_alpha=optax.apply_updates(state.log_alpha, step), alpha_opt_state=alpha_opt_state)
+    return state, {"actor/loss": loss, "actor/entropy": -jnp.mean(log_prob), "alpha": state.alpha}
+
+
+def update_once(state: SACState, key: jax.Array, index: jax.Array) -> tuple[SACState, dict]:
+    """Critic update number `index` (from 0), then the delayed actor/alpha updates and the target update."""
+    config = state.config
+    k_sample, k_target, k_actor = jax.random.split(key, 3)
+    batch, _ = replay.sample_transitions(state.replay, k_sample, config.batch_size)
+    state, metrics = update_critic(state, batch, k_target)
+
+    def train_actor(state):
+        # CleanRL: every `policy_frequency` critic updates, `policy_frequency` actor steps (same batch states).
+        def one(state, k):
+            return update_actor(state, batch.obs, k)
+        state, actor_metrics = jax.lax.scan(one, state, jax.random.split(k_actor, config.policy_frequency))
+        return state.replace(actor_metrics=jax.tree.map(lambda m: m[-1], actor_metrics))
+
+    # `index` is unbatched (from the shared env step), so these are real branches under vmap.
+    state = jax.lax.cond(index % config.policy_frequency == 0, train_actor, lambda s: s, state)
+    state = jax.lax.cond(index % config.target_frequency == 0,
+                         lambda s: s.replace(critic=polyak(s.critic, config.tau)), lambda s: s, state)
+    return state, {**metrics, **state.actor_metrics}
+
+
+def update(state: SACState, key: jax.Array, step: jax.Array) -> tuple[SACState, dict]:
+    """The updates due after the `step`-th stored transition (`updates_per_step` on average, none before
+    `learning_starts`)."""
+    config = state.config
+    return scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
+
+
+# ----------------------------------------------------------------------------
+# Plasticity diagnostics (logged at every evaluation)
+# ----------------------------------------------------------------------------
+
+
+def critic_mlp(tree: dict) -> dict:
+    """The critics' MLP sub-dict (layers hidden_0.., out; leaves with a leading critic axis) of a params,
+    gradients or intermediates tree of `QEnsemble`."""
+    return tree["critics"]["MLP_0"]
+
+
+def critic_activations(state, critic_params: dict, obs: jax.Array, action: jax.Array) -> dict:
+    """Post-activations of every hidden layer of the critics: {hidden_k: [num_critics, B, width]}."""
+    _, variables = critic_network(state.config).apply(critic_params, obs, action, mutable=["intermediates"])
+    return plasticity.sown_activations(critic_mlp(variables["intermediates"]))
+
+
+def diagnostics(state: SACState, key: jax.Array) -> dict:
+    """Critic plasticity on a replay batch: ReDo dormant ratios, GraMa-inactive ratios (from the TD loss's
+    gradients), and the effective rank (srank) and norm of the last hidden layer's features; means over critics."""
+    return critic_diagnostics(state, key, critic_target, critic_loss)
+
+
+def critic_diagnostics(state, key: jax.Array, target_fn, loss_fn) -> dict:
+    """`diagnostics` for any agent with a `critic` (a QEnsemble), a `replay` and its own target and loss (TD3)."""
+    k_sample, k_target = jax.random.split(key)
+    batch, _ = replay.sample_transitions(state.replay, k_sample, state.config.batch_size)
+    activations = critic_activations(state, state.critic.params, batch.obs, batch.action)
+    target = jax.lax.stop_gradient(target_fn(state, batch, k_target))
+    grads, _ = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, target)
+    features = activations[max(activations, key=lambda name: int(name.split("_")[-1]))]   # [critics, B, width]
+    values = plasticity.plasticity_diagnostics(activations, critic_mlp(grads["params"]), features)
+    return {f"critic/{name}": jnp.mean(jnp.asarray(v, jnp.float32)) for name, v in values.items()}
