@@ -24,6 +24,7 @@ AGENTS = {
     "gtr": "agents.gtr",
     "regrama": "agents.regrama",
     "sac": "agents.sac",
+    "sigreg": "agents.sigreg",
     "td3": "agents.td3",
 }
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,7 @@ import envs
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from envs.core import any_over
 from networks import distributions as dist_lib
+from networks import plasticity
 from networks.mlp import MLP
 from networks.normalizer import RunningStats, init_stats, normalize, update_stats
 
@@ -142,6 +143,10 @@ class Config:
             raise ValueError("--policy-hidden and --value-hidden need at least one width, all >= 1")
         layout(self)   # raises on a batch layout that does not divide
 
+    def networks(self, spec: EnvSpec) -> "SeparateActorCritic":
+        """The actor-critic these flags describe (agents built on PPO override this to change the architecture)."""
+        return SeparateActorCritic(self, spec)
+
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
@@ -208,45 +213,89 @@ def value_network(config: Config) -> MLP:
     return MLP(config.value_hidden, 1, config.activation, use_layer_norm=False, initializer="lecun_uniform")
 
 
-def optimizer(config: Config) -> optax.GradientTransformation:
-    adam = optax.adam(config.learning_rate)
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam) if config.max_grad_norm else adam
-
-
 class Params(NamedTuple):
     policy: dict
     value: dict
 
 
+@dataclasses.dataclass(frozen=True)
+class SeparateActorCritic:
+    """Playground's PPO networks: a policy MLP and a value MLP, each on the (normalized) observation.
+
+    The interface every PPO network provides (agents/sigreg.py's shared trunk is another):
+    `init(key, obs) -> params`, `policy(params, x) -> raw [..., 2 * action_dim]`, `value(params, x) -> [...]`,
+    and `probe(params, x) -> {name: (hidden post-activations, representation)}` for the diagnostics.
+    """
+
+    config: Config
+    spec: EnvSpec
+
+    def init(self, key: jax.Array, obs: jax.Array) -> Params:
+        policy_key, value_key = jax.random.split(key)
+        return Params(policy_network(self.config, self.spec).init(policy_key, obs)["params"],
+                      value_network(self.config).init(value_key, obs)["params"])
+
+    def policy(self, params: Params, x: jax.Array) -> jax.Array:
+        return policy_network(self.config, self.spec).apply({"params": params.policy}, x)
+
+    def value(self, params: Params, x: jax.Array) -> jax.Array:
+        return value_network(self.config).apply({"params": params.value}, x)[..., 0]
+
+    def probe(self, params: Params, x: jax.Array) -> dict:
+        """Per network: its hidden post-activations and its representation (the last hidden pre-activation)."""
+        return {"policy": mlp_probe(policy_network(self.config, self.spec), params.policy, x),
+                "value": mlp_probe(value_network(self.config), params.value, x)}
+
+
+def mlp_probe(network: MLP, params: dict, x: jax.Array) -> tuple[dict, jax.Array]:
+    """({hidden_k: post-activation}, last hidden pre-activation) of a networks/mlp.py MLP on x."""
+    _, variables = network.apply({"params": params}, x, mutable=["intermediates"])
+    sown = variables["intermediates"]
+    activations = plasticity.sown_activations(sown)
+    last = len(activations) - 1
+    return activations, sown[f"preactivation_{last}"][-1]
+
+
+def optimizer(config: Config) -> optax.GradientTransformation:
+    adam = optax.adam(config.learning_rate)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam) if config.max_grad_norm else adam
+
+
+PROBE_SIZE = 256   # observations kept from the last rollout for the diagnostics (dormant ratio, srank)
+
+
 class PPOState(struct.PyTreeNode):
-    params: Params
+    params: Any                               # Params for SeparateActorCritic; the network's own pytree else
     opt_state: optax.OptState
     obs_stats: RunningStats
     updates: jax.Array                        # int32; env steps = updates x steps_per_update
+    probe_obs: jax.Array                      # [PROBE_SIZE, obs_dim] observations of the last rollout
     config: Config = struct.field(pytree_node=False)
     spec: EnvSpec = struct.field(pytree_node=False)
 
+    @property
+    def networks(self):
+        return self.config.networks(self.spec)
+
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> PPOState:
-    policy_key, value_key = jax.random.split(key)
-    obs = jnp.zeros((1, spec.obs_dim))
-    params = Params(policy_network(config, spec).init(policy_key, obs)["params"],
-                    value_network(config).init(value_key, obs)["params"])
+    params = config.networks(spec).init(key, jnp.zeros((1, spec.obs_dim)))
     return PPOState(params=params, opt_state=optimizer(config).init(params), obs_stats=init_stats(spec.obs_dim),
-                    updates=jnp.zeros((), jnp.int32), config=config, spec=spec)
+                    updates=jnp.zeros((), jnp.int32), probe_obs=jnp.zeros((PROBE_SIZE, spec.obs_dim)),
+                    config=config, spec=spec)
 
 
 def _normalized(state: PPOState, stats: RunningStats, obs: jax.Array) -> jax.Array:
     return normalize(stats, obs) if state.config.normalize_observations else obs
 
 
-def policy_dist(state: PPOState, params: Params, stats: RunningStats, obs: jax.Array) -> dist_lib.TanhGaussian:
-    raw = policy_network(state.config, state.spec).apply({"params": params.policy}, _normalized(state, stats, obs))
+def policy_dist(state: PPOState, params, stats: RunningStats, obs: jax.Array) -> dist_lib.TanhGaussian:
+    raw = state.networks.policy(params, _normalized(state, stats, obs))
     return dist_lib.tanh_gaussian(raw, state.config.min_std)
 
 
-def value(state: PPOState, params: Params, stats: RunningStats, obs: jax.Array) -> jax.Array:
-    return value_network(state.config).apply({"params": params.value}, _normalized(state, stats, obs))[..., 0]
+def value(state: PPOState, params, stats: RunningStats, obs: jax.Array) -> jax.Array:
+    return state.networks.value(params, _normalized(state, stats, obs))
 
 
 def act(state: PPOState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:
@@ -322,6 +371,8 @@ class PolicyTerms(NamedTuple):
 
 # policy_objective(terms) -> (loss to minimize, metrics). PPO's is the clipped surrogate; GTR swaps in its own.
 PolicyObjective = Callable[[PolicyTerms], tuple[jax.Array, dict]]
+# auxiliary_loss(params, normalized obs [B, T, obs_dim], key) -> (loss added to L, metrics), e.g. SIGReg.
+AuxiliaryLoss = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
 def clipped_surrogate(terms: PolicyTerms, clip_epsilon: float) -> tuple[jax.Array, dict]:
@@ -333,13 +384,15 @@ def clipped_surrogate(terms: PolicyTerms, clip_epsilon: float) -> tuple[jax.Arra
 
 def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key: jax.Array,
          precomputed: tuple[jax.Array, jax.Array] | None = None,
-         policy_objective: PolicyObjective | None = None):
+         policy_objective: PolicyObjective | None = None,
+         auxiliary_loss: AuxiliaryLoss | None = None):
     """The PPO loss on one minibatch of trajectories (leaves [B, T, ...]); returns (loss, metrics).
 
     `precomputed` = (advantages, value targets) from the behaviour value net
     (per_rollout mode); otherwise GAE is computed here from the current one.
     `policy_objective` replaces the clipped surrogate (default); the value
-    loss and entropy bonus stay.
+    loss and entropy bonus stay. `auxiliary_loss` adds a term (e.g. a
+    representation regularizer) computed on the minibatch's normalized observations.
     """
     config = state.config
     dist = policy_dist(state, params, stats, batch.obs)
@@ -363,6 +416,11 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
     value_loss = config.value_loss_coef * 0.5 * jnp.mean(jnp.square(targets - values))
     entropy = jnp.mean(dist_lib.entropy(dist, key))
     total = policy_loss + value_loss - config.entropy_cost * entropy
+    auxiliary_metrics = {}
+    if auxiliary_loss is not None:
+        auxiliary, auxiliary_metrics = auxiliary_loss(params, _normalized(state, stats, batch.obs),
+                                                      jax.random.fold_in(key, 1))
+        total = total + auxiliary
 
     explained_variance = 1.0 - jnp.var(targets - values) / (jnp.var(targets) + 1e-8)
     metrics = {
@@ -373,6 +431,7 @@ def loss(params: Params, state: PPOState, stats: RunningStats, batch: Batch, key
         "policy/std": jnp.mean(dist.scale),
         "value/explained_variance": explained_variance,
         **objective_metrics,
+        **auxiliary_metrics,
     }
     return total, metrics
 
@@ -422,8 +481,8 @@ def collect(state: PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array
     return env_state, batch, stats
 
 
-def update(state: PPOState, batch: Batch, key: jax.Array,
-           policy_objective: PolicyObjective | None = None) -> tuple[PPOState, dict]:
+def update(state: PPOState, batch: Batch, key: jax.Array, policy_objective: PolicyObjective | None = None,
+           auxiliary_loss: AuxiliaryLoss | None = None) -> tuple[PPOState, dict]:
     """num_epochs x num_minibatches Adam steps on the PPO loss; metrics are means over all of them."""
     config = state.config
     shape = layout(config)
@@ -442,7 +501,7 @@ def update(state: PPOState, batch: Batch, key: jax.Array,
         minibatch = jax.tree.map(lambda x: x[rows], batch)
         pre = None if precomputed is None else jax.tree.map(lambda x: x[rows], precomputed)
         grads, metrics = jax.grad(loss, has_aux=True)(params, state, stats, minibatch, loss_key, pre,
-                                                      policy_objective)
+                                                      policy_objective, auxiliary_loss)
         updates, opt_state = tx.update(grads, opt_state, params)
         metrics["optim/grad_norm"] = optax.tree.norm(grads)
         return (optax.apply_updates(params, updates), opt_state, key), metrics
@@ -458,7 +517,9 @@ def update(state: PPOState, batch: Batch, key: jax.Array,
 
     (params, opt_state), metrics = jax.lax.scan(epoch, (state.params, state.opt_state),
                                                 jax.random.split(key, config.num_epochs))
-    new_state = state.replace(params=params, opt_state=opt_state, obs_stats=stats, updates=state.updates + 1)
+    probe_obs = batch.obs.reshape(-1, batch.obs.shape[-1])[:PROBE_SIZE]     # first steps of the first envs
+    new_state = state.replace(params=params, opt_state=opt_state, obs_stats=stats, updates=state.updates + 1,
+                              probe_obs=probe_obs)
     return new_state, jax.tree.map(jnp.mean, metrics)
 
 
@@ -490,3 +551,18 @@ PRESETS = {
 def default_preset() -> str:
     """run.py's preset when none is given: Playground's config on accelerators, `cpu` on a CPU backend."""
     return "cpu" if jax.default_backend() == "cpu" else "playground"
+
+
+def diagnostics(state: PPOState, key: jax.Array) -> dict:
+    """Plasticity and isotropy of each network on observations of the last rollout: dormant ratio (ReDo, tau in
+    {0, 0.025, 0.1}), effective rank (srank) and norm of its representation (last hidden pre-activation), and the
+    eigenvalue spread of that representation's covariance (networks/regularizers.isotropy)."""
+    from networks.regularizers import isotropy
+
+    x = _normalized(state, state.obs_stats, state.probe_obs)
+    out = {}
+    for name, (activations, representation) in state.networks.probe(state.params, x).items():
+        values = plasticity.plasticity_diagnostics(activations, features=representation)
+        values.update(isotropy(representation))
+        out.update({f"{name}/{k}": jnp.asarray(v, jnp.float32) for k, v in values.items()})
+    return out

@@ -90,6 +90,7 @@ class MLP(nn.Module):
             x = dense(width, self.gain, name=f"hidden_{i}", init=self.initializer)(x)
             if self.use_layer_norm:
                 x = layer_norm(x)
+            self.sow("intermediates", f"preactivation_{i}", x)     # the input of the nonlinearity
             x = act(x)
             # Post-activation features, for plasticity diagnostics (ReDo scores, dormant ratio, srank):
             # collected only when the caller applies with mutable=["intermediates"], else a no-op.

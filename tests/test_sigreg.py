@@ -1,0 +1,91 @@
+"""SIGReg-PPO: the regularizer enters the loss exactly as lambda * SIGReg(z), only through the trunk; the agent
+trains in the device loop with its diagnostics; bad flags fail cleanly."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from agents import ppo, sigreg
+from experiments.on_policy import OnPolicyLoop
+from networks import regularizers
+from tests.cli_utils import run_cli
+from tests.test_ppo import TINY, TINY_FLAGS
+
+SMALL = dict(**TINY, trunk_hidden=(16, 16), trunk_dim=8)
+SPEC = envs.make("jax:PointMass").spec
+
+
+def _batch(rng, B=4, T=3):
+    obs = jnp.asarray(rng.normal(size=(B, T, SPEC.obs_dim)), jnp.float32)
+    u = jnp.asarray(rng.normal(size=(B, T, SPEC.action_dim)), jnp.float32)
+    zeros = jnp.zeros((B, T))
+    behaviour = ppo.dist_lib.TanhGaussian(jnp.zeros((B, T, SPEC.action_dim)), jnp.ones((B, T, SPEC.action_dim)))
+    return ppo.Batch(obs, u, ppo.dist_lib.log_prob(behaviour, u), behaviour, jnp.asarray(rng.normal(size=(B, T))),
+                     zeros.astype(bool), zeros.astype(bool), zeros, jnp.asarray(rng.normal(size=(B, SPEC.obs_dim))))
+
+
+def test_loss_is_ppo_plus_lambda_sigreg_of_the_trunk_representation():
+    config = sigreg.Config(**SMALL, sigreg_coef=0.7)
+    state = sigreg.init(jax.random.PRNGKey(0), SPEC, config)
+    batch, key = _batch(np.random.default_rng(0)), jax.random.PRNGKey(3)
+    auxiliary = lambda params, obs, k: sigreg.sigreg_loss(params, obs, k, state)
+    plain, _ = ppo.loss(state.params, state, state.obs_stats, batch, key)
+    total, metrics = ppo.loss(state.params, state, state.obs_stats, batch, key, auxiliary_loss=auxiliary)
+    z = state.networks.representation(state.params, batch.obs.reshape(-1, SPEC.obs_dim))   # stats are fresh: x = obs
+    statistic = regularizers.sigreg(z, jax.random.fold_in(key, 1))
+    assert float(metrics["sigreg/statistic"]) == pytest.approx(float(statistic), rel=1e-5)
+    assert float(total) == pytest.approx(float(plain) + 0.7 * float(statistic), rel=1e-5)
+    # The regularizer's gradient reaches the trunk only, never the heads.
+    grads = jax.grad(lambda p: sigreg.sigreg_loss(p, batch.obs, key, state)[0])(state.params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads["policy_head"]))
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads["value_head"]))
+    assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(grads["trunk"]))
+
+
+def test_zero_coefficient_is_shared_trunk_ppo():
+    config = sigreg.Config(**SMALL, sigreg_coef=0.0)
+    state = sigreg.init(jax.random.PRNGKey(0), SPEC, config)
+    batch, key = _batch(np.random.default_rng(1)), jax.random.PRNGKey(4)
+    auxiliary = lambda params, obs, k: sigreg.sigreg_loss(params, obs, k, state)
+    plain, _ = ppo.loss(state.params, state, state.obs_stats, batch, key)
+    total, _ = ppo.loss(state.params, state, state.obs_stats, batch, key, auxiliary_loss=auxiliary)
+    assert float(total) == float(plain)
+
+
+def test_trains_vmapped_with_diagnostics():
+    loop = OnPolicyLoop(sigreg, sigreg.Config(**SMALL), "jax:PointMass", num_seeds=2, seed=0)
+    state, metrics = loop.run(loop.init(), 0, 2 * loop.granularity)
+    assert metrics["sigreg/statistic"].shape == (2,) and np.all(np.isfinite(metrics["sigreg/statistic"]))
+    diagnostics = loop.diagnostics(state, 2 * loop.granularity)
+    for name in ("trunk/dormant_0", "trunk/dormant_0.1", "trunk/srank", "trunk/isotropy_cond",
+                 "trunk/isotropy_entropy"):
+        assert diagnostics[name].shape == (2,), name
+    assert np.all(diagnostics["trunk/srank"] >= 1) and np.all(diagnostics["trunk/srank"] <= 8)
+    # PPO reports the same diagnostics for its two networks.
+    loop = OnPolicyLoop(ppo, ppo.Config(**TINY), "jax:PointMass", num_seeds=1, seed=0)
+    state, _ = loop.run(loop.init(), 0, loop.granularity)
+    assert {"policy/srank", "value/srank", "value/dormant_0"} <= set(loop.diagnostics(state, 0))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(sigreg_coef=-0.1), "--sigreg-coef (lambda) must be >= 0"),
+    (dict(sigreg_directions=0), "num_directions"),
+    (dict(sigreg_variant="lejepa", sigreg_points=1), "lejepa"),
+    (dict(sigreg_variant="gauss"), "valid variants"),
+])
+def test_bad_sigreg_config(change, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dataclasses.replace(sigreg.Config(**SMALL), **change).validate()
+
+
+def test_bad_coefficient_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("--agent", "sigreg", "--env", "jax:PointMass", *TINY_FLAGS, "--sigreg-coef", "-1",
+                     "--run-dir", str(run_dir))
+    assert result.returncode == 2
+    assert "error: --sigreg-coef (lambda) must be >= 0, got -1.0" in result.stderr
+    assert not run_dir.exists()
