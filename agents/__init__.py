@@ -19,6 +19,7 @@ import importlib
 from types import ModuleType
 
 AGENTS = {
+    "least": "agents.least",
     "mrq": "agents.mrq",
     "ppo": "agents.ppo",
     "gtr": "agents.gtr",

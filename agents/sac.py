@@ -250,6 +250,7 @@ def update_critic(state: SACState, batch: replay.TransitionBatch, key: jax.Array
     critic_opt, _, _ = optimizers(state.config)
     target = jax.lax.stop_gradient(critic_target(state, batch, key))
     grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target)
+    metrics["critic/grad_norm"] = optax.tree.norm(grads)
     return state.replace(critic=apply_gradients(state.critic, grads, critic_opt), updates=state.updates + 1), metrics
 
 

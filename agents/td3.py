@@ -166,6 +166,7 @@ def update_once(state: TD3State, key: jax.Array, index: jax.Array) -> tuple[TD3S
     batch, _ = replay.sample_transitions(state.replay, k_sample, config.batch_size)
     target = jax.lax.stop_gradient(critic_target(state, batch, k_noise))
     grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target)
+    metrics["critic/grad_norm"] = optax.tree.norm(grads)
     state = state.replace(critic=apply_gradients(state.critic, grads, critic_opt), updates=state.updates + 1)
 
     def train_actor(state):

@@ -194,8 +194,11 @@ class HostVecEnv:
         self._needs_reset = False
         return np.stack([env.reset() for env in self._instances]).astype(np.float32)
 
-    def step(self, action: np.ndarray) -> StepResult:
-        """Step every instance with ``action[i]`` in [-1, 1]; finished ones reset at once."""
+    def step(self, action: np.ndarray, stop: np.ndarray | None = None) -> StepResult:
+        """Step every instance with ``action[i]`` in [-1, 1]; finished ones reset at once.
+
+        ``stop[i]`` (an agent's early stop) ends instance i's episode after this step as a
+        truncation, unless it terminated anyway."""
         if self._needs_reset:
             raise RuntimeError(f"{self.spec.env_id}: call reset() before the first step().")
         action = np.asarray(action, dtype=np.float32)
@@ -204,9 +207,11 @@ class HostVecEnv:
             raise ValueError(
                 f"{self.spec.env_id}: action shape {action.shape}, expected {expected}."
             )
+        stop = np.zeros(self.num_envs, bool) if stop is None else np.asarray(stop, bool)
         obs, final_obs, reward, terminated, truncated = [], [], [], [], []
-        for env, act in zip(self._instances, action):
+        for env, act, stop_here in zip(self._instances, action, stop):
             next_obs, rew, term, trunc = env.step(act)
+            trunc = trunc or bool(stop_here)
             final_obs.append(next_obs)
             obs.append(env.reset() if (term or trunc) else next_obs)
             reward.append(rew)
@@ -416,8 +421,11 @@ class JaxEnv:
         carry, _ = jax.lax.scan(frame, init, None, length=self.spec.action_repeat)
         return carry
 
-    def _advance(self, state: JaxEnvState, action: jax.Array):
-        """One agent step without the reset: (continued state, info, done, reset key)."""
+    def _advance(self, state: JaxEnvState, action: jax.Array, stop: jax.Array | bool = False):
+        """One agent step without the reset: (continued state, info, done, reset key).
+
+        `stop` (e.g. an agent's early stop, agents/least.py) ends the episode after this step as a
+        truncation: the value still bootstraps, and the next episode starts from a fresh reset."""
         action = jnp.clip(action, -1.0, 1.0)
         physics, next_obs, reward, terminated, nan = self._repeat_action(state, action)
         # A NaN frame is ended as terminal; report the last finite obs so that
@@ -425,7 +433,7 @@ class JaxEnv:
         final_obs = jnp.where(nan, state.obs, next_obs)
         step = state.step + 1
         episode_return = state.episode_return + reward
-        truncated = (step >= self.spec.max_episode_steps) & ~terminated
+        truncated = ((step >= self.spec.max_episode_steps) | stop) & ~terminated
         done = terminated | truncated
         next_key, reset_key = jax.random.split(state.key)
         continued = JaxEnvState(final_obs, physics, next_key, step, episode_return, state.clock + 1)
@@ -445,13 +453,14 @@ class JaxEnv:
         """The state that replaces a finished episode: a newly randomized reset."""
         return self.reset(reset_key, continued.clock)._replace(key=continued.key)
 
-    def step(self, state: JaxEnvState, action: jax.Array) -> tuple[JaxEnvState, StepInfo]:
-        """One env: step, and reset with a fresh key where the episode ended.
+    def step(self, state: JaxEnvState, action: jax.Array,
+             stop: jax.Array | bool = False) -> tuple[JaxEnvState, StepInfo]:
+        """One env: step, and reset with a fresh key where the episode ended (or `stop` truncates it).
 
         Under ``vmap`` the reset ``cond`` becomes a select, so every env pays
         for a reset on every step; batched code should call ``step_batch``.
         """
-        continued, info, done, reset_key = self._advance(state, action)
+        continued, info, done, reset_key = self._advance(state, action, stop)
         new_state = jax.lax.cond(done, lambda: self._fresh(reset_key, continued), lambda: continued)
         return new_state, info._replace(obs=new_state.obs)
 

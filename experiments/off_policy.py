@@ -15,6 +15,11 @@ uninterrupted run would.
 `update(state, key, step)` receives the environment step count unbatched, so
 the agent's schedule (e.g. MR.Q's encoder burst every 250 steps) branches for
 real under vmap.
+
+An agent may define `early_stop(state, obs, action) -> bool` (agents/least.py):
+evaluated with the action on every training step, inside the same jitted call,
+it ends the episode after that step as a truncation (the value bootstraps) and
+the env resets. Evaluation episodes never stop early.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ import replay
 
 from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device,
                                  seed_keys, step_key, step_keys)
+
+
+def early_stop(agent: ModuleType, state, obs: jax.Array, action: jax.Array) -> jax.Array:
+    """The agent's decision to end the episode after this step (False for agents without `early_stop`)."""
+    stopper = getattr(agent, "early_stop", None)
+    return jnp.zeros((), bool) if stopper is None else stopper(state, obs, action)
 
 
 class _SeedLoop:
@@ -67,11 +78,16 @@ class HostLoop(_SeedLoop):
         def act(state, obs, seed_key, step, explore):
             return agent.act(state, obs, step_key(seed_key, step, ACT), explore)
 
+        def act_in_training(state, obs, seed_key, step):
+            action = agent.act(state, obs, step_key(seed_key, step, ACT), True)
+            return action, early_stop(agent, state, obs, action)
+
         def store_and_update(state, transition, seed_key, step):
             return agent.update(agent.store(state, transition), step_key(seed_key, step, UPDATE), step)
 
         # `step` is unbatched (in_axes None): the agent's schedule branches on it for real.
         self._act = jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None, None)), static_argnums=4)
+        self._act_in_training = jax.jit(jax.vmap(act_in_training, in_axes=(0, 0, 0, None)))
         self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0)
 
     # -- state ---------------------------------------------------------------
@@ -101,8 +117,8 @@ class HostLoop(_SeedLoop):
         episodes = state["episodes"]
         metrics = None
         for step in range(start_step + 1, start_step + num_steps + 1):
-            action = np.asarray(self._act(agent_state, obs, self.seed_keys, step, True))
-            result = self.env.step(action)
+            action, stop = self._act_in_training(agent_state, obs, self.seed_keys, step)
+            result = self.env.step(np.asarray(action), np.asarray(stop))
             transition = replay.Transition(obs, action, result.reward, result.final_obs,
                                            result.terminated, result.truncated)
             agent_state, metrics = self._train(agent_state, transition, self.seed_keys, step)
@@ -155,7 +171,7 @@ class DeviceLoop(_SeedLoop):
                 agent_state, env_state, tracker = carry
                 obs = env_state.obs
                 action = agent.act(agent_state, obs, step_key(seed_key, step, ACT), True)
-                env_state, info = env.step(env_state, action)
+                env_state, info = env.step(env_state, action, early_stop(agent, agent_state, obs, action))
                 transition = replay.Transition(obs, action, info.reward, info.final_obs,
                                                info.terminated, info.truncated)
                 agent_state, metrics = agent.update(agent.store(agent_state, transition),
