@@ -8,6 +8,9 @@ the training loop in `experiments/` that drives it:
 * "off_policy": `store(state, transition)` then `update(state, key, step)`
   after every environment step (host envs) or inside a scanned device chunk
   (JAX envs).
+* "offline": `prepare(dataset, spec, config, world_dir, key)` builds the world
+  (dataset, dynamics model) once; `update(state, world, key, step)` is scanned
+  in chunks of gradient steps (experiments/offline.py); `--dataset` is required.
 * "on_policy": `train_step(state, env, env_state, key, sync_axes)` -- a whole
   rollout and update on a JAX env -- scanned in chunks on the device; the agent
   also exposes `layout(config)` with `steps_per_update`.
@@ -19,9 +22,11 @@ import importlib
 from types import ModuleType
 
 AGENTS = {
+    "bc": "agents.bc",
     "least": "agents.least",
     "mrq": "agents.mrq",
     "ppo": "agents.ppo",
+    "ravl": "agents.ravl",
     "gtr": "agents.gtr",
     "regrama": "agents.regrama",
     "sac": "agents.sac",

@@ -225,6 +225,14 @@ class HostVecEnv:
             final_obs=np.stack(final_obs).astype(np.float32),
         )
 
+    def physics_states(self) -> dict[str, np.ndarray] | None:
+        """{name: [num_envs, ...]} simulator state of every instance (gymnasium: qpos, qvel), None if the
+        family does not expose one."""
+        if not all(hasattr(env, "physics_state") for env in self._instances):
+            return None
+        states = [env.physics_state() for env in self._instances]
+        return {k: np.stack([s[k] for s in states]) for k in states[0]}
+
     def get_state(self) -> bytes:
         """Everything needed to continue this env exactly, as bytes for a checkpoint.
 

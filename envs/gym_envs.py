@@ -85,6 +85,12 @@ class GymInstance:
         terminated = bool(terminated)
         return np.asarray(obs, dtype=np.float32), float(reward), terminated, bool(truncated) and not terminated
 
+    def physics_state(self) -> dict[str, np.ndarray]:
+        """qpos and qvel now (what the observation of this step was computed from), for offline datasets
+        whose model rollouts restart the simulator from dataset states (agents/ravl.py --dynamics true)."""
+        data = self.env.unwrapped.data
+        return {"qpos": np.array(data.qpos, np.float32), "qvel": np.array(data.qvel, np.float32)}
+
     def _wrappers(self) -> tuple[Any, Any]:
         """The ``TimeLimit`` and ``OrderEnforcing`` wrappers, whose counters are state.
 

@@ -137,22 +137,8 @@ class HostLoop(_SeedLoop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
-        eval_seed = 1_000_000 + 10_007 * self.seed + step
-        env = envs_lib.make(self.env_id, num_envs=self.num_seeds * episodes, seed=eval_seed, **self.env_kwargs)
-        try:
-            obs = env.reset()
-            returns = np.zeros(self.num_seeds * episodes)
-            running = np.ones(self.num_seeds * episodes, bool)
-            while running.any():
-                action = self._act(state["agent"], obs.reshape(self.num_seeds, episodes, -1), self.seed_keys, step,
-                                   False)
-                result = env.step(np.asarray(action).reshape(self.num_seeds * episodes, -1))
-                returns += np.where(running, result.reward, 0.0)
-                running &= ~(result.terminated | result.truncated)
-                obs = result.obs
-        finally:
-            env.close()
-        return returns.reshape(self.num_seeds, episodes)
+        act = lambda obs: self._act(state["agent"], obs, self.seed_keys, step, False)
+        return evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
 
     def close(self) -> None:
         self.env.close()
@@ -227,6 +213,31 @@ class DeviceLoop(_SeedLoop):
 
     def close(self) -> None:
         pass
+
+
+def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episodes: int,
+                  env_kwargs: dict | None = None, discount: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and discounted returns [num_seeds, episodes] of `act(obs [num_seeds, episodes, d]) -> actions`
+    on fresh host env instances seeded from (seed, step); every episode runs to its first end."""
+    eval_seed = 1_000_000 + 10_007 * seed + step
+    env = envs_lib.make(env_id, num_envs=num_seeds * episodes, seed=eval_seed, **(env_kwargs or {}))
+    try:
+        obs = env.reset()
+        returns = np.zeros(num_seeds * episodes)
+        discounted = np.zeros(num_seeds * episodes)
+        weight = np.ones(num_seeds * episodes)
+        running = np.ones(num_seeds * episodes, bool)
+        while running.any():
+            action = act(obs.reshape(num_seeds, episodes, -1))
+            result = env.step(np.asarray(action).reshape(num_seeds * episodes, -1))
+            returns += np.where(running, result.reward, 0.0)
+            discounted += np.where(running, weight * result.reward, 0.0)
+            weight *= discount
+            running &= ~(result.terminated | result.truncated)
+            obs = result.obs
+    finally:
+        env.close()
+    return returns.reshape(num_seeds, episodes), discounted.reshape(num_seeds, episodes)
 
 
 def make_loop(agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, replay_transitions: int,

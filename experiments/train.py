@@ -68,6 +68,8 @@ class RunArgs:
     """Show a progress bar."""
     distributed: bool = False
     """Call jax.distributed.initialize() first (multi-host: every host runs the same command)."""
+    dataset: str | None = None
+    """Offline agents (ravl, neubay, bc): the dataset, an HDF5 file made by experiments/collect.py."""
     preset: str | None = None
     """Named preset of the agent's flags, applied before the flags given (PPO: playground, cpu; default
     for PPO: cpu on a CPU backend, playground on GPU/TPU)."""
@@ -164,7 +166,12 @@ def train(args: RunArgs, config: Any) -> Path:
         config.validate()
     except ValueError as error:
         raise RunError(str(error)) from None
-    if agent.LOOP not in ("off_policy", "on_policy"):
+    if agent.LOOP == "offline" and not args.dataset:
+        raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH "
+                       "(make one with experiments/collect.py)")
+    if agent.LOOP != "offline" and args.dataset:
+        raise RunError(f"--dataset is for the offline agents; {args.agent!r} learns online")
+    if agent.LOOP not in ("off_policy", "on_policy", "offline"):
         raise RunError(f"agent {args.agent!r} uses loop {agent.LOOP!r}, which run.py does not drive yet")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args)
     _prepare_run_dir(args, run_dir)
@@ -176,7 +183,7 @@ def train(args: RunArgs, config: Any) -> Path:
                           else min(args.total_steps, getattr(config, "buffer_size", args.total_steps)))
 
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
-    loop = make_loop(agent, config, args, replay_transitions)
+    loop = make_loop(agent, config, args, replay_transitions, run_dir)
     try:
         return _train(args, config, loop, run_dir, saved, replay_transitions)
     except jax.errors.JaxRuntimeError as error:
@@ -187,8 +194,17 @@ def train(args: RunArgs, config: Any) -> Path:
         loop.close()
 
 
-def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int):
+def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None):
     """The loop of `agent.LOOP` for `args.env`; configurations it cannot run raise RunError."""
+    if agent.LOOP == "offline":
+        from experiments.offline import OfflineLoop
+        from replay.datasets import DatasetError
+
+        try:
+            return OfflineLoop(agent, config, args.env, args.num_seeds, args.seed, args.dataset,
+                               (run_dir or Path(".")) / "world")
+        except (DatasetError, ValueError, FileNotFoundError) as error:
+            raise RunError(str(error)) from None
     if agent.LOOP == "on_policy":
         from experiments.on_policy import LoopError, OnPolicyLoop
 

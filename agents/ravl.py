@@ -1,0 +1,297 @@
+"""RAVL: Reach-Aware Value Learning for offline model-based RL.
+
+"The Edge-of-Reach Problem in Offline Model-Based RL" (Sims, Lu, Foerster,
+Teh; arXiv 2402.12527; code anyasims/edge-of-reach). Model rollouts of k
+steps from dataset states reach states at step k whose values are bootstrapped
+FROM but never trained AT ("edge-of-reach" states). Their Q-values are never
+corrected, and the max in the Bellman target propagates their errors: values
+explode even with the TRUE dynamics (`--dynamics true`). RAVL fixes this with
+value pessimism that does not depend on dynamics uncertainty: EDAC's
+ensemble of critics with gradient diversity (An et al. 2021, arXiv 2110.01548).
+
+    world model   7 probabilistic members (networks/ensemble.py), 5 elites, trained once on the dataset
+    rollouts      every `rollout_every` updates: `rollout_batch` dataset states, horizon 5, a ~ pi,
+                  a random elite per step, the task's known termination function; kept in a FIFO of
+                  `retain_epochs` rollout batches
+    batch         5% dataset transitions + 95% model transitions, 256 in all
+    critics       N = 10, target  y = r + gamma (1 - d) (min_j Q'_j(s', a') - alpha log pi(a'|s'))
+    L_Q           sum_j mean (Q_j(s, a) - y)^2  +  eta * ES                          (EDAC, Eq. 5)
+    ES            1/(N-1) sum_{i != j} <g_i, g_j>,  g_j = grad_a Q_j(s, a) / ||grad_a Q_j(s, a)||,
+                  averaged over the batch: the ensemble's action-gradients are pushed apart, so
+                  its spread (and the min over it) grows off the data
+    actor, alpha  SAC's (agents/sac.py), every update
+
+Everything after the world model -- rollouts, batches, updates -- is one jitted
+step, vmapped over seeds; the seeds share the world model (trained once, saved
+under the run's `world/`, or loaded from `--model-path`). `--eta 0` is SAC-N
+(the paper's baseline without the diversity term). Evaluation is in the real
+environment; `diagnostics` reports the critics' Q at dataset start states next
+to the evaluation's discounted return (the over-estimation the paper is about).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+import replay
+from agents import sac
+from envs import EnvSpec
+from networks import ensemble as ensemble_lib
+from networks.training import apply_gradients, polyak
+from replay import ring as ring_lib
+
+LOOP = "offline"
+RUN_DEFAULTS = {"total_steps": 1_000_000, "eval_every": 10_000, "log_every": 1_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(sac.Config):
+    """SAC-N + EDAC's diversity term on model rollouts; defaults are the paper's (D4RL MuJoCo)."""
+
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log alpha."""
+    learning_starts: int = 0
+    """Offline: updates start at once."""
+    policy_frequency: int = 1
+    """The actor and alpha train after every critic update."""
+    num_critics: int = 10
+    """N critics; the target takes the minimum over all of them."""
+    critic_hidden: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of each critic."""
+    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the actor."""
+    eta: float = 1.0
+    """Weight of EDAC's gradient-diversity term (0: SAC-N)."""
+    real_ratio: float = 0.05
+    """Fraction of each batch drawn from the dataset (the rest from model rollouts)."""
+    rollout_batch: int = 50_000
+    """Dataset states each rollout round starts from."""
+    rollout_horizon: int = 5
+    """Model steps per rollout."""
+    rollout_every: int = 1000
+    """Updates between rollout rounds."""
+    retain_rounds: int = 5
+    """Rollout rounds the model buffer keeps (capacity = rollout_batch x horizon x retain_rounds)."""
+    dynamics: Literal["learned", "true"] = "learned"
+    """Roll out with the learned ensemble, or step the real simulator from dataset states
+    (the paper's central experiment; needs infos/qpos, infos/qvel in the dataset)."""
+    model_path: str | None = None
+    """Load a trained dynamics ensemble (saved by a previous run under <run>/world/dynamics) instead of training."""
+    model_members: int = 7
+    """Ensemble members trained."""
+    model_elites: int = 5
+    """Members rollouts sample from (lowest holdout MSE)."""
+    model_hidden: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden widths of each member."""
+    model_max_epochs: int | None = None
+    """Cap on the model's training epochs (None: until holdout early stopping)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eta < 0:
+            raise ValueError(f"--eta must be >= 0, got {self.eta}")
+        if not 0 <= self.real_ratio <= 1:
+            raise ValueError(f"--real-ratio must be in [0, 1], got {self.real_ratio}")
+        for name in ("rollout_batch", "rollout_horizon", "rollout_every", "retain_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.dynamics not in ("learned", "true"):
+            raise ValueError(f"--dynamics must be learned or true, got {self.dynamics!r}")
+        if self.num_critics < 2 and self.eta > 0:
+            raise ValueError("--eta > 0 needs --num-critics >= 2 (the diversity of one critic is undefined)")
+        model_config(self).validate()
+
+
+def model_config(config: Config) -> ensemble_lib.EnsembleConfig:
+    return dataclasses.replace(ensemble_lib.RAVL_CONFIG, num_members=config.model_members,
+                               num_elites=config.model_elites, hidden=tuple(config.model_hidden),
+                               max_epochs=config.model_max_epochs)
+
+
+# ----------------------------------------------------------------------------
+# The world: dataset + dynamics (shared by every seed)
+# ----------------------------------------------------------------------------
+
+
+def check(dataset, spec: EnvSpec, config: Config) -> None:
+    """Before anything is written: a saved model must fit this env, true dynamics needs simulator states."""
+    if config.model_path is not None and config.dynamics == "learned":
+        ensemble_lib.load(config.model_path, model_config(config), spec.obs_dim, spec.action_dim)
+    if config.dynamics == "true":
+        from envs import true_dynamics
+
+        true_dynamics.make_true_dynamics(spec.env_id)       # raises for unsupported envs, listing the supported
+        if not {"qpos", "qvel"} <= set(dataset.infos):
+            raise ValueError(f"--dynamics true needs infos/qpos and infos/qvel in the dataset "
+                             f"{dataset.metadata.source} (collect.py records them for gym: envs)")
+
+
+def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Array) -> dict:
+    """Train (or load) the dynamics ensemble; the world every seed learns from."""
+    from envs import true_dynamics
+
+    world = {"data": replay.TransitionBatch(dataset.observations, dataset.actions, dataset.rewards,
+                                            dataset.next_observations, dataset.terminals),
+             "starts": jnp.asarray(replay.datasets.episode_starts(dataset), jnp.int32)}
+    if config.dynamics == "true":
+        world["qpos"], world["qvel"] = jnp.asarray(dataset.infos["qpos"]), jnp.asarray(dataset.infos["qvel"])
+        return world
+    saved = world_dir / "dynamics"
+    path = config.model_path or (saved if saved.exists() else None)
+    if path is not None:
+        model = ensemble_lib.load(path, model_config(config), spec.obs_dim, spec.action_dim)
+    else:
+        model = ensemble_lib.init(key, spec.obs_dim, spec.action_dim, model_config(config))
+        log = lambda r: print(f"  dynamics epoch {r['epoch']}: holdout mse {r['holdout_mse']:.4g}",
+                              file=sys.stderr, flush=True) if r["epoch"] % 10 == 0 else None
+        model, _ = ensemble_lib.train(model, {"observations": dataset.observations, "actions": dataset.actions,
+                                              "next_observations": dataset.next_observations,
+                                              "rewards": dataset.rewards}, key, log_fn=log)
+        world_dir.mkdir(parents=True, exist_ok=True)
+        ensemble_lib.save(saved, model)
+    true_dynamics.termination_fn(spec.env_id)      # raises early for a task without a known termination rule
+    world["model"] = model
+    return world
+
+
+# ----------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------
+
+
+@struct.dataclass
+class RAVLState:
+    sac: sac.SACState                 # critics (N), actor, alpha; its replay is unused (None)
+    model_buffer: ring_lib.TransitionRing
+    probe_obs: jax.Array              # dataset episode-start observations, for the value diagnostics
+
+
+def init(key: jax.Array, spec: EnvSpec, config: Config, world: dict) -> RAVLState:
+    base = sac.init(key, spec, config, capacity=4).replace(replay=None)
+    capacity = config.rollout_batch * config.rollout_horizon * config.retain_rounds
+    starts = world["starts"][:256]
+    return RAVLState(base, ring_lib.create(capacity, spec.obs_dim, spec.action_dim), world["data"].obs[starts])
+
+
+def act(state: RAVLState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:
+    return sac.act(state.sac, obs, key, explore)
+
+
+# ----------------------------------------------------------------------------
+# Model rollouts
+# ----------------------------------------------------------------------------
+
+
+def model_rollouts(state: RAVLState, world: dict, key: jax.Array) -> tuple[RAVLState, jax.Array]:
+    """`rollout_batch` branches of `rollout_horizon` steps from dataset states into the model buffer.
+
+    Steps after a branch terminates are not stored. Returns the new state and the number stored."""
+    from envs import true_dynamics
+
+    config, spec = state.sac.config, state.sac.spec
+    k_start, k_steps = jax.random.split(key)
+    index = jax.random.randint(k_start, (config.rollout_batch,), 0, world["data"].obs.shape[0])
+    obs = world["data"].obs[index]
+    terminated_fn = true_dynamics.termination_fn(spec.env_id)
+    if config.dynamics == "true":
+        simulator = true_dynamics.make_true_dynamics(spec.env_id)
+        sim = jax.vmap(simulator.state_from)(world["qpos"][index], world["qvel"][index])
+    else:
+        sim = None
+
+    def step(carry, key):
+        obs, sim, alive, buffer = carry
+        k_action, k_model = jax.random.split(key)
+        action, _ = sac.policy(state.sac, state.sac.actor.params, obs, k_action)
+        if config.dynamics == "true":
+            sim, next_obs, reward, terminated = jax.vmap(simulator.step)(sim, action)
+        else:
+            next_obs, reward, _ = ensemble_lib.sample_step(world["model"], obs, action, k_model)
+            terminated = terminated_fn(obs, action, next_obs)
+        batch = replay.TransitionBatch(obs, action, reward, next_obs, terminated.astype(jnp.float32))
+        buffer = ring_lib.add(buffer, batch, alive)
+        return (next_obs, sim, alive & ~terminated, buffer), jnp.sum(alive)
+
+    init_carry = (obs, sim, jnp.ones(config.rollout_batch, bool), state.model_buffer)
+    (_, _, _, buffer), stored = jax.lax.scan(step, init_carry, jax.random.split(k_steps, config.rollout_horizon))
+    return state.replace(model_buffer=buffer), jnp.sum(stored)
+
+
+# ----------------------------------------------------------------------------
+# Losses and the update
+# ----------------------------------------------------------------------------
+
+
+def diversity(critic_params: dict, state: sac.SACState, obs: jax.Array, action: jax.Array) -> jax.Array:
+    """EDAC's ES: 1/(N-1) sum_{i != j} <g_i, g_j> of the normalized action-gradients, averaged over the batch."""
+    network = sac.critic_network(state.config)
+    # Samples are independent, so d(sum_b Q_j(s_b, a_b))/da_b = dQ_j(s_b, a_b)/da_b: one Jacobian for all.
+    grads = jax.jacrev(lambda a: jnp.sum(network.apply(critic_params, obs, a), axis=0))(action)   # [N, B, A]
+    grads = grads / (jnp.linalg.norm(grads, axis=-1, keepdims=True) + 1e-10)
+    gram = jnp.einsum("iba,jba->bij", grads, grads)                                              # [B, N, N]
+    num = gram.shape[-1]
+    off_diagonal = jnp.sum(gram, axis=(1, 2)) - jnp.trace(gram, axis1=1, axis2=2)
+    return jnp.mean(off_diagonal) / (num - 1)
+
+
+def critic_loss(critic_params: dict, state: sac.SACState, batch: replay.TransitionBatch, target: jax.Array,
+                eta: float) -> tuple[jax.Array, dict]:
+    """SAC-N's TD loss + eta * ES."""
+    td, metrics = sac.critic_loss(critic_params, state, batch, target)
+    if eta == 0:
+        return td, metrics
+    es = diversity(critic_params, state, batch.obs, batch.action)
+    return td + eta * es, {**metrics, "critic/diversity": es}
+
+
+def mixed_batch(state: RAVLState, world: dict, key: jax.Array) -> replay.TransitionBatch:
+    config = state.sac.config
+    real = int(round(config.batch_size * config.real_ratio))
+    k_real, k_model = jax.random.split(key)
+    parts = []
+    if real > 0:
+        index = jax.random.randint(k_real, (real,), 0, world["data"].obs.shape[0])
+        parts.append(jax.tree.map(lambda x: x[index], world["data"]))
+    if config.batch_size - real > 0:
+        parts.append(ring_lib.sample(state.model_buffer, k_model, config.batch_size - real))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs).astype(jnp.float32), *parts)
+
+
+def update(state: RAVLState, world: dict, key: jax.Array, step: jax.Array) -> tuple[RAVLState, dict]:
+    """Update `step` (from 1): a rollout round when due, then one critic and one actor/alpha step."""
+    config = state.sac.config
+    k_roll, k_batch, k_target, k_actor = jax.random.split(key, 4)
+    # `step` is unbatched (shared by the seeds), so this is a real branch under vmap.
+    state, _ = jax.lax.cond((step - 1) % config.rollout_every == 0,
+                            lambda s: model_rollouts(s, world, k_roll),
+                            lambda s: (s, jnp.zeros((), jnp.int32)), state)
+    batch = mixed_batch(state, world, k_batch)
+    base = state.sac
+    critic_opt, _, _ = sac.optimizers(config)
+    target = jax.lax.stop_gradient(sac.critic_target(base, batch, k_target))
+    grads, metrics = jax.grad(critic_loss, has_aux=True)(base.critic.params, base, batch, target, config.eta)
+    critic = apply_gradients(base.critic, grads, critic_opt)
+    base = base.replace(critic=polyak(critic, config.tau), updates=base.updates + 1)
+    base, actor_metrics = sac.update_actor(base, batch.obs, k_actor)
+    return state.replace(sac=base), {**metrics, **actor_metrics,
+                                     "model_buffer/size": state.model_buffer.size.astype(jnp.float32)}
+
+
+def diagnostics(state: RAVLState, key: jax.Array) -> dict:
+    """Q of the policy's action at dataset start states (min and mean over critics): what the critics
+    expect to earn, to compare with the evaluation's discounted return (eval/discounted_return)."""
+    base = state.sac
+    action, _ = sac.policy(base, base.actor.params, state.probe_obs, key)
+    q = sac.critic_network(base.config).apply(base.critic.params, state.probe_obs, action)
+    return {"value/q_start_min": jnp.mean(jnp.min(q, axis=-1)), "value/q_start_mean": jnp.mean(q),
+            "value/q_start_std": jnp.mean(jnp.std(q, axis=-1))}
+

@@ -1,0 +1,118 @@
+"""The loop that drives offline agents (`agent.LOOP == "offline"`): RAVL, NEUBAY, BC.
+
+The dataset (replay/datasets.py, made by experiments/collect.py) is loaded and
+validated when the loop is built, before anything is written. `init()` then
+calls the agent's `prepare(dataset, spec, config, world_dir, key)`, which
+returns the WORLD the agent learns from: a pytree shared by every seed (the
+dataset on the device, a trained dynamics model, ...). A world that costs
+time to build (a dynamics ensemble) is saved under the run directory's
+`world/` and reloaded by `--resume`.
+
+Training is `update(state, world, key, step)`, vmapped over seeds with the
+world broadcast (in_axes None) and scanned over a chunk of gradient steps in
+one compiled call; `--total-steps` counts gradient steps. Evaluation runs
+the deterministic policy in the real environment; it also records the
+discounted return (with the agent's discount), which offline agents compare
+with their value estimates (`diagnostics`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs as envs_lib
+from experiments.off_policy import evaluate_host
+from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys, \
+    step_key, step_keys
+
+
+class OfflineLoop:
+    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, dataset_path: str,
+                 world_dir: Path):
+        from replay import datasets
+
+        self.agent, self.config = agent, config
+        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        self.is_jax = envs_lib.is_jax_env(env_id)
+        probe = envs_lib.make(env_id) if self.is_jax else envs_lib.make(env_id, num_envs=1, seed=seed)
+        self.spec = probe.spec
+        self.env = probe if self.is_jax else None
+        if not self.is_jax:
+            probe.close()
+        # DatasetError names the file and the problem (missing, corrupt, another env, other sizes, NaN, ...).
+        self.dataset = datasets.load(dataset_path, env_id=env_id, spec=self.spec)
+        self.capacity = self.dataset.num_transitions
+        self.world_dir = Path(world_dir)
+        if hasattr(agent, "check"):
+            agent.check(self.dataset, self.spec, config)     # e.g. a saved dynamics model of other shapes
+        self.seed_keys = seed_keys(seed, num_seeds)
+        self.world = None
+        self._diagnostics = Diagnostics(agent)
+        self._last_discounted = None
+
+        def chunk(agent_state, world, seed_key, steps):
+            def body(state, step):
+                return agent.update(state, world, step_key(seed_key, step, UPDATE), step)
+
+            agent_state, metrics = jax.lax.scan(body, agent_state, steps)
+            return agent_state, jax.tree.map(lambda m: m[-1], metrics)
+
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None)), donate_argnums=0)
+        self._act = jax.jit(jax.vmap(lambda s, o, k: agent.act(s, o, k, False)))
+        if self.is_jax:
+            env = self.env
+
+            def evaluate(agent_state, key, episodes):
+                return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
+
+            self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
+                                     static_argnums=2)
+
+    def init(self) -> dict:
+        """Build (or reload) the world, then fresh agents for every seed."""
+        if self.world is None:
+            self.world = self.agent.prepare(self.dataset, self.spec, self.config, self.world_dir,
+                                            jax.random.PRNGKey(self.seed))
+        world = self.world
+        agent_state = jax.vmap(lambda k: self.agent.init(step_key(k, 0, INIT), self.spec, self.config, world))(
+            self.seed_keys)
+        return {"agent": agent_state}
+
+    def host_state(self) -> bytes:
+        return b""
+
+    def set_host_state(self, blob: bytes) -> None:
+        pass
+
+    def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
+        steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
+        agent_state, metrics = self._chunk(state["agent"], self.world, self.seed_keys, steps)
+        return {"agent": agent_state}, {k: np.asarray(v) for k, v in metrics.items()}
+
+    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+        """Deterministic returns [num_seeds, episodes] in the real environment."""
+        if self.is_jax:
+            self._last_discounted = None
+            return np.asarray(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL), episodes))
+        keys = step_keys(self.seed_keys, step, ACT)
+        act = lambda obs: self._act(state["agent"], obs, keys)
+        returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
+                                            discount=getattr(self.config, "discount", 1.0))
+        self._last_discounted = discounted.mean(axis=1)
+        return returns
+
+    def diagnostics(self, state: dict, step: int) -> dict:
+        """The agent's diagnostics, and the discounted return of the last evaluation."""
+        out = self._diagnostics(state["agent"], self.seed_keys, step)
+        if self._last_discounted is not None:
+            out["eval/discounted_return"] = self._last_discounted
+        return out
+
+    def close(self) -> None:
+        pass
