@@ -1,0 +1,242 @@
+"""experiments/plot.py: bootstrap CIs, IQM and stratified bootstrap on known data; figures and summary.csv from fake
+run directories; bad input gives `error: ...`, exit 2 and no output."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import plot
+from tests.cli_utils import ROOT
+
+STEPS = (100, 200, 300)
+# Per (agent, env): returns [seed][evaluation] at STEPS, 3 seeds.
+RETURNS = {
+    ("mrq", "dmc:e1"): [[10, 20, 30], [12, 22, 36], [14, 24, 33]],
+    ("mrq", "dmc:e2"): [[0, 50, 100], [0, 40, 80], [0, 60, 90]],
+    ("sac", "dmc:e1"): [[5, 6, 7], [5, 6, 9], [5, 6, 8]],
+    ("sac", "dmc:e2"): [[1, 2, 3], [1, 2, 4], [1, 2, 5]],
+}
+
+
+def write_run(path, agent, env, rows, extra_columns=(), sweep=None):
+    """A run directory as experiments/train.py writes it: config.json and eval.csv (rows are dicts)."""
+    path.mkdir(parents=True)
+    config = {"run": {"agent": agent, "env": env, "num_seeds": 3}, "agent_config": {}}
+    if sweep is not None:
+        config["sweep"] = sweep
+    (path / "config.json").write_text(json.dumps(config))
+    with (path / "eval.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "seed", "return", "return_std", *extra_columns])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def rows_of(returns, **extra):
+    return [{"step": step, "seed": seed, "return": returns[seed][i], "return_std": 1.0, **extra}
+            for i, step in enumerate(STEPS) for seed in range(len(returns))]
+
+
+def run_plot(*args, timeout=120):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "plot.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_figure(out, stem):
+    for suffix in ("png", "svg"):
+        assert (out / f"{stem}.{suffix}").stat().st_size > 0, f"{stem}.{suffix} is empty"
+
+
+# ------------------------------------------------------------------------------------------------------------- stats
+
+
+def test_bootstrap_ci_constant_values_have_zero_width():
+    estimate = plot.bootstrap_ci([5.3, 5.3, 5.3, 5.3], num_resamples=500)
+    assert estimate == (5.3, 5.3, 5.3)
+    one_seed = plot.bootstrap_ci([[1.0, 2.0]], num_resamples=100)       # [1 seed, 2 evaluations]
+    np.testing.assert_array_equal(one_seed.low, one_seed.high)
+
+
+def test_bootstrap_ci_contains_mean_and_is_reproducible():
+    values = np.random.default_rng(1).normal(10.0, 2.0, size=20)
+    estimate = plot.bootstrap_ci(values, num_resamples=2000, seed=3)
+    assert estimate.value == pytest.approx(values.mean())
+    assert estimate.low < values.mean() < estimate.high
+    # The percentile bootstrap of the mean is close to mean +- 1.96 standard errors on Gaussian data.
+    half_width = 1.96 * values.std() / np.sqrt(values.size)
+    assert estimate.high - estimate.low == pytest.approx(2 * half_width, rel=0.2)
+    assert plot.bootstrap_ci(values, num_resamples=2000, seed=3) == estimate
+    narrower = plot.bootstrap_ci(values, num_resamples=2000, confidence=0.5, seed=3)
+    assert estimate.low < narrower.low < narrower.high < estimate.high
+
+
+def test_bootstrap_ci_over_evaluations_skips_missing_seeds():
+    values = np.array([[1.0, 10.0, 4.0], [3.0, 10.0, np.nan], [2.0, 10.0, np.nan]])   # [seeds, evaluations]
+    estimate = plot.bootstrap_ci(values, num_resamples=1000)
+    np.testing.assert_allclose(estimate.value, [2.0, 10.0, 4.0])
+    np.testing.assert_allclose(estimate.low[1:], [10.0, 4.0])
+    np.testing.assert_allclose(estimate.high[1:], [10.0, 4.0])
+    assert 1.0 <= estimate.low[0] < 2.0 < estimate.high[0] <= 3.0
+
+
+def test_iqm_by_hand():
+    assert plot.iqm(np.arange(1, 9)) == 4.5                            # mean of 3, 4, 5, 6
+    assert plot.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5                   # order does not matter
+    assert plot.iqm([1, 2, 3]) == 2.0                                  # fewer than 4: nothing trimmed
+    assert plot.iqm([1, 2, 3, 4, 100]) == 3.0                          # floor(5 / 4) = 1 trimmed per side
+    assert plot.iqm([1, 2, np.nan, 3]) == 2.0                          # NaN left out
+    np.testing.assert_allclose(plot.iqm(np.array([np.arange(1, 9), np.arange(2, 10)]), axis=1), [4.5, 5.5])
+
+
+def test_stratified_bootstrap_iqm_is_deterministic_and_stratified():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(5, 3)) + np.array([0.0, 10.0, 20.0])    # [runs, tasks]
+    first = plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=7)
+    assert first == plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=7)
+    assert first != plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=8)
+    assert first.value == pytest.approx(plot.iqm(scores))
+    assert first.low < first.value < first.high
+    # Every resample keeps 5 runs of each task, so the IQM stays near the middle task (not a pooled resample,
+    # which could draw all runs from one task).
+    assert 5.0 < first.low and first.high < 15.0
+    # A mapping {task: runs} allows different numbers of runs per task; NaN in the array marks a missing run.
+    ragged = {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0]}
+    padded = np.array([[1.0, 4.0], [2.0, 5.0], [3.0, np.nan]])
+    assert plot.stratified_bootstrap_iqm(ragged, 500, seed=1) == plot.stratified_bootstrap_iqm(padded, 500, seed=1)
+    constant = plot.stratified_bootstrap_iqm(np.full((4, 2), 3.0), num_resamples=100)
+    assert constant == (3.0, 3.0, 3.0)
+
+
+def test_load_run_and_curves(tmp_path):
+    path = write_run(tmp_path / "run", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")]))
+    run = plot.load_run(path)
+    assert (run.agent, run.env, len(run)) == ("mrq", "dmc:e1", 9)
+    assert set(run.columns) == {"step", "seed", "return", "return_std"}
+    (curve,) = plot.run_curves(run)
+    np.testing.assert_array_equal(curve.steps, STEPS)
+    np.testing.assert_array_equal(curve.values, RETURNS[("mrq", "dmc:e1")])
+    np.testing.assert_array_equal(curve.final_values(), [30, 36, 33])
+    np.testing.assert_allclose(curve.auc_values(), [20.0, 70 / 3, 71 / 3])
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_single_run_writes_png_svg_and_summary(tmp_path):
+    path = write_run(tmp_path / "runs" / "mrq_e1", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")]))
+    out = tmp_path / "plots"
+    result = run_plot(path, "--out", out, "--num-resamples", "500")
+    assert result.returncode == 0, result.stderr
+    assert_figure(out, "mrq_e1")
+    (row,) = read_csv(out / "summary.csv")
+    assert float(row["final_mean"]) == pytest.approx((30 + 36 + 33) / 3)
+    assert 30 <= float(row["final_ci_low"]) < 33 < float(row["final_ci_high"]) <= 36
+    assert float(row["auc"]) == pytest.approx((10 + 20 + 30 + 12 + 22 + 36 + 14 + 24 + 33) / 9, rel=1e-5)
+    assert float(row["iqm"]) == pytest.approx(33.0)            # 3 seeds: nothing trimmed
+    # Same data, same seed: the same files.
+    again = run_plot(path, "--out", tmp_path / "again", "--num-resamples", "500")
+    assert again.returncode == 0, again.stderr
+    for name in ("mrq_e1.png", "mrq_e1.svg", "summary.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+
+def test_sweep_folder_one_curve_per_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    low, high = [[1, 2, 3]] * 3, [[10, 20, 30], [10, 20, 31], [10, 20, 32]]
+    rows = rows_of(low, learning_rate=0.001) + rows_of(high, learning_rate=0.01)
+    # Automatic: config.json's "sweep" names learning_rate; found recursively below the sweep folder.
+    write_run(sweep / "points", "sac", "dmc:e1", rows, ["learning_rate"], sweep={"learning_rate": [0.001, 0.01]})
+    # Explicit: no "sweep" entry, --group-by names the column (and rejects a column that is not there).
+    write_run(tmp_path / "plain", "sac", "dmc:e1", rows, ["learning_rate"])
+    out = tmp_path / "plots"
+    result = run_plot(tmp_path / "sweep", "--out", out, "--num-resamples", "200")
+    assert result.returncode == 0, result.stderr
+    assert_figure(out, "points")
+    summary = read_csv(out / "summary.csv")
+    assert [r["group"] for r in summary] == ["learning_rate=0.001", "learning_rate=0.01"]
+    assert [float(r["final_mean"]) for r in summary] == pytest.approx([3.0, 31.0])
+
+    run = plot.load_run(tmp_path / "plain")
+    assert [c.group for c in plot.run_curves(run, group_by="learning_rate")] == [
+        {"learning_rate": 0.001}, {"learning_rate": 0.01}]
+    with pytest.raises(plot.PlotError, match="several rows for step 100 and seed 0.*--group-by.*learning_rate"):
+        plot.run_curves(run)                     # no sweep entry: one curve, and it has each (step, seed) twice
+    with pytest.raises(plot.PlotError, match="no column 'tau' to group by; its columns: step, seed, return"):
+        plot.run_curves(run, group_by="tau")
+
+
+def test_compare_two_agents_on_two_envs(tmp_path):
+    for (agent, env), returns in RETURNS.items():
+        write_run(tmp_path / "runs" / agent / env.replace(":", "_"), agent, env, rows_of(returns))
+    out = tmp_path / "plots"
+    result = run_plot(tmp_path / "runs", "--compare", "--out", out, "--num-resamples", "500",
+                      "--normalize", "dmc:e1=0,100", "dmc:e2=0,200")
+    assert result.returncode == 0, result.stderr
+    for stem in ("dmc_e1", "dmc_e2", "aggregate"):
+        assert_figure(out, stem)
+    summary = {(r["agent"], r["env"]): r for r in read_csv(out / "summary.csv")}
+    assert set(summary) == set(RETURNS)
+    for key, finals, auc in ((("mrq", "dmc:e1"), [30, 36, 33], (60 + 70 + 71) / 9),
+                             (("mrq", "dmc:e2"), [100, 80, 90], (150 + 120 + 150) / 9),
+                             (("sac", "dmc:e1"), [7, 9, 8], (18 + 20 + 19) / 9),
+                             (("sac", "dmc:e2"), [3, 4, 5], (6 + 7 + 8) / 9)):
+        row = summary[key]
+        assert row["label"] == key[0]
+        assert float(row["final_mean"]) == pytest.approx(sum(finals) / 3, rel=1e-5)
+        assert min(finals) <= float(row["final_ci_low"]) <= float(row["final_mean"]) <= float(row["final_ci_high"])
+        assert float(row["final_ci_high"]) <= max(finals)
+        assert float(row["auc"]) == pytest.approx(auc, rel=1e-5)
+        assert float(row["iqm"]) == pytest.approx(sum(finals) / 3, rel=1e-5)
+    aggregate = {r["method"]: r for r in read_csv(out / "aggregate.csv")}
+    assert set(aggregate) == {"mrq", "sac"}
+    # Normalized finals: e1 / 100 * 100, e2 / 200 * 100. mrq: 30 36 33 | 50 40 45 -> sorted 30 33 36 40 45 50,
+    # IQM drops floor(6 / 4) = 1 per side: mean(33, 36, 40, 45). sac: 7 9 8 | 1.5 2 2.5 -> mean(2, 2.5, 7, 8).
+    assert float(aggregate["mrq"]["iqm"]) == pytest.approx((33 + 36 + 40 + 45) / 4)
+    assert float(aggregate["sac"]["iqm"]) == pytest.approx((2 + 2.5 + 7 + 8) / 4)
+    for row in aggregate.values():
+        assert (row["tasks"], row["runs"], row["score"]) == ("2", "6", "normalized return")
+        assert float(row["ci_low"]) <= float(row["iqm"]) <= float(row["ci_high"])
+
+
+# ------------------------------------------------------------------------------------------------------- bad input
+
+
+def bad_inputs(tmp_path):
+    good = write_run(tmp_path / "good", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")]))
+    (tmp_path / "no_runs" / "sub").mkdir(parents=True)
+    (tmp_path / "no_runs" / "sub" / "notes.txt").write_text("nothing here")
+    write_run(tmp_path / "empty", "mrq", "dmc:e1", [])                 # a header, no rows
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "eval.csv").write_text("")                   # not even a header
+    return {
+        "missing": ([tmp_path / "nope"], r"error: .*nope does not exist"),
+        "no eval.csv": ([tmp_path / "no_runs"], r"error: no eval.csv in .*no_runs or in any folder below it"),
+        "no metric": ([good, "--metric", "q_loss"],
+                      r"error: .*eval.csv has no column 'q_loss' \(--metric\); its columns: step, seed, return, "
+                      r"return_std"),
+        "header only": ([tmp_path / "empty"], r"error: .*empty.*eval.csv is empty: it has a header"),
+        "empty file": ([tmp_path / "blank"], r"error: .*blank.*eval.csv is empty"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "no eval.csv", "no metric", "header only", "empty file"])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, case):
+    args, message = bad_inputs(tmp_path)[case]
+    out = tmp_path / "plots"
+    result = run_plot(*args, "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert not out.exists()
