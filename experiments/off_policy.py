@@ -33,6 +33,7 @@ import numpy as np
 
 import envs as envs_lib
 import replay
+from experiments import hparams
 
 from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device,
                                  seed_keys, step_key, step_keys)
@@ -48,13 +49,14 @@ class _SeedLoop:
     """What both loops share: the env, the seeds' keys, the replay capacity, fresh agents."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env):
+                 replay_transitions: int, env, lane_hparams: dict | None = None, lane_seeds=None):
+        agent, config, self.lane_hparams = hparams.for_lanes(agent, config, lane_hparams)
         self.agent, self.config = agent, config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.env = env
         self.spec = env.spec
         self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
-        self.seed_keys = seed_keys(seed, num_seeds)
+        self.seed_keys = seed_keys(seed, num_seeds) if lane_seeds is None else hparams.lane_keys(lane_seeds)
         self._diagnostics = Diagnostics(agent)
 
     def diagnostics(self, state: dict, step: int) -> dict:
@@ -63,17 +65,20 @@ class _SeedLoop:
 
     def _init_agents(self):
         init_keys = step_keys(self.seed_keys, 0, INIT)
-        return jax.vmap(lambda k: self.agent.init(k, self.spec, self.config, self.capacity))(init_keys)
+        return hparams.init_lanes(lambda k, **kw: self.agent.init(k, self.spec, self.config, self.capacity, **kw),
+                                  init_keys, self.lane_hparams)
 
 
 class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lane_hparams: dict | None = None,
+                 lane_seeds=None):
         self.env_kwargs = env_kwargs or {}
         env = envs_lib.make(env_id, num_envs=num_seeds, seed=seed, **self.env_kwargs)
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lane_hparams, lane_seeds)
+        agent = self.agent
 
         def act(state, obs, seed_key, step, explore):
             return agent.act(state, obs, step_key(seed_key, step, ACT), explore)
@@ -148,9 +153,11 @@ class DeviceLoop(_SeedLoop):
     """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lane_hparams: dict | None = None,
+                 lane_seeds=None):
         env = envs_lib.make(env_id, **(env_kwargs or {}))
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lane_hparams, lane_seeds)
+        agent = self.agent
 
         def chunk(agent_state, env_state, tracker, seed_key, steps):
             def body(carry, step):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs as envs_lib
+from experiments import hparams
 from experiments.off_policy import evaluate_host
 from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys, \
     step_key, step_keys
@@ -34,9 +35,10 @@ from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics,
 
 class OfflineLoop:
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, dataset_path: str,
-                 world_dir: Path):
+                 world_dir: Path, lane_hparams: dict | None = None, lane_seeds=None):
         from replay import datasets
 
+        agent, config, self.lane_hparams = hparams.for_lanes(agent, config, lane_hparams)
         self.agent, self.config = agent, config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.is_jax = envs_lib.is_jax_env(env_id)
@@ -51,7 +53,7 @@ class OfflineLoop:
         self.world_dir = Path(world_dir)
         if hasattr(agent, "check"):
             agent.check(self.dataset, self.spec, config)     # e.g. a saved dynamics model of other shapes
-        self.seed_keys = seed_keys(seed, num_seeds)
+        self.seed_keys = seed_keys(seed, num_seeds) if lane_seeds is None else hparams.lane_keys(lane_seeds)
         self.world = None
         self._diagnostics = Diagnostics(agent)
         self._last_discounted = None
@@ -80,8 +82,9 @@ class OfflineLoop:
             self.world = self.agent.prepare(self.dataset, self.spec, self.config, self.world_dir,
                                             jax.random.PRNGKey(self.seed))
         world = self.world
-        agent_state = jax.vmap(lambda k: self.agent.init(step_key(k, 0, INIT), self.spec, self.config, world))(
-            self.seed_keys)
+        agent_state = hparams.init_lanes(
+            lambda k, **kw: self.agent.init(step_key(k, 0, INIT), self.spec, self.config, world, **kw),
+            self.seed_keys, self.lane_hparams)
         return {"agent": agent_state}
 
     def host_state(self) -> bytes:

@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs as envs_lib
+from experiments import hparams
 from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys,
                                  step_key, step_keys)
 
@@ -41,10 +42,13 @@ class OnPolicyLoop:
     """Chunks of `agent.train_step` on a JaxEnv, every seed in one program, envs sharded over devices."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 env_kwargs: dict | None = None, devices: list | None = None):
+                 env_kwargs: dict | None = None, devices: list | None = None, lane_hparams: dict | None = None,
+                 lane_seeds=None):
         if not envs_lib.is_jax_env(env_id):
             raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
                             f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
+        # Sweeps (experiments/sweep.py): lanes = points x seeds, each with its traced hyperparameters.
+        agent, config, self.lane_hparams = hparams.for_lanes(agent, config, lane_hparams)
         self.agent, self.config = agent, config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
@@ -52,7 +56,7 @@ class OnPolicyLoop:
         self.layout = agent.layout(config)
         self.granularity = self.layout.steps_per_update     # train() advances in whole updates
         self.capacity = 0                                    # no replay buffer
-        self.seed_keys = seed_keys(seed, num_seeds)
+        self.seed_keys = seed_keys(seed, num_seeds) if lane_seeds is None else hparams.lane_keys(lane_seeds)
 
         devices = list(devices if devices is not None else jax.devices())
         if config.num_envs % len(devices):
@@ -81,7 +85,8 @@ class OnPolicyLoop:
                                  static_argnums=2)
 
         def init_state(keys):
-            agent_state = jax.vmap(lambda k: agent.init(step_key(k, 0, INIT), self.spec, config))(keys)
+            agent_state = hparams.init_lanes(lambda k, **kw: agent.init(step_key(k, 0, INIT), self.spec, config, **kw),
+                                             keys, self.lane_hparams)
             env_keys = jax.vmap(lambda k: jax.random.split(step_key(k, 0, ENV_RESET), config.num_envs))(keys)
             env_state = jax.vmap(jax.vmap(env.reset))(env_keys)
             return agent_state, env_state

@@ -219,6 +219,36 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
     return make_off_policy_loop(agent, config, args.env, args.num_seeds, args.seed, replay_transitions)
 
 
+def make_loop_for_lanes(agent, config: Any, args: RunArgs, lane_hparams: dict | None, lane_seeds: list[int]):
+    """A loop whose lanes are a sweep's (point, seed) pairs (experiments/sweep.py): each lane uses its seed's
+    keys and, when given, its own traced hyperparameters."""
+    lanes = len(lane_seeds)
+    kwargs = {"lane_hparams": lane_hparams, "lane_seeds": np.asarray(lane_seeds)}
+    if agent.LOOP == "on_policy":
+        from experiments.on_policy import LoopError, OnPolicyLoop
+
+        try:
+            return OnPolicyLoop(agent, config, args.env, lanes, args.seed, **kwargs)
+        except LoopError as error:
+            raise RunError(str(error)) from None
+    if agent.LOOP == "offline":
+        import tempfile
+
+        from experiments.offline import OfflineLoop
+
+        if not args.dataset:
+            raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH")
+        return OfflineLoop(agent, config, args.env, lanes, args.seed, args.dataset,
+                           Path(tempfile.mkdtemp(prefix="sweep_world_")), **kwargs)
+    from experiments.off_policy import DeviceLoop, HostLoop
+
+    import envs as envs_lib
+
+    loop_cls = DeviceLoop if envs_lib.is_jax_env(args.env) else HostLoop
+    replay = min(args.total_steps, getattr(config, "buffer_size", args.total_steps))
+    return loop_cls(agent, config, args.env, lanes, args.seed, replay, **kwargs)
+
+
 def derived_settings(agent, config: Any) -> dict:
     """Values the agent derives from its flags (e.g. PPO's batch layout), as saved in config.json."""
     return agent.layout(config)._asdict() if hasattr(agent, "layout") else {}

@@ -1,0 +1,255 @@
+"""Sweep hyperparameters x seeds, as one compiled program where the swept fields can be traced.
+
+    python experiments/sweep.py --agent ppo --env mjx:CartpoleBalance --sweep learning_rate=1e-4,3e-4,1e-3 \
+        --sweep entropy_cost=0,0.01 --num-seeds 5 --total-steps 3000000 --run-dir runs/sweep_ppo
+
+Every other flag is run.py's (the agent's hyperparameters, --total-steps, --eval-every, ...).
+
+How. The grid's points x seeds become the lanes of the training loop, which
+vmaps over lanes as it does over seeds: one compiled program trains them all.
+A swept field whose value the agent only uses in arithmetic (learning rates,
+coefficients, discounts: the agent rebuilds its optax optimizer from the
+config inside every update) is TRACED per lane (experiments/hparams.py); a
+field used for shapes or Python control flow (widths, batch sizes, numbers of
+envs or epochs) is STATIC, and the sweep runs one program per combination of
+its values -- it says which fields went which way. Integer, boolean, text and
+tuple fields are static by type; a float field the agent turns into a Python
+value is detected when the first program is traced, and the sweep falls back
+to static for it (saying so). Lane (point p, seed s) uses seed s's keys, so
+its results equal a separate run with --seed s and the point's values.
+
+Writes into --run-dir: config.json (the base run, the agent config, the grid,
+which fields were traced), eval.csv (step, seed, one column per swept field,
+return, and the agent's diagnostics), and summary.csv: per point, the final
+return and the area under the curve (mean return over evaluations), each
+with its mean and 95% percentile-bootstrap CI over seeds. Sweeps are not
+resumable; a multi-device machine runs them with the loops' own sharding
+(on-policy: envs over a Mesh of all devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax
+import numpy as np
+
+
+class SweepError(ValueError):
+    """A bad --sweep: the message names it and the valid choices."""
+
+
+def parse_sweeps(specs: list[str], config) -> dict[str, list]:
+    """{field: [values]} from "name=v1,v2,..." specs, each value parsed as the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    grid: dict[str, list] = {}
+    for spec in specs:
+        if "=" not in spec:
+            raise SweepError(f"--sweep {spec!r}: expected name=value1,value2,... (e.g. learning_rate=1e-4,3e-4)")
+        name, _, text = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in fields:
+            raise SweepError(f"--sweep {name!r}: not a field of {type(config).__name__}; valid: "
+                             f"{', '.join(sorted(fields))}")
+        if name in grid:
+            raise SweepError(f"--sweep {name!r} given twice")
+        items = [t.strip() for t in text.split(",")]
+        if not items or any(not t for t in items):
+            raise SweepError(f"--sweep {spec!r}: empty value in the list")
+        current = getattr(config, name)
+        grid[name] = [_parse_value(name, t, current) for t in items]
+    return grid
+
+
+def _parse_value(name: str, text: str, current):
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float) or current is None:
+            return float(text)
+        if isinstance(current, tuple):
+            return tuple(int(x) for x in text.split("x"))
+        return text
+    except ValueError:
+        kind = type(current).__name__
+        hint = " (tuples as 256x256)" if isinstance(current, tuple) else ""
+        raise SweepError(f"--sweep {name}: {text!r} is not a valid {kind}{hint}") from None
+
+
+def split_fields(grid: dict[str, list], config) -> tuple[list[str], list[str]]:
+    """(traced, static) by type: floats may be traced; everything else shapes the program."""
+    traced = [n for n in grid if isinstance(getattr(config, n), float) and not isinstance(getattr(config, n), bool)]
+    return traced, [n for n in grid if n not in traced]
+
+
+def _tree_bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def check_memory(loop, lanes: int) -> None:
+    """Refuse a grid whose agent states alone exceed the device memory (or host memory on a CPU)."""
+    shapes = jax.eval_shape(loop._init_agents) if hasattr(loop, "_init_agents") else None
+    if shapes is None:
+        return
+    per_lane = _tree_bytes(shapes) / lanes
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        limit = stats["bytes_limit"]
+    else:
+        import os
+
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if per_lane * lanes > 0.8 * limit:
+        raise SweepError(f"the grid needs {lanes} lanes x {per_lane / 2**30:.2f} GiB = "
+                         f"{per_lane * lanes / 2**30:.1f} GiB of agent state (replay buffers included), more than "
+                         f"80% of the {limit / 2**30:.1f} GiB available; sweep fewer points or seeds, or shrink "
+                         "the buffer (--buffer-size)")
+
+
+def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[int], on_row) -> None:
+    """Train len(traced_points) x len(seeds) lanes in one program; `on_row(step, point, seed, return, diag)`."""
+    from experiments.train import make_loop_for_lanes
+
+    lanes = [(p, s) for p in range(len(traced_points)) for s in seeds]
+    lane_hparams = ({name: np.array([traced_points[p][name] for p, _ in lanes], np.float32)
+                     for name in traced_points[0]} if traced_points[0] else None)
+    loop = make_loop_for_lanes(agent, config, run_args, lane_hparams, [s for _, s in lanes])
+    try:
+        check_memory(loop, len(lanes))
+        state, step = loop.init(), 0
+        granularity = getattr(loop, "granularity", 1)
+        total = -(-run_args.total_steps // granularity) * granularity
+        while step < total:
+            target = min(-(-(step + run_args.eval_every) // granularity) * granularity, total)
+            state, _ = loop.run(state, step, target - step)
+            step = target
+            returns = loop.evaluate(state, step, run_args.eval_episodes).mean(axis=1)
+            diagnostics = loop.diagnostics(state, step)
+            for lane, (p, s) in enumerate(lanes):
+                on_row(step, p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
+            print(f"  step {step}: " + ", ".join(f"{r:.1f}" for r in returns), file=sys.stderr, flush=True)
+    finally:
+        loop.close()
+
+
+def summarize(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per point: final return and AUC (mean over evaluations), mean and 95% bootstrap CI over seeds."""
+    from experiments.plot import bootstrap_ci
+
+    points: dict[tuple, dict[int, list]] = {}
+    for r in rows:
+        points.setdefault(tuple(r[n] for n in names), {}).setdefault(r["seed"], []).append((r["step"], r["return"]))
+    table = []
+    for point, per_seed in points.items():
+        curves = [np.array([v for _, v in sorted(c)]) for c in per_seed.values()]
+        final = np.array([c[-1] for c in curves])
+        auc = np.array([c.mean() for c in curves])
+        f, a = bootstrap_ci(final), bootstrap_ci(auc)
+        table.append({**dict(zip(names, point)), "seeds": len(curves),
+                      "final_mean": f.value, "final_ci_low": f.low, "final_ci_high": f.high,
+                      "auc_mean": a.value, "auc_ci_low": a.low, "auc_ci_high": a.high})
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    from envs import UnknownEnvError
+
+    import agents
+    from experiments import run as run_cli
+    from experiments.train import RunError
+
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--sweep", action="append", default=[])
+    known, rest = pre.parse_known_args(argv)
+    try:
+        run_args, config = run_cli.parse(rest)
+        if not known.sweep:
+            raise SweepError("give at least one --sweep name=v1,v2,... (e.g. --sweep learning_rate=1e-4,3e-4)")
+        run_args.validate()
+        if run_args.resume:
+            raise SweepError("sweeps are not resumable: start it again in a new --run-dir")
+        agent = agents.get(run_args.agent)
+        grid = parse_sweeps(known.sweep, config)
+        traced, static = split_fields(grid, config)
+        for point in itertools.product(*grid.values()):
+            dataclasses.replace(config, **dict(zip(grid, point))).validate()
+        run_dir = Path(run_args.run_dir or f"runs/sweep/{run_args.agent}")
+        if run_dir.exists() and any(run_dir.iterdir()) and not run_args.overwrite:
+            raise SweepError(f"{run_dir} is not empty; pass --overwrite or choose another --run-dir")
+        summary = sweep(agent, config, run_args, grid, traced, static, run_dir)
+    except (SweepError, RunError, UnknownEnvError, agents.UnknownAgentError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def sweep(agent, config, run_args, grid, traced, static, run_dir: Path) -> list[dict]:
+    import shutil
+
+    seeds = [run_args.seed + i for i in range(run_args.num_seeds)]
+    names = list(grid)
+    rows: list[dict] = []
+    programs = list(itertools.product(*(grid[n] for n in static))) or [()]
+    traced_grid = [dict(zip(traced, p)) for p in itertools.product(*(grid[n] for n in traced))] or [{}]
+    print(f"sweep: {len(programs) * len(traced_grid)} points x {len(seeds)} seeds; traced (one program): "
+          f"{', '.join(traced) or 'none'}; static (one program per value): {', '.join(static) or 'none'}",
+          flush=True)
+    fallback = []
+    if run_dir.exists() and run_args.overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for static_values in programs:
+        base = dataclasses.replace(config, **dict(zip(static, static_values)))
+
+        def on_row(step, p, s, ret, diag, static_values=static_values, points=traced_grid):
+            rows.append({"step": step, "seed": s, **dict(zip(static, static_values)), **points[p], "return": ret,
+                         **diag})
+
+        try:
+            run_program(agent, base, run_args, traced_grid, seeds, on_row)
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
+                jax.errors.TracerIntegerConversionError) as error:
+            # A float field the agent uses as a Python value: sweep it as static instead.
+            fallback = list(traced)
+            print(f"note: {', '.join(traced)} cannot be traced by {run_args.agent} ({type(error).__name__}); "
+                  "running one program per value", flush=True)
+            for point in traced_grid:
+                run_program(agent, dataclasses.replace(base, **point), run_args, [{}], seeds,
+                            lambda step, p, s, ret, diag, point=point, sv=static_values: rows.append(
+                                {"step": step, "seed": s, **dict(zip(static, sv)), **point, "return": ret, **diag}))
+    columns = ["step", "seed", *names, "return"] + sorted({k for r in rows for k in r} - {"step", "seed", "return",
+                                                                                          *names})
+    with open(run_dir / "eval.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = summarize(rows, names)
+    with open(run_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    (run_dir / "config.json").write_text(json.dumps({
+        "run": dataclasses.asdict(run_args), "agent_config": dataclasses.asdict(config),
+        "sweep": names, "grid": {k: list(v) for k, v in grid.items()},
+        "traced": [n for n in traced if n not in fallback], "static": static + fallback}, indent=2, default=str))
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())
