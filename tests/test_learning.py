@@ -1,4 +1,4 @@
-"""MR.Q and PPO learn; MR.Q runs on both loops. Reduced configs, stated in each test."""
+"""MR.Q, PPO, SAC and TD3 learn; MR.Q runs on both loops. Reduced configs, stated in each test."""
 
 import csv
 
@@ -58,3 +58,28 @@ def test_ppo_learns_cartpole_balance(tmp_path):
         rows = list(csv.DictReader(f))
     assert float(rows[0]["return"]) < 500, rows          # not solved at the first evaluation (1M steps)
     assert float(rows[-1]["return"]) >= 800, rows
+
+
+def test_sac_learns_inverted_pendulum(tmp_path):
+    """SAC with CleanRL's defaults except 1000 random steps (instead of 5000), on gym:InvertedPendulum-v5
+    (maximum return 1000). Measured on this machine: 134 at 2.5k steps, 1000 from 7.5k on."""
+    run_dir = tmp_path / "run"
+    result = run_cli("--agent", "sac", "--env", "gym:InvertedPendulum-v5", "--total-steps", "8000",
+                     "--eval-every", "8000", "--eval-episodes", "5", "--learning-starts", "1000",
+                     "--run-dir", str(run_dir), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    returns = _final_returns(run_dir, 8000)
+    assert returns and returns[0] >= 950, returns
+
+
+def test_td3_learns_cartpole_balance(tmp_path):
+    """TD3 with CleanRL's defaults except 2000 random steps (instead of 25000) and Adam 1e-3 (the TD3 paper's
+    rate), on dmc:cartpole-balance. An untrained policy scores about 250-390; this config measured 754 at 16k
+    steps (and 744 at 20k with Adam 3e-4)."""
+    run_dir = tmp_path / "run"
+    result = run_cli("--agent", "td3", "--env", "dmc:cartpole-balance", "--total-steps", "16000",
+                     "--eval-every", "16000", "--eval-episodes", "5", "--learning-starts", "2000",
+                     "--critic-lr", "1e-3", "--actor-lr", "1e-3", "--run-dir", str(run_dir), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    returns = _final_returns(run_dir, 16000)
+    assert returns and returns[0] >= 600, returns
