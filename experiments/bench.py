@@ -62,6 +62,11 @@ class BenchArgs:
     """On-policy agents: hyperparameter preset (default: as run.py picks it for this backend)."""
     brax: bool = True
     """On-policy agents: also time Brax's PPO (the reference)."""
+    sweep_points: int = 0
+    """> 0: measure the sweep speedup instead: this many values of --sweep-field as ONE program vs as that many
+    sequential runs (each with --seeds[0] seeds), wall-clock including compilation."""
+    sweep_field: str = "learning_rate"
+    """The traced field the sweep varies (geometric values around the config's)."""
 
 
 def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
@@ -165,8 +170,69 @@ def main_on_policy(agent, args: BenchArgs) -> dict:
             "results": results}
 
 
+def _timed_run(make_loop_fn, units: int) -> dict:
+    """Build a loop, train `units` x its granularity steps; wall-clock with and without the first (compiling)
+    chunk."""
+    start = time.perf_counter()
+    loop = make_loop_fn()
+    state = loop.init()
+    step = loop.granularity if hasattr(loop, "granularity") else 1
+    state, _ = loop.run(state, 0, step)
+    jax.block_until_ready(state["agent"])
+    first = time.perf_counter() - start
+    state, _ = loop.run(state, step, (units - 1) * step)
+    jax.block_until_ready(state["agent"])
+    total = time.perf_counter() - start
+    loop.close()
+    return {"total_s": total, "after_first_chunk_s": total - first}
+
+
+def measure_sweep(agent, args: BenchArgs) -> dict:
+    """N points of a traced field as one program (N x seeds lanes) vs N sequential runs of `seeds` seeds."""
+    import numpy as np
+
+    from experiments.on_policy import OnPolicyLoop
+
+    seeds = args.seeds[0]
+    if agent.LOOP == "on_policy":
+        preset = args.preset or agent.default_preset()
+        config = on_policy_config(agent, preset, args.num_envs[0])
+        units = args.updates + 1
+        build = lambda cfg, lanes, **kw: OnPolicyLoop(agent, cfg, args.env, lanes, 0, **kw)
+    else:
+        config = agent.Config()
+        units = args.steps or 200
+        build = lambda cfg, lanes, **kw: make_loop(agent, cfg, args.env, lanes, 0, 4 * units, **kw)
+    base = getattr(config, args.sweep_field)
+    values = [float(base * 3.0 ** (i - (args.sweep_points - 1) / 2)) for i in range(args.sweep_points)]
+    lanes = [(v, s) for v in values for s in range(seeds)]
+    one = _timed_run(lambda: build(config, len(lanes),
+                                   lane_hparams={args.sweep_field: np.array([v for v, _ in lanes], np.float32)},
+                                   lane_seeds=[s for _, s in lanes]), units)
+    sequential = [_timed_run(lambda v=v: build(dataclasses.replace(config, **{args.sweep_field: v}), seeds), units)
+                  for v in values]
+    seq_total = sum(r["total_s"] for r in sequential)
+    seq_steady = sum(r["after_first_chunk_s"] for r in sequential)
+    return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+            "jax": jax.__version__, "field": args.sweep_field, "values": values, "seeds_per_point": seeds,
+            "units": units, "unit": "updates" if agent.LOOP == "on_policy" else "env steps",
+            "one_program": one, "sequential_total_s": seq_total, "sequential_after_first_chunk_s": seq_steady,
+            "speedup_total": round(seq_total / one["total_s"], 2),
+            "speedup_after_compile": round(seq_steady / max(one["after_first_chunk_s"], 1e-9), 2),
+            "what": "wall-clock of an N-point sweep as one vmapped program vs N sequential runs (each building its "
+                    "loop, compiling, training the same number of steps); 'after compile' leaves out each "
+                    "program's first chunk"}
+
+
 def main(args: BenchArgs) -> dict:
     agent = agents.get(args.agent)
+    if args.sweep_points > 0:
+        report = measure_sweep(agent, args)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return report
     if agent.LOOP == "on_policy":
         report = main_on_policy(agent, args)
         text = json.dumps(report, indent=2)

@@ -248,11 +248,11 @@ def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episod
 
 
 def make_loop(agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, replay_transitions: int,
-              env_kwargs: dict | None = None):
+              env_kwargs: dict | None = None, **lanes):
     """The loop that fits `env_id`: `DeviceLoop` for JAX envs, `HostLoop` otherwise.
 
     The replay buffer is sized for `replay_transitions` transitions (plus one
     final-observation slot per episode).
     """
     loop_cls = DeviceLoop if envs_lib.is_jax_env(env_id) else HostLoop
-    return loop_cls(agent, config, env_id, num_seeds, seed, replay_transitions, env_kwargs)
+    return loop_cls(agent, config, env_id, num_seeds, seed, replay_transitions, env_kwargs, **lanes)
