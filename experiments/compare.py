@@ -14,12 +14,15 @@ task the agent currently faces. Written into `--run-dir`:
                        recovered), mean and std over seeds, beside the return
                        just before the switch
 * `<env>.png`       -- return over steps, mean +- std over seeds, switches marked
+* `diagnostics.csv` -- env, method, step, seed and the agent's diagnostics at each evaluation
+                       (dormant ratio, srank, isotropy of each network's representation)
 * `summary.json`    -- the settings and the recovery table
 
 Methods: `ppo` (clipped surrogate), `ppo_kl` (clipped surrogate + `--kl-coef` x
 KL to the old policy), `gtr` (agents/gtr.py with its defaults, or
-`--gtr-sigma` / `--gtr-beta` / `--gtr-anchors`). Every method shares the
-preset's other hyperparameters.
+`--gtr-sigma` / `--gtr-beta` / `--gtr-anchors`), `sigreg` (agents/sigreg.py:
+shared trunk + lambda SIGReg, its defaults and the preset's trunk). Every
+method shares the preset's other hyperparameters.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import tyro
 
 from envs import nonstationary
 
-METHODS = ("ppo", "ppo_kl", "gtr")
+METHODS = ("ppo", "ppo_kl", "gtr", "sigreg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +52,7 @@ class CompareArgs:
                              "mjx:CartpoleBalance?switch=gravity&scale=0.25&every=2000000")
     """Non-stationary env ids (see envs/nonstationary.py)."""
     methods: tuple[str, ...] = METHODS
-    """Methods to compare: ppo, ppo_kl, gtr."""
+    """Methods to compare: ppo, ppo_kl, gtr, sigreg."""
     num_seeds: int = 3
     """Seeds per method, trained at once by one vmapped program."""
     total_steps: int = 1_200_000
@@ -92,6 +95,12 @@ def method_config(method: str, args: CompareArgs):
         return ppo, ppo.Config(**base)
     if method == "ppo_kl":
         return ppo, ppo.Config(**base, kl_coef=args.kl_coef)
+    if method == "sigreg":
+        from agents import sigreg
+
+        preset = dict(sigreg.PRESETS.get(args.preset, {}))
+        extra = {k: v for k, v in preset.items() if k not in base and k in ("trunk_hidden", "trunk_dim")}
+        return sigreg, sigreg.Config(**base, **extra)
     if method == "gtr":
         extra = {k: v for k, v in (("sigma", args.gtr_sigma), ("beta", args.gtr_beta),
                                    ("num_anchors", args.gtr_anchors),
@@ -107,7 +116,9 @@ def switch_steps(env_id: str, num_envs: int, total_steps: int) -> list[int]:
     return list(range(per_env * num_envs, total_steps + 1, per_env * num_envs))
 
 
-def train_and_evaluate(agent, config, env_id: str, args: CompareArgs) -> tuple[list[int], np.ndarray]:
+def train_and_evaluate(agent, config, env_id: str, args: CompareArgs,
+                       diagnostics: list | None = None) -> tuple[list[int], np.ndarray]:
+    """Returns (steps, returns [seeds, evaluations]); appends the agent's diagnostics per evaluation and seed."""
     from experiments.on_policy import OnPolicyLoop
 
     loop = OnPolicyLoop(agent, config, env_id, args.num_seeds, args.seed)
@@ -120,6 +131,10 @@ def train_and_evaluate(agent, config, env_id: str, args: CompareArgs) -> tuple[l
         step = target
         steps.append(step)
         returns.append(loop.evaluate(state, step, args.eval_episodes).mean(axis=1))
+        if diagnostics is not None:
+            values = loop.diagnostics(state, step)
+            diagnostics += [{"step": step, "seed": args.seed + i, **{k: float(v[i]) for k, v in values.items()}}
+                            for i in range(args.num_seeds)]
         print(f"  {agent.__name__.split('.')[-1]} {env_id} step {step}: "
               f"{np.round(returns[-1], 1).tolist()}", file=sys.stderr, flush=True)
     return steps, np.stack(returns, axis=1)          # [seeds, evaluations]
@@ -176,22 +191,25 @@ def main(args: CompareArgs) -> dict:
     if (run_dir / "summary.json").exists():
         raise SystemExit(f"error: {run_dir} already holds a comparison; choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows, table = [], []
+    rows, table, diagnostic_rows = [], [], []
     for env_id in args.envs:
         switches = switch_steps(env_id, args.num_envs, args.total_steps)
         curves = {}
         for method in args.methods:
             agent, config = method_config(method, args)
-            steps, returns = train_and_evaluate(agent, config, env_id, args)
+            method_diagnostics: list = []
+            steps, returns = train_and_evaluate(agent, config, env_id, args, method_diagnostics)
+            diagnostic_rows += [{"env": env_id, "method": method, **r} for r in method_diagnostics]
             curves[method] = (steps, returns)
             rows += [{"env": env_id, "method": method, "step": s, "seed": args.seed + i, "return": float(returns[i, j])}
                      for j, s in enumerate(steps) for i in range(args.num_seeds)]
             table += [{"env": env_id, "method": method, **r} for r in recovery(steps, returns, switches, args.window)]
         name = env_id.replace(":", "_").replace("?", "_").replace("&", "_").replace("=", "-")
         plot(run_dir / f"{name}.png", env_id, curves, switches)
-    for file_name, data in (("returns.csv", rows), ("recovery.csv", table)):
+    for file_name, data in (("returns.csv", rows), ("recovery.csv", table), ("diagnostics.csv", diagnostic_rows)):
         with open(run_dir / file_name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(data[0]) if data else ["env"])
+            fields = list(dict.fromkeys(k for r in data for k in r)) or ["env"]
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(data)
     summary = {"settings": dataclasses.asdict(args), "recovery": table}
