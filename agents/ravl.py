@@ -38,6 +38,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 import replay
@@ -112,9 +113,15 @@ class Config(sac.Config):
 
 
 def model_config(config: Config) -> ensemble_lib.EnsembleConfig:
+    """MBPO's ensemble at the flags' sizes; other depths than 4 get per-layer weight decays spread evenly over
+    MBPO's range 2.5e-5 .. 1e-4."""
+    depth = len(config.model_hidden)
+    decays = ensemble_lib.RAVL_CONFIG.weight_decays
+    if depth + 1 != len(decays):
+        decays = tuple(float(d) for d in np.linspace(decays[0], decays[-1], depth + 1))
     return dataclasses.replace(ensemble_lib.RAVL_CONFIG, num_members=config.model_members,
                                num_elites=config.model_elites, hidden=tuple(config.model_hidden),
-                               max_epochs=config.model_max_epochs)
+                               weight_decays=decays, max_epochs=config.model_max_epochs)
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""RAVL and the offline pipeline: EDAC's diversity by hand, rollouts that stop at the termination function,
+the model buffer, collect.py -> run.py end to end, and bad offline inputs."""
+
+import json
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+import replay
+from agents import ravl, sac
+from networks import ensemble as ensemble_lib
+from replay import ring as ring_lib
+from tests.cli_utils import ROOT, run_cli
+
+
+def test_diversity_equals_hand_computation():
+    """Three critics Q_j(s, a) = <w_j, a> (+ terms without a): grad_a Q_j = w_j, so
+    ES = 1/(N-1) sum_{i != j} cos(w_i, w_j), the same for every sample."""
+    spec = envs.make("jax:PointMass").spec                       # action_dim 2
+    config = ravl.Config(num_critics=3, critic_hidden=(4,), actor_hidden=(4,), rollout_batch=8)
+    state = sac.init(jax.random.PRNGKey(0), spec, config, capacity=4)
+    w = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]], np.float32)
+    params = state.critic.params
+    mlp = params["params"]["critics"]["MLP_0"]
+    # One hidden unit equal to <w_j, a> (identity on positives: keep it positive with a large bias), out = h.
+    kernel = np.zeros((3, spec.obs_dim + 2, 4), np.float32)
+    kernel[:, spec.obs_dim:, 0] = w
+    hidden = {"kernel": jnp.asarray(kernel), "bias": jnp.zeros((3, 4)).at[:, 0].set(10.0)}
+    out = {"kernel": jnp.zeros((3, 4, 1)).at[:, 0, 0].set(1.0), "bias": jnp.zeros((3, 1))}
+    params = {"params": {"critics": {"MLP_0": {**mlp, "hidden_0": hidden, "out": out}}}}
+    obs = jnp.asarray(np.random.default_rng(0).normal(size=(5, spec.obs_dim)), jnp.float32)
+    action = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, size=(5, 2)), jnp.float32)
+    unit = w / np.linalg.norm(w, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    by_hand = (cos.sum() - np.trace(cos)) / 2
+    assert float(ravl.diversity(params, state, obs, action)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_transition_ring_keeps_valid_rows_in_order_and_wraps():
+    ring = ring_lib.create(5, 1, 1)
+    batch = lambda values: replay.TransitionBatch(jnp.asarray(values, jnp.float32)[:, None],
+                                                  jnp.zeros((len(values), 1)), jnp.asarray(values, jnp.float32),
+                                                  jnp.zeros((len(values), 1)), jnp.zeros(len(values)))
+    ring = ring_lib.add(ring, batch([1, 2, 3, 4]), jnp.array([True, False, True, True]))
+    assert ring.data.reward.tolist() == [1, 3, 4, 0, 0] and int(ring.size) == 3
+    ring = ring_lib.add(ring, batch([5, 6, 7]), jnp.array([True, True, True]))
+    assert ring.data.reward.tolist() == [7, 3, 4, 5, 6] and int(ring.size) == 5 and int(ring.insert_index) == 1
+
+
+def test_model_rollouts_stop_at_the_termination_function():
+    """InvertedPendulum terminates when |angle| = |obs[1]| > 0.2. A hand-set model that tilts the pole by 0.15
+    per step: from angle 0, steps 1 (0.15) and 2 (0.30, terminal) are stored, nothing after the terminal."""
+    spec = envs.make("gym:InvertedPendulum-v5", num_envs=1).spec
+    config = ravl.Config(num_critics=2, critic_hidden=(8,), actor_hidden=(8,), rollout_batch=4, rollout_horizon=5,
+                         retain_rounds=1, model_members=2, model_elites=2, model_hidden=(8,))
+    model = ensemble_lib.init(jax.random.PRNGKey(0), spec.obs_dim, spec.action_dim, ravl.model_config(config))
+
+    def fake_step(model_state, obs, action, key, member=None, deterministic=False):
+        return obs.at[:, 1].add(0.15), jnp.ones(obs.shape[0]), {}
+
+    data = replay.TransitionBatch(jnp.zeros((3, 4)), jnp.zeros((3, 1)), jnp.zeros(3), jnp.zeros((3, 4)), jnp.zeros(3))
+    world = {"data": data, "starts": jnp.zeros(1, jnp.int32), "model": model}
+    state = ravl.init(jax.random.PRNGKey(1), spec, config, world)
+    original = ensemble_lib.sample_step
+    ensemble_lib.sample_step = fake_step
+    try:
+        state, stored = ravl.model_rollouts(state, world, jax.random.PRNGKey(2))
+    finally:
+        ensemble_lib.sample_step = original
+    assert int(stored) == 4 * 2 and int(state.model_buffer.size) == 8
+    buffer = state.model_buffer.data
+    angles = np.asarray(buffer.next_obs[:8, 1])
+    np.testing.assert_allclose(sorted(set(np.round(angles, 5))), [0.15, 0.3], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(buffer.terminated[:8]) > 0, angles > 0.2)
+
+
+def _tiny_dataset(path, env_id="gym:InvertedPendulum-v5", steps=600):
+    result = run_cli_collect("--env", env_id, "--policy", "random", "--steps", str(steps), "--out", str(path),
+                             "--reference-episodes", "2", "--ref-expert", "1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def run_cli_collect(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "collect.py"), *args], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ROOT)
+
+
+TINY_RAVL = ["--num-critics", "3", "--critic-hidden", "32", "32", "--actor-hidden", "32", "32", "--batch-size", "32",
+             "--rollout-batch", "64", "--rollout-every", "50", "--retain-rounds", "2", "--model-members", "3",
+             "--model-elites", "2", "--model-hidden", "16", "16", "--model-max-epochs", "3"]
+
+
+def test_collect_then_ravl_end_to_end(tmp_path):
+    """collect.py writes a random InvertedPendulum dataset that loads back as written; RAVL trains on it for 100
+    gradient steps (tiny networks), saves its dynamics model under world/, and logs the value diagnostics."""
+    data = tmp_path / "pend.hdf5"
+    _tiny_dataset(data)
+    dataset = replay.datasets.load(data, env_id="gym:InvertedPendulum-v5")
+    assert dataset.num_transitions == 600 and dataset.metadata.policy == "random"
+    assert dataset.metadata.ref_max_score == 1000.0 and dataset.metadata.ref_min_score > 0
+    assert set(dataset.infos) == {"qpos", "qvel"}
+    with h5py.File(data) as f:
+        np.testing.assert_array_equal(f["observations"][:], np.asarray(dataset.observations))
+    run_dir = tmp_path / "run"
+    result = run_cli("--agent", "ravl", "--env", "gym:InvertedPendulum-v5", "--dataset", str(data),
+                     "--total-steps", "100", "--eval-every", "100", "--log-every", "50", "--eval-episodes", "2",
+                     "--num-seeds", "2", "--run-dir", str(run_dir), *TINY_RAVL, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "world" / "dynamics").exists()
+    rows = (run_dir / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("step,seed,return") and "value/q_start_min" in rows[0] and len(rows) == 3
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run"]["dataset"] == str(data)
+
+
+@pytest.mark.parametrize("problem", ["missing", "other_env", "nan", "truncated", "no_dataset"])
+def test_bad_offline_input_fails_cleanly(tmp_path, problem):
+    data = tmp_path / "pend.hdf5"
+    env_id = "gym:InvertedPendulum-v5"
+    if problem == "other_env":
+        _tiny_dataset(data, "gym:InvertedDoublePendulum-v5", steps=50)
+    elif problem in ("nan", "truncated"):
+        _tiny_dataset(data, steps=50)
+        if problem == "nan":
+            with h5py.File(data, "r+") as f:
+                f["rewards"][7] = np.nan
+        else:
+            blob = data.read_bytes()
+            data.write_bytes(blob[: len(blob) // 2])
+    run_dir = tmp_path / "run"
+    args = ["--agent", "ravl", "--env", env_id, "--run-dir", str(run_dir), *TINY_RAVL]
+    if problem != "no_dataset":
+        args += ["--dataset", str(data)]
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
+    expected = {"missing": "pend.hdf5", "other_env": "InvertedDoublePendulum", "nan": "'rewards' holds nan at index 7",
+                "truncated": "pend.hdf5", "no_dataset": "--dataset"}[problem]
+    assert expected in error, error
+    assert not run_dir.exists()
+
+
+def test_saved_model_of_other_shapes_is_refused(tmp_path):
+    spec = envs.make("gym:InvertedPendulum-v5", num_envs=1).spec
+    other = ensemble_lib.init(jax.random.PRNGKey(0), spec.obs_dim, spec.action_dim,
+                              ensemble_lib.EnsembleConfig(num_members=3, num_elites=2, hidden=(8,),
+                                                          weight_decays=(1e-5, 1e-5)))
+    ensemble_lib.save(tmp_path / "model", other)
+    data = tmp_path / "pend.hdf5"
+    _tiny_dataset(data, steps=50)
+    run_dir = tmp_path / "run"
+    result = run_cli("--agent", "ravl", "--env", "gym:InvertedPendulum-v5", "--dataset", str(data), "--run-dir",
+                     str(run_dir), "--model-path", str(tmp_path / "model"), *TINY_RAVL)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
+    assert str(tmp_path / "model") in error and "members" in error
+    assert not run_dir.exists()
