@@ -17,3 +17,30 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "--no-progress", *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_main(main, *args: str) -> Result:
+    """Call a CLI's `main(argv)` in this process (fast: no new interpreter, no re-import of JAX), capturing its
+    output and exit code -- for bad-input tests, which fail before any compilation."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_inprocess(*args: str) -> Result:
+    """experiments/run.py's main in this process."""
+    from experiments import run
+
+    return run_main(run.main, "--no-progress", *args)

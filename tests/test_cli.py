@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.cli_utils import TINY_MRQ, run_cli
+from tests.cli_utils import TINY_MRQ, run_cli, run_inprocess
 
 
 def _error_line(result) -> str:
@@ -15,7 +15,7 @@ def _error_line(result) -> str:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--agent", "dqn"], "unknown agent 'dqn'; valid agents: bc, gtr, least, mrq, ppo, ravl, regrama, sac, sigreg, td3"),
+    (["--agent", "dqn"], "unknown agent 'dqn'; valid agents: bc, gtr, least, mrq, neubay, ppo, ravl, regrama, sac, sigreg, td3"),
     (["--env", "dmc:cartpole-balancee"], "dmc:cartpole-swingup"),
     (["--env", "atari:Pong"], "dmc:<domain>-<task>"),
     (["--env", "mjx:NotAnEnv"], "CartpoleBalance"),
@@ -27,14 +27,14 @@ def _error_line(result) -> str:
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     run_dir = tmp_path / "run"
-    result = run_cli(*args, "--run-dir", str(run_dir)) if "--resume" not in args else run_cli(*args)
+    result = run_inprocess(*args, "--run-dir", str(run_dir)) if "--resume" not in args else run_inprocess(*args)
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in _error_line(result)
     assert not run_dir.exists()
 
 
 def test_wrong_type_is_rejected_by_the_parser(tmp_path):
-    result = run_cli("--batch-size", "many", "--run-dir", str(tmp_path / "run"))
+    result = run_inprocess("--batch-size", "many", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "--batch-size" in result.stderr and "many" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -68,14 +68,15 @@ def test_finished_run_outputs(finished_run):
 
 def test_refuses_to_overwrite_a_finished_run(finished_run):
     before = (finished_run / "eval.csv").read_text()
-    result = run_cli("--env", "dmc:cartpole-balance", "--total-steps", "200", "--run-dir", str(finished_run), *TINY_MRQ)
+    result = run_inprocess("--env", "dmc:cartpole-balance", "--total-steps", "200", "--run-dir", str(finished_run),
+                           *TINY_MRQ)
     assert result.returncode == 2
     assert "already holds a finished run; pass --resume" in _error_line(result)
     assert (finished_run / "eval.csv").read_text() == before
 
 
 def test_resume_with_another_config_is_refused(finished_run):
-    result = run_cli("--total-steps", "300", "--run-dir", str(finished_run), "--resume", "--random-steps", "7")
+    result = run_inprocess("--total-steps", "300", "--run-dir", str(finished_run), "--resume", "--random-steps", "7")
     assert result.returncode == 2
     assert "--random-steps 100 -> 7" in _error_line(result)
 
@@ -84,7 +85,7 @@ def test_resume_without_checkpoint(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(finished_run / "config.json", run_dir / "config.json")
-    result = run_cli("--run-dir", str(run_dir), "--resume")
+    result = run_inprocess("--run-dir", str(run_dir), "--resume")
     assert result.returncode == 2
     assert "no checkpoint" in _error_line(result)
 
@@ -93,13 +94,13 @@ def test_resume_with_a_corrupt_config(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{not json")
-    result = run_cli("--run-dir", str(run_dir), "--resume")
+    result = run_inprocess("--run-dir", str(run_dir), "--resume")
     assert result.returncode == 2
     assert "config.json is corrupt" in _error_line(result)
 
 
 def test_resume_of_an_empty_directory(tmp_path):
-    result = run_cli("--run-dir", str(tmp_path), "--resume")
+    result = run_inprocess("--run-dir", str(tmp_path), "--resume")
     assert result.returncode == 2
     assert "holds no run" in _error_line(result)
 
@@ -110,7 +111,7 @@ def test_resume_from_a_corrupt_checkpoint(finished_run, tmp_path):
     for path in (run_dir / "checkpoints" / "200").rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "meta" not in str(path):
             path.write_bytes(b"\0garbage" * 4)
-    result = run_cli("--total-steps", "300", "--run-dir", str(run_dir), "--resume")
+    result = run_inprocess("--total-steps", "300", "--run-dir", str(run_dir), "--resume")
     assert result.returncode == 2
     assert "is corrupt or does not match this run" in _error_line(result)
     assert (run_dir / "eval.csv").read_text() == (finished_run / "eval.csv").read_text()
@@ -118,7 +119,7 @@ def test_resume_from_a_corrupt_checkpoint(finished_run, tmp_path):
 
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
-    result = run_cli("--run-dir", str(tmp_path), "--overwrite")
+    result = run_inprocess("--run-dir", str(tmp_path), "--overwrite")
     assert result.returncode == 2
     assert "--overwrite deletes only run directories" in _error_line(result)
     assert (tmp_path / "thesis.tex").read_text() == "precious"

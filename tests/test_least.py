@@ -12,7 +12,7 @@ import envs
 import replay
 from agents import least, td3
 from experiments.off_policy import DeviceLoop
-from tests.cli_utils import run_cli
+from tests.cli_utils import run_inprocess
 
 SPEC = envs.make("jax:PointMass").spec
 SMALL = dict(batch_size=16, learning_starts=10, critic_hidden=(16, 16), actor_hidden=(16, 16), buffer_size=2000)
@@ -137,7 +137,7 @@ def test_envs_end_an_episode_on_stop_as_a_truncation():
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     run_dir = tmp_path / "run"
-    result = run_cli("--agent", "least", "--env", "jax:PointMass", *args, "--run-dir", str(run_dir))
+    result = run_inprocess("--agent", "least", "--env", "jax:PointMass", *args, "--run-dir", str(run_dir))
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors and expected in errors[-1], result.stderr[-2000:]
@@ -145,7 +145,7 @@ def test_bad_input_fails_cleanly(tmp_path, args, expected):
 
 
 def test_unknown_base_is_rejected(tmp_path):
-    result = run_cli("--agent", "least", "--base", "ddpg", "--env", "jax:PointMass", "--run-dir", str(tmp_path / "r"))
+    result = run_inprocess("--agent", "least", "--base", "ddpg", "--env", "jax:PointMass", "--run-dir", str(tmp_path / "r"))
     assert result.returncode == 2 and "'td3'" in result.stderr and "'sac'" in result.stderr
     with pytest.raises(ValueError, match="--base must be one of td3, sac"):
         dataclasses.replace(least.Config(), base="ddpg").validate()

@@ -7,7 +7,7 @@ import pytest
 
 import envs
 from envs import nonstationary
-from tests.cli_utils import run_cli
+from tests.cli_utils import run_inprocess
 
 NUM_ENVS, EVERY = 2, 8          # 2 envs in lockstep, switch every 8 env steps in all = every 4 steps per env
 
@@ -75,7 +75,7 @@ def test_gravity_switch_changes_only_the_dynamics_at_the_switch(cheetah):
     ("dmc:cheetah-run?switch=reward&every=10", "ppo trains on JAX envs"),
 ])
 def test_bad_schedules_are_clear_errors(tmp_path, env_id, message):
-    result = run_cli("--agent", "ppo", "--env", env_id, "--run-dir", str(tmp_path / "run"))
+    result = run_inprocess("--agent", "ppo", "--env", env_id, "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 

@@ -1,6 +1,5 @@
 """The notebooks run (with CTRLRL_NOTEBOOK_TINY=1: budgets of seconds) and match their plain-text pairs."""
 
-import os
 from pathlib import Path
 
 import pytest

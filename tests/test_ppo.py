@@ -16,7 +16,7 @@ import envs
 from agents import ppo
 from experiments.on_policy import OnPolicyLoop
 from networks import distributions as dist_lib
-from tests.cli_utils import ROOT, run_cli
+from tests.cli_utils import ROOT, run_cli, run_inprocess
 
 # A reduced PPO for fast tests (stated once): 32 envs on jax:PointMass, unroll 8, 2 minibatches of 16
 # trajectories, 2 epochs, small networks.
@@ -218,7 +218,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     (["--env", "jax:PointMass", "--num-envs", str(2**30), "--scale-envs"], "GiB; --num-envs"),
 ])
 def test_bad_ppo_input_is_a_clear_error_and_writes_nothing(tmp_path, flags, message):
-    result = run_cli("--agent", "ppo", *flags, "--run-dir", str(tmp_path / "run"))
+    result = run_inprocess("--agent", "ppo", *flags, "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ import replay
 from agents import ravl, sac
 from networks import ensemble as ensemble_lib
 from replay import ring as ring_lib
-from tests.cli_utils import ROOT, run_cli
+from tests.cli_utils import run_cli, run_inprocess, run_main
 
 
 def test_diversity_equals_hand_computation():
@@ -85,13 +85,10 @@ def _tiny_dataset(path, env_id="gym:InvertedPendulum-v5", steps=600):
 
 
 def run_cli_collect(*args):
-    import os
-    import subprocess
-    import sys
+    """experiments/collect.py's main, in this process."""
+    from experiments import collect
 
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "collect.py"), *args], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=ROOT)
+    return run_main(collect.main, *args)
 
 
 TINY_RAVL = ["--num-critics", "3", "--critic-hidden", "32", "32", "--actor-hidden", "32", "32", "--batch-size", "32",
@@ -140,7 +137,7 @@ def test_bad_offline_input_fails_cleanly(tmp_path, problem):
     args = ["--agent", "ravl", "--env", env_id, "--run-dir", str(run_dir), *TINY_RAVL]
     if problem != "no_dataset":
         args += ["--dataset", str(data)]
-    result = run_cli(*args)
+    result = run_inprocess(*args)
     assert result.returncode == 2, result.stderr[-2000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
     expected = {"missing": "pend.hdf5", "other_env": "InvertedDoublePendulum", "nan": "'rewards' holds nan at index 7",
@@ -158,8 +155,8 @@ def test_saved_model_of_other_shapes_is_refused(tmp_path):
     data = tmp_path / "pend.hdf5"
     _tiny_dataset(data, steps=50)
     run_dir = tmp_path / "run"
-    result = run_cli("--agent", "ravl", "--env", "gym:InvertedPendulum-v5", "--dataset", str(data), "--run-dir",
-                     str(run_dir), "--model-path", str(tmp_path / "model"), *TINY_RAVL)
+    result = run_inprocess("--agent", "ravl", "--env", "gym:InvertedPendulum-v5", "--dataset", str(data), "--run-dir",
+                           str(run_dir), "--model-path", str(tmp_path / "model"), *TINY_RAVL)
     assert result.returncode == 2
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
     assert str(tmp_path / "model") in error and "members" in error

@@ -13,7 +13,7 @@ from agents import regrama, sac, td3
 from experiments.off_policy import DeviceLoop
 from networks import distributions as dist_lib
 from networks.training import updates_before
-from tests.cli_utils import run_cli
+from tests.cli_utils import run_inprocess
 
 SMALL = dict(batch_size=16, learning_starts=10, critic_hidden=(16, 16), actor_hidden=(16, 16), buffer_size=500)
 SPEC = envs.make("jax:PointMass").spec
@@ -168,7 +168,7 @@ def test_agents_train_vmapped_in_the_device_loop_with_diagnostics():
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     run_dir = tmp_path / "run"
-    result = run_cli(*args, "--env", "jax:PointMass", "--run-dir", str(run_dir))
+    result = run_inprocess(*args, "--env", "jax:PointMass", "--run-dir", str(run_dir))
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors and expected in errors[-1], result.stderr[-2000:]
@@ -176,7 +176,7 @@ def test_bad_input_fails_cleanly(tmp_path, args, expected):
 
 
 def test_unknown_score_is_rejected_by_the_parser(tmp_path):
-    result = run_cli("--agent", "regrama", "--score", "weights", "--env", "jax:PointMass", "--run-dir",
+    result = run_inprocess("--agent", "regrama", "--score", "weights", "--env", "jax:PointMass", "--run-dir",
                      str(tmp_path / "run"))
     assert result.returncode == 2
     assert "--score" in result.stderr and "'grama'" in result.stderr and "'redo'" in result.stderr

@@ -12,7 +12,7 @@ import envs
 from agents import ppo, sigreg
 from experiments.on_policy import OnPolicyLoop
 from networks import regularizers
-from tests.cli_utils import run_cli
+from tests.cli_utils import run_inprocess
 from tests.test_ppo import TINY, TINY_FLAGS
 
 SMALL = dict(**TINY, trunk_hidden=(16, 16), trunk_dim=8)
@@ -84,7 +84,7 @@ def test_bad_sigreg_config(change, message):
 
 def test_bad_coefficient_from_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("--agent", "sigreg", "--env", "jax:PointMass", *TINY_FLAGS, "--sigreg-coef", "-1",
+    result = run_inprocess("--agent", "sigreg", "--env", "jax:PointMass", *TINY_FLAGS, "--sigreg-coef", "-1",
                      "--run-dir", str(run_dir))
     assert result.returncode == 2
     assert "error: --sigreg-coef (lambda) must be >= 0, got -1.0" in result.stderr

@@ -15,7 +15,7 @@ import pytest
 from agents import ppo
 from experiments import sweep as sweep_lib
 from experiments.on_policy import OnPolicyLoop
-from tests.cli_utils import ROOT
+from tests.cli_utils import ROOT, run_main
 from tests.test_ppo import TINY, TINY_FLAGS
 
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]
@@ -91,9 +91,8 @@ def test_summary_matches_hand_computation():
 
 
 def _sweep_cli(*args, timeout=900):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "sweep.py"), "--no-progress", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    """experiments/sweep.py's main, in this process."""
+    return run_main(sweep_lib.main, "--no-progress", *args)
 
 
 def test_sweep_cli_traced_and_static_fields(tmp_path):
