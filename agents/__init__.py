@@ -25,6 +25,7 @@ AGENTS = {
     "bc": "agents.bc",
     "least": "agents.least",
     "mrq": "agents.mrq",
+    "neubay": "agents.neubay",
     "ppo": "agents.ppo",
     "ravl": "agents.ravl",
     "gtr": "agents.gtr",

@@ -67,6 +67,11 @@ class OfflineLoop:
 
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None)), donate_argnums=0)
         self._act = jax.jit(jax.vmap(lambda s, o, k: agent.act(s, o, k, False)))
+        # History-dependent agents (NEUBAY) act through a carry: initial_carry + act_step(..., reward, first, ...).
+        self.recurrent = hasattr(agent, "act_step")
+        if self.recurrent:
+            self._initial_carry = jax.jit(jax.vmap(agent.initial_carry, in_axes=(0, None)), static_argnums=1)
+            self._act_step = jax.jit(jax.vmap(lambda s, c, o, r, f, k: agent.act_step(s, c, o, r, f, k, False)))
         if self.is_jax:
             env = self.env
 
@@ -104,11 +109,42 @@ class OfflineLoop:
             self._last_discounted = None
             return np.asarray(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL), episodes))
         keys = step_keys(self.seed_keys, step, ACT)
-        act = lambda obs: self._act(state["agent"], obs, keys)
-        returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                            discount=getattr(self.config, "discount", 1.0))
+        if self.recurrent:
+            returns, discounted = self._evaluate_recurrent(state, step, episodes, keys)
+        else:
+            act = lambda obs: self._act(state["agent"], obs, keys)
+            returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
+                                                discount=getattr(self.config, "discount", 1.0))
         self._last_discounted = discounted.mean(axis=1)
         return returns
+
+    def _evaluate_recurrent(self, state: dict, step: int, episodes: int, keys) -> tuple[np.ndarray, np.ndarray]:
+        """`evaluate_host` for an agent with memory: the carry and the previous reward go from step to step."""
+        num_seeds, discount = self.num_seeds, getattr(self.config, "discount", 1.0)
+        env = envs_lib.make(self.env_id, num_envs=num_seeds * episodes, seed=1_000_000 + 10_007 * self.seed + step)
+        carry = self._initial_carry(state["agent"], (episodes,))
+        try:
+            obs = env.reset()
+            reward = np.zeros((num_seeds, episodes), np.float32)
+            first = np.ones((num_seeds, episodes), bool)
+            returns = np.zeros(num_seeds * episodes)
+            discounted = np.zeros(num_seeds * episodes)
+            weight = np.ones(num_seeds * episodes)
+            running = np.ones(num_seeds * episodes, bool)
+            while running.any():
+                action, carry = self._act_step(state["agent"], carry, obs.reshape(num_seeds, episodes, -1), reward,
+                                               first, keys)
+                result = env.step(np.asarray(action).reshape(num_seeds * episodes, -1))
+                returns += np.where(running, result.reward, 0.0)
+                discounted += np.where(running, weight * result.reward, 0.0)
+                weight *= discount
+                running &= ~(result.terminated | result.truncated)
+                reward = result.reward.reshape(num_seeds, episodes).astype(np.float32)
+                first = (result.terminated | result.truncated).reshape(num_seeds, episodes)
+                obs = result.obs
+        finally:
+            env.close()
+        return returns.reshape(num_seeds, episodes), discounted.reshape(num_seeds, episodes)
 
     def diagnostics(self, state: dict, step: int) -> dict:
         """The agent's diagnostics, and the discounted return of the last evaluation."""

@@ -1,0 +1,793 @@
+"""NEUBAY: long-horizon model-based offline RL without conservatism.
+
+"Long-Horizon Model-Based Offline RL Without Conservatism" (Ni et al., arXiv 2512.04341; code twni2016/neubay).
+Offline model-based methods usually fight model error with pessimism (reward penalties, value penalties,
+short rollouts). NEUBAY is Bayesian instead: it treats a large ensemble as a posterior over worlds, samples
+ONE world per imagined trajectory and plans in it for a whole episode, with a history-dependent
+(recurrent) agent that can infer from the history which world it is in. The only guard against model error
+is to cut a trajectory where the members disagree more than they ever do on the data.
+
+    world model   M = 128 members (networks/ensemble.py, NEUBAY_CONFIG: 4 x [Linear 200 -> LayerNorm ->
+                  leaky ReLU], Gaussian heads, standardized inputs and outputs, AdamW 1e-3), trained once;
+                  the K = 100 with the lowest holdout MSE are kept (the posterior samples)
+    threshold     u_max = quantile_q { u(s, a) : (s, a) in the dataset },  q = 1.0 (the largest)
+                  u = `--disagreement` over the kept members, default "std": sqrt(mean_d Var_m mu_m,d(s, a))
+                  in standardized output units (NEUBAY's "epi_mean")
+    rollout       every `rollout_every` updates, `rollout_batch` trajectories; each one
+                    1. draws one kept member m and keeps it for its whole length (a posterior sample),
+                    2. reads a real prefix of P = `prefix_length` transitions from one dataset episode and
+                       runs the actor's recurrent core over it (warm-up: the agent knows the history),
+                    3. from the prefix's true next state, for k = 1..H (H = `horizon`, default the
+                       episode length): a_t ~ pi(.|h_t),  (s_{t+1}, r_t) ~ p_m(.|s_t, a_t);
+                       terminated = the task's known termination function (envs/true_dynamics.py);
+                       the trajectory ends after a terminal step, after the first step with u(s_t, a_t) >
+                       u_max (that step is kept and bootstraps: a truncation), at the env's time limit
+                       (episode time of the prefix + k = max_episode_steps), or after H steps
+    reward        r_t - c u(s_t, a_t) / mean_data(u), c = `reward_penalty` = 0 (no penalty by default)
+    agent         recurrent SAC on histories: x_t = [s_t, a_{t-1}, r_{t-1}] (zeros for a_{-1}, r_{-1} at an
+                  episode start) -> Linear -> LayerNorm -> leaky ReLU -> recurrent core (LRU default, GRU
+                  with --core gru; 2 layers x 256) -> heads (2 x 256, LayerNorm + leaky ReLU). The actor
+                  and the critic have their own embedding and core; the critic has 10 heads Q_j(h_t, a).
+    target        y_t = r_t - penalty_t + gamma (1 - terminated_t) V'(h_{t+1}),   a' ~ pi(.|h_{t+1})
+                  V'(h) = min_{j in J} Q'_j(h, a') - alpha log pi(a'|h),  J = 2 of the 10 target heads
+                  drawn per update (REDQ)
+    L_Q           mix( mean_j huber(Q_j(h_t, a_t) - y_t) )
+    L_pi          mix( alpha log pi(a|h_t) - mean_j Q_j(h_t, a) ),  a ~ pi reparameterized
+    L_alpha       mix( alpha (H[pi(.|h_t)] - H_target) ),  H_target = -|A|, alpha starts at 0.2
+    mix(l)        real_weight * mean over real steps + (1 - real_weight) * mean over imagined steps, each
+                  over the valid steps of the batch only (NEUBAY's weighting; real_weight = 0.05)
+
+Sequences ("tapes"). Each rollout is stored as one fixed-length window of W = P + H transitions in a FIFO
+device buffer of `buffer_size` windows: the P real prefix steps (flag `real`) followed by the imagined steps,
+with a `valid` mask (False after the trajectory ended) and `terminated` flags. An update samples
+`batch_size` windows and runs every network over the whole window from the zero state, so the real prefix
+is also the burn-in: the state at the first imagined step is exactly the one the actor acted from in the
+rollout (up to the parameters having moved since). The real prefix steps are trained on too (they are the
+"real" share of the batch, as the history part of NEUBAY's tapes is). A window never crosses an episode:
+prefixes are dataset windows inside one episode whose last transition is not terminal
+(`prefix_starts`, from replay.datasets.sequence_starts), and every window starts its own history. `check`
+rejects a prefix_length that no episode of the dataset holds (longer than the longest episode, not counting
+a final terminal transition), before anything is written.
+Bootstrapping: y_t uses h_{t+1} of the same window, which exists for every stored step (the window holds
+W + 1 observations); `terminated` zeroes it, a truncation (uncertainty, horizon, time limit) does not.
+
+Acting. `act_step(state, carry, obs, reward, first, key, explore)` acts from a history: the carry holds the
+core state and the previous action, `reward` is the reward of the previous step and `first` marks an
+episode's first step. `act(state, obs, key, explore)`, the stateless contract the offline loop evaluates
+with, is the policy at an episode's FIRST step (zero history) applied to `obs`: a memoryless
+approximation. A loop that evaluates history-dependent agents should call `initial_carry` / `act_step`.
+
+Departures from the paper's code, all deliberate: prefixes have a fixed length P (NEUBAY uses the whole
+history up to a uniformly drawn step) so that windows have a static shape; rollouts are generated inside
+the jitted update every `rollout_every` updates (NEUBAY: an update-to-data ratio of 0.05 gradient steps per
+collected transition); members are drawn uniformly from the kept ones (NEUBAY assigns trajectory i to member
+i mod K); the buffer keeps the latest `buffer_size` rollouts (NEUBAY keeps up to 40M transitions);
+learning rates are constant (NEUBAY decays the actor's with a cosine schedule to 0 over training).
+
+World model cost: training is one vmapped program for all members (ensemble.train, one jitted epoch per
+call). Measured with the default 128 members x 4 x 200 on this project's 2-core CPU while it was shared
+with other jobs (load average ~9): 600 transitions (a small random InvertedPendulum set) take 4.4 s for
+the first epoch (compilation included) and ~1.8 s per later epoch; 10,000 transitions take ~21 s per
+epoch; measuring the disagreement on 10,000 transitions (for the threshold) takes ~12 s. Early stopping
+(patience 5) usually needs tens of epochs, so for real datasets train on an accelerator, or once and pass
+--model-path.
+
+    python experiments/run.py --agent neubay --env gym:Hopper-v5 --dataset data/hopper-medium.hdf5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from envs import EnvSpec
+from networks import distributions as dist_lib
+from networks import ensemble as ensemble_lib
+from networks.actor_critic import GaussianActor, QEnsemble
+from networks.mlp import kernel_init
+from networks.recurrent import CORE_KINDS, make_core
+from networks.training import Trained, apply_gradients, polyak, trained
+from replay import datasets as datasets_lib
+
+LOOP = "offline"
+RUN_DEFAULTS = {"total_steps": 2_000_000, "eval_every": 20_000, "log_every": 1_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """NEUBAY's hyperparameters; defaults are the paper's (configs/d4rl_loco/base.yaml) unless noted."""
+
+    # -- world model ------------------------------------------------------------------------------------
+    model_members: int = 128
+    """Ensemble members trained (the posterior's candidates)."""
+    model_keep: int = 100
+    """Members kept (lowest holdout MSE): rollouts sample from these, disagreement is measured over them."""
+    model_hidden: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden widths of each member."""
+    model_max_epochs: int | None = None
+    """Cap on the ensemble's training epochs (None: until holdout early stopping)."""
+    model_path: str | None = None
+    """Load a trained ensemble (saved by a previous run under <run>/world/dynamics) instead of training one."""
+    disagreement: Literal["std", "max_deviation", "max_aleatoric"] = "std"
+    """Uncertainty u(s, a) of ensemble.disagreement over the kept members: "std" (NEUBAY's epi_mean)."""
+    uncertainty_quantile: float | None = 1.0
+    """Truncation threshold = this quantile of u on the dataset's transitions (1.0: the largest; None: never)."""
+    reward_penalty: float = 0.0
+    """c of the reward penalty c * u / mean_data(u) (0: none, NEUBAY's default)."""
+
+    # -- rollouts -----------------------------------------------------------------------------------------
+    prefix_length: int = 32
+    """Real transitions of one dataset episode that start each rollout and warm up the recurrent state."""
+    horizon: int | None = None
+    """Model steps per rollout (None: the env's episode length; capped at it)."""
+    rollout_batch: int = 100
+    """Trajectories per rollout round (NEUBAY: 100 in parallel)."""
+    rollout_every: int = 1_000
+    """Updates between rollout rounds (the first round runs before the first update)."""
+    buffer_size: int = 2_000
+    """Rollouts (windows of prefix_length + horizon steps) the FIFO buffer keeps."""
+
+    # -- agent ------------------------------------------------------------------------------------------------
+    core: Literal["lru", "gru"] = "lru"
+    """Recurrent core of the actor and of the critic (networks/recurrent.py)."""
+    core_layers: int = 2
+    """Stacked recurrent layers."""
+    core_hidden: int = 256
+    """Width of the embedding and of the core."""
+    lru_state_dim: int = 128
+    """Complex state units per LRU layer (NEUBAY's d_hidden)."""
+    head_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor head and of each critic head."""
+    num_critics: int = 10
+    """Critic heads on the critic's core output and the action."""
+    sampled_critics: int = 2
+    """Target heads drawn per update; the target takes their minimum (REDQ)."""
+    batch_size: int = 4
+    """Windows per update (each prefix_length + horizon steps; NEUBAY's tape holds 2048 steps)."""
+    real_weight: float = 0.05
+    """Weight of the real (prefix) steps' mean loss; the imagined steps' mean gets 1 - real_weight."""
+    discount: float = 0.99
+    """gamma."""
+    tau: float = 0.005
+    """Polyak rate of the target critic (embedding, core and heads)."""
+    encoder_lr: float = 1e-5
+    """Adam learning rate of the embeddings and cores."""
+    head_lr: float = 1e-4
+    """Adam learning rate of the actor and critic heads."""
+    alpha_lr: float = 1e-4
+    """Adam learning rate of log alpha."""
+    init_alpha: float = 0.2
+    """Initial entropy coefficient."""
+    target_entropy_scale: float = 1.0
+    """H_target = -target_entropy_scale * action_dim."""
+    max_grad_norm: float = 1000.0
+    """Global gradient-norm clip of the actor and the critic (NaN gradients are zeroed first)."""
+
+    def validate(self) -> None:
+        if self.model_members < 2:
+            raise ValueError(f"--model-members must be >= 2 (a posterior needs an ensemble), got {self.model_members}")
+        if not 1 <= self.model_keep <= self.model_members:
+            raise ValueError(f"--model-keep must be in [1, --model-members={self.model_members}] (members kept "
+                             f"out of those trained), got {self.model_keep}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"--horizon must be >= 1 model steps, got {self.horizon}")
+        positive = ("prefix_length", "rollout_batch", "rollout_every", "buffer_size", "core_layers", "core_hidden",
+                    "lru_state_dim", "num_critics", "sampled_critics", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.buffer_size < self.rollout_batch:
+            raise ValueError(f"--buffer-size ({self.buffer_size}) must hold one rollout round "
+                             f"(--rollout-batch {self.rollout_batch})")
+        if self.sampled_critics > self.num_critics:
+            raise ValueError(f"--sampled-critics ({self.sampled_critics}) must be <= --num-critics "
+                             f"({self.num_critics})")
+        if self.uncertainty_quantile is not None and not 0 <= self.uncertainty_quantile <= 1:
+            raise ValueError(f"--uncertainty-quantile must be in [0, 1] (or None), got {self.uncertainty_quantile}")
+        if self.reward_penalty < 0:
+            raise ValueError(f"--reward-penalty must be >= 0, got {self.reward_penalty}")
+        if not 0 <= self.real_weight <= 1:
+            raise ValueError(f"--real-weight must be in [0, 1], got {self.real_weight}")
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"--discount must be in [0, 1], got {self.discount}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
+        for name in ("encoder_lr", "head_lr", "alpha_lr", "init_alpha", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.core not in CORE_KINDS:
+            raise ValueError(f"--core must be one of {', '.join(CORE_KINDS)}, got {self.core!r}")
+        if self.disagreement not in ensemble_lib.DISAGREEMENTS:
+            raise ValueError(f"--disagreement must be one of {', '.join(ensemble_lib.DISAGREEMENTS)}, "
+                             f"got {self.disagreement!r}")
+        if not self.head_hidden or min(self.head_hidden) < 1:
+            raise ValueError("--head-hidden needs at least one width, all >= 1")
+        try:
+            model_config(self).validate()
+        except ValueError as error:
+            raise ValueError(f"world model: {error}") from None
+
+
+def model_config(config: Config) -> ensemble_lib.EnsembleConfig:
+    """NEUBAY_CONFIG with this run's sizes."""
+    return dataclasses.replace(ensemble_lib.NEUBAY_CONFIG, num_members=config.model_members,
+                               num_elites=config.model_keep, hidden=tuple(config.model_hidden),
+                               max_epochs=config.model_max_epochs)
+
+
+def rollout_horizon(config: Config, spec: EnvSpec) -> int:
+    """H: `horizon`, or the episode length when None; never beyond the episode length."""
+    return min(config.horizon or spec.max_episode_steps, spec.max_episode_steps)
+
+
+def window_length(config: Config, spec: EnvSpec) -> int:
+    """W = P + H transitions per stored window."""
+    return config.prefix_length + rollout_horizon(config, spec)
+
+
+# ----------------------------------------------------------------------------
+# Networks: x_t = [s_t, a_{t-1}, r_{t-1}] -> embedding -> recurrent core -> heads
+# ----------------------------------------------------------------------------
+
+
+class HistoryEncoder(nn.Module):
+    """Linear -> LayerNorm -> leaky ReLU (NEUBAY's input block), then the recurrent core."""
+
+    kind: str = "lru"
+    num_layers: int = 2
+    hidden: int = 256
+    lru_state_dim: int = 128
+
+    def setup(self):
+        self.embed_linear = nn.Dense(self.hidden, kernel_init=kernel_init("pytorch_default"))
+        self.embed_norm = nn.LayerNorm(epsilon=1e-5)
+        options = {"state_dim": self.lru_state_dim} if self.kind == "lru" else {}
+        self.core = make_core(self.kind, self.num_layers, self.hidden, **options).module
+
+    def embed(self, xs: jax.Array) -> jax.Array:
+        return nn.leaky_relu(self.embed_norm(self.embed_linear(xs)))
+
+    def __call__(self, xs, state, resets=None):
+        """xs [*batch, T, d] -> (features [*batch, T, hidden], final core state)."""
+        return self.core(self.embed(xs), state, resets)
+
+    def step(self, x, state, reset=None):
+        """x [*batch, d] -> (features [*batch, hidden], next core state)."""
+        return self.core.step(self.embed(x), state, reset)
+
+
+def _encoder(config: Config) -> HistoryEncoder:
+    return HistoryEncoder(config.core, config.core_layers, config.core_hidden, config.lru_state_dim)
+
+
+class RecurrentActor(nn.Module):
+    """pi(.|h_t): the history encoder, then SAC's tanh-Gaussian head (2 x 256, LayerNorm + leaky ReLU)."""
+
+    action_dim: int
+    encoder: HistoryEncoder
+    head_hidden: tuple[int, ...] = (256, 256)
+
+    def setup(self):
+        self.head = GaussianActor(self.action_dim, self.head_hidden, "leaky_relu", -5.0, 2.0, True,
+                                  "pytorch_default")
+
+    def __call__(self, xs, state, resets=None):
+        ys, state = self.encoder(xs, state, resets)
+        return self.head(ys), state
+
+    def step(self, x, state, reset=None):
+        y, state = self.encoder.step(x, state, reset)
+        return self.head(y), state
+
+    def embed(self, xs):
+        return self.encoder.embed(xs)
+
+
+class RecurrentCritic(nn.Module):
+    """Q_1..Q_N(h_t, a): one history encoder, N heads on [features, action] (QEnsemble, LayerNorm + leaky ReLU)."""
+
+    num_critics: int
+    encoder: HistoryEncoder
+    head_hidden: tuple[int, ...] = (256, 256)
+
+    def setup(self):
+        self.heads = QEnsemble(self.num_critics, self.head_hidden, "leaky_relu", True, "pytorch_default")
+
+    def features(self, xs, state, resets=None):
+        return self.encoder(xs, state, resets)
+
+    def step_features(self, x, state, reset=None):
+        return self.encoder.step(x, state, reset)
+
+    def q(self, features, action):
+        """[..., hidden], [..., A] -> [..., N]."""
+        return self.heads(features, action)
+
+    def __call__(self, xs, state, action):
+        """Q at the first action.shape[-2] steps of the sequence xs: [*batch, T_a, N]."""
+        ys, _ = self.encoder(xs, state)
+        return self.heads(ys[..., : action.shape[-2], :], action)
+
+
+def actor_network(config: Config, spec: EnvSpec) -> RecurrentActor:
+    return RecurrentActor(spec.action_dim, _encoder(config), tuple(config.head_hidden))
+
+
+def critic_network(config: Config) -> RecurrentCritic:
+    return RecurrentCritic(config.num_critics, _encoder(config), tuple(config.head_hidden))
+
+
+def input_dim(spec: EnvSpec) -> int:
+    return spec.obs_dim + spec.action_dim + 1
+
+
+def initial_core_state(config: Config, batch_shape: tuple[int, ...] = ()) -> tuple[jax.Array, ...]:
+    """The zero core state (before an episode's first step); the actor's and the critic's have the same shapes."""
+    options = {"state_dim": config.lru_state_dim} if config.core == "lru" else {}
+    return make_core(config.core, config.core_layers, config.core_hidden, **options).initial_state(batch_shape)
+
+
+def history_inputs(obs: jax.Array, prev_action: jax.Array, prev_reward: jax.Array) -> jax.Array:
+    """x_t = [s_t, a_{t-1}, r_{t-1}], [..., S + A + 1]."""
+    return jnp.concatenate([obs, prev_action, prev_reward[..., None]], axis=-1)
+
+
+def network_optimizer(config: Config) -> optax.GradientTransformation:
+    """NEUBAY's: NaN gradients zeroed, global-norm clip, Adam at encoder_lr (embedding + core) / head_lr (heads)."""
+    def labels(params):
+        return {"params": {name: jax.tree.map(lambda _, n=name: "encoder" if n == "encoder" else "head", sub)
+                           for name, sub in params["params"].items()}}
+
+    return optax.chain(optax.zero_nans(), optax.clip_by_global_norm(config.max_grad_norm),
+                       optax.multi_transform({"encoder": optax.adam(config.encoder_lr),
+                                              "head": optax.adam(config.head_lr)}, labels))
+
+
+# ----------------------------------------------------------------------------
+# Windows of history ("tapes") and their buffer
+# ----------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Tape:
+    """Windows of W transitions and W + 1 observations (any leading batch dims)."""
+
+    obs: jax.Array           # [..., W + 1, S]  s_0 .. s_W
+    action: jax.Array        # [..., W, A]      a_t
+    reward: jax.Array        # [..., W]         r_t (real, or the model's; the input of step t + 1)
+    penalty: jax.Array       # [..., W]         c u_t / mean_data(u), subtracted in the target only
+    terminated: jax.Array    # [..., W] bool    s_{t+1} is terminal (no bootstrap)
+    valid: jax.Array         # [..., W] bool    the transition exists (False after the trajectory ended)
+    real: jax.Array          # [..., W] bool    from the dataset (the prefix)
+    prev_action: jax.Array   # [..., A]         a_{-1}: the dataset's, zeros at an episode start
+    prev_reward: jax.Array   # [...]            r_{-1}
+
+
+def tape_inputs(tape: Tape) -> jax.Array:
+    """x_0 .. x_W of every window: [..., W + 1, S + A + 1]."""
+    prev_actions = jnp.concatenate([tape.prev_action[..., None, :], tape.action], axis=-2)
+    prev_rewards = jnp.concatenate([tape.prev_reward[..., None], tape.reward], axis=-1)
+    return history_inputs(tape.obs, prev_actions, prev_rewards)
+
+
+@struct.dataclass
+class TapeBuffer:
+    tapes: Tape            # leaves [capacity, ...]
+    size: jax.Array        # int32: windows stored
+    insert: jax.Array      # int32: the next slot to write (the oldest is overwritten first)
+
+
+def empty_buffer(capacity: int, length: int, obs_dim: int, action_dim: int) -> TapeBuffer:
+    zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((capacity, *shape), dtype)
+    tapes = Tape(zeros(length + 1, obs_dim), zeros(length, action_dim), zeros(length), zeros(length),
+                 zeros(length, dtype=bool), zeros(length, dtype=bool), zeros(length, dtype=bool), zeros(action_dim),
+                 zeros())
+    return TapeBuffer(tapes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def store(buffer: TapeBuffer, tape: Tape) -> TapeBuffer:
+    """Write a batch of windows [B, ...] at the insert position (FIFO)."""
+    capacity, batch = buffer.tapes.reward.shape[0], tape.reward.shape[0]
+    slots = (buffer.insert + jnp.arange(batch)) % capacity
+    tapes = jax.tree.map(lambda old, new: old.at[slots].set(new), buffer.tapes, tape)
+    return TapeBuffer(tapes, jnp.minimum(buffer.size + batch, capacity), (buffer.insert + batch) % capacity)
+
+
+def sample_tapes(buffer: TapeBuffer, key: jax.Array, batch_size: int) -> Tape:
+    index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
+    return jax.tree.map(lambda x: x[index], buffer.tapes)
+
+
+# ----------------------------------------------------------------------------
+# The world: dataset, posterior ensemble, truncation threshold (shared by every seed)
+# ----------------------------------------------------------------------------
+
+
+def prefix_starts(dataset, length: int) -> np.ndarray:
+    """Dataset rows i whose window [i, i + length) lies in one episode and whose last transition is not
+    terminal (a model can continue from its next observation)."""
+    starts = np.asarray(datasets_lib.sequence_starts(dataset, length, allow_terminal=False), np.int64)
+    terminal = np.asarray(dataset.terminals) > 0
+    return starts[~terminal[starts + length - 1]]
+
+
+def check(dataset, spec: EnvSpec, config: Config) -> None:
+    """Before anything is written: a known termination rule, a saved model of these shapes, prefixes that fit."""
+    from envs import true_dynamics
+
+    true_dynamics.termination_fn(spec.env_id)       # raises for a task without a known termination rule
+    if config.model_path is not None:
+        ensemble_lib.load(config.model_path, model_config(config), spec.obs_dim, spec.action_dim)
+    if prefix_starts(dataset, config.prefix_length).size == 0:
+        lengths = datasets_lib.episode_lengths(dataset)
+        terminal_end = np.asarray(dataset.terminals)[datasets_lib.episode_ends(dataset)] > 0
+        longest = int(np.max(lengths - terminal_end))     # a prefix may not end at a terminal transition
+        raise ValueError(f"--prefix-length {config.prefix_length} is longer than the episodes of the dataset "
+                         f"{dataset.metadata.source or ''}: a prefix is that many transitions of one episode, "
+                         f"not ending at a terminal; the longest fits {longest} "
+                         f"(longest episode: {int(lengths.max())} transitions); use --prefix-length <= "
+                         f"{max(longest, 1)}" + ("" if longest >= 1 else " with a dataset of longer episodes"))
+
+
+def model_step(model: ensemble_lib.EnsembleState, obs: jax.Array, action: jax.Array, member: jax.Array,
+               key: jax.Array, kind: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One imagined step per row with its own member: (next_obs [B, S], reward [B], u(s, a) [B] over the kept).
+
+    Both calls evaluate every member on every row (the disagreement needs them all); under jit XLA
+    shares the common work."""
+    next_obs, reward, _ = ensemble_lib.sample_step(model, obs, action, key, member=member)
+    return next_obs, reward, ensemble_lib.disagreement(model, obs, action, kind=kind)
+
+
+def data_disagreement(model: ensemble_lib.EnsembleState, dataset, kind: str, chunk: int = 4096) -> np.ndarray:
+    """u(s, a) [N] at every dataset transition, over the kept members."""
+    obs, action = jnp.asarray(dataset.observations), jnp.asarray(dataset.actions)
+    parts = [ensemble_lib.disagreement(model, obs[i:i + chunk], action[i:i + chunk], kind=kind)
+             for i in range(0, obs.shape[0], chunk)]
+    return np.asarray(jnp.concatenate(parts), np.float64)
+
+
+def build_world(dataset, spec: EnvSpec, config: Config, model: ensemble_lib.EnsembleState) -> dict:
+    """Everything the jitted rollouts read: the dataset's arrays, prefix starts, the model, the threshold."""
+    u = data_disagreement(model, dataset, config.disagreement)
+    threshold = np.inf if config.uncertainty_quantile is None else float(np.quantile(u, config.uncertainty_quantile))
+    starts = prefix_starts(dataset, config.prefix_length)
+    if starts.size == 0:
+        raise ValueError(f"--prefix-length {config.prefix_length}: no prefix fits in the dataset")
+    first = np.zeros(dataset.num_transitions, bool)
+    episode_starts = datasets_lib.episode_starts(dataset)
+    first[episode_starts] = True
+    episode_step = np.arange(dataset.num_transitions) - episode_starts[np.cumsum(first) - 1]
+    obs = jnp.asarray(dataset.observations, jnp.float32)
+    return {"obs": obs, "action": jnp.asarray(dataset.actions, jnp.float32),
+            "reward": jnp.asarray(dataset.rewards, jnp.float32),
+            "next_obs": jnp.asarray(dataset.next_observations, jnp.float32),
+            "first": jnp.asarray(first), "episode_step": jnp.asarray(episode_step, jnp.int32),
+            "prefix_starts": jnp.asarray(starts, jnp.int32), "probe_obs": obs[jnp.asarray(episode_starts[:256])],
+            "model": model, "threshold": jnp.asarray(threshold, jnp.float32),
+            "mean_disagreement": jnp.asarray(max(float(np.mean(u)), 1e-8), jnp.float32)}
+
+
+def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Array) -> dict:
+    """Train (or load) the posterior ensemble once, measure its disagreement on the data; the shared world."""
+    from envs import true_dynamics
+
+    true_dynamics.termination_fn(spec.env_id)       # raises early for a task without a known termination rule
+    saved = world_dir / "dynamics"
+    path = config.model_path or (saved if saved.exists() else None)
+    if path is not None:
+        model = ensemble_lib.load(path, model_config(config), spec.obs_dim, spec.action_dim)
+    else:
+        model = ensemble_lib.init(key, spec.obs_dim, spec.action_dim, model_config(config))
+        log = lambda r: print(f"  world model epoch {r['epoch']}: holdout mse {r['holdout_mse']:.4g} "
+                              f"({r['time_s']:.0f} s)", file=sys.stderr, flush=True) if r["epoch"] % 10 == 0 else None
+        start = time.perf_counter()
+        model, history = ensemble_lib.train(model, {"observations": dataset.observations, "actions": dataset.actions,
+                                                    "next_observations": dataset.next_observations,
+                                                    "rewards": dataset.rewards}, key, log_fn=log)
+        print(f"  world model: {config.model_members} members, {len(history)} epochs in "
+              f"{time.perf_counter() - start:.1f} s; kept {config.model_keep}", file=sys.stderr, flush=True)
+        world_dir.mkdir(parents=True, exist_ok=True)
+        ensemble_lib.save(saved, model)
+    return build_world(dataset, spec, config, model)
+
+
+# ----------------------------------------------------------------------------
+# State, acting
+# ----------------------------------------------------------------------------
+
+
+ROLLOUT_METRICS = ("rollout/length", "rollout/length_max", "rollout/return", "rollout/terminated",
+                   "rollout/uncertainty_truncated", "rollout/uncertainty")
+
+
+@struct.dataclass
+class NEUBAYState:
+    actor: Trained               # no target
+    critic: Trained              # embedding + core + heads, with a target copy
+    log_alpha: jax.Array
+    alpha_opt_state: optax.OptState
+    buffer: TapeBuffer
+    rollout_metrics: dict        # of the last rollout round
+    probe_obs: jax.Array         # dataset episode-start observations, for the value diagnostics
+    updates: jax.Array
+    config: Config = struct.field(pytree_node=False)
+    spec: EnvSpec = struct.field(pytree_node=False)
+
+    @property
+    def alpha(self) -> jax.Array:
+        return jnp.exp(self.log_alpha)
+
+
+def init(key: jax.Array, spec: EnvSpec, config: Config, world: dict) -> NEUBAYState:
+    k_actor, k_critic = jax.random.split(key)
+    xs, core = jnp.zeros((1, 1, input_dim(spec))), initial_core_state(config, (1,))
+    actor_params = actor_network(config, spec).init(k_actor, xs, core)
+    critic_params = critic_network(config).init(k_critic, xs, core, jnp.zeros((1, 1, spec.action_dim)))
+    optimizer = network_optimizer(config)
+    log_alpha = jnp.log(jnp.asarray(config.init_alpha, jnp.float32))
+    return NEUBAYState(
+        actor=trained(actor_params, optimizer, target=False), critic=trained(critic_params, optimizer),
+        log_alpha=log_alpha, alpha_opt_state=optax.adam(config.alpha_lr).init(log_alpha),
+        buffer=empty_buffer(config.buffer_size, window_length(config, spec), spec.obs_dim, spec.action_dim),
+        rollout_metrics={name: jnp.zeros(()) for name in ROLLOUT_METRICS}, probe_obs=world["probe_obs"],
+        updates=jnp.zeros((), jnp.int32), config=config, spec=spec)
+
+
+@struct.dataclass
+class ActCarry:
+    """What acting remembers between steps of an episode."""
+
+    core: tuple                  # the actor's core state
+    prev_action: jax.Array       # [..., A]
+
+
+def initial_carry(state: NEUBAYState, batch_shape: tuple[int, ...] = ()) -> ActCarry:
+    return ActCarry(initial_core_state(state.config, tuple(batch_shape)),
+                    jnp.zeros((*batch_shape, state.spec.action_dim)))
+
+
+def act_step(state: NEUBAYState, carry: ActCarry, obs: jax.Array, reward: jax.Array, first: jax.Array,
+             key: jax.Array, explore: bool) -> tuple[jax.Array, ActCarry]:
+    """The action at s_t = `obs` [..., S] given the history in `carry`: `reward` [...] is r_{t-1}, the reward of
+    the previous step; `first` [...] marks an episode's first step (the history restarts: the core state,
+    a_{-1} and r_{-1} are zeroed). A sample of pi when exploring, else tanh(mean)."""
+    first = jnp.broadcast_to(jnp.asarray(first, bool), obs.shape[:-1])
+    prev_action = jnp.where(first[..., None], 0.0, carry.prev_action)
+    prev_reward = jnp.where(first, 0.0, jnp.asarray(reward, jnp.float32))
+    dist, core = actor_network(state.config, state.spec).apply(
+        state.actor.params, history_inputs(obs, prev_action, prev_reward), carry.core, first, method="step")
+    action = dist_lib.mode(dist) if not explore else jnp.tanh(dist_lib.sample_pre_tanh(dist, key))
+    return action, ActCarry(core, action)
+
+
+def act(state: NEUBAYState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:
+    """Stateless acting: the policy at an episode's first step (empty history) applied to `obs` [..., S].
+    A memoryless approximation for loops without a carry; `act_step` is the history-dependent policy."""
+    carry = initial_carry(state, obs.shape[:-1])
+    action, _ = act_step(state, carry, obs, jnp.zeros(obs.shape[:-1]), True, key, explore)
+    return action
+
+
+# ----------------------------------------------------------------------------
+# Long-horizon rollouts in one sampled world
+# ----------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Prefix:
+    obs: jax.Array           # [B, P, S]
+    action: jax.Array        # [B, P, A]
+    reward: jax.Array        # [B, P]
+    prev_action: jax.Array   # [B, A]  a_{-1}
+    prev_reward: jax.Array   # [B]     r_{-1}
+    next_obs: jax.Array      # [B, S]  s_P, where the model takes over
+    time: jax.Array          # [B]     episode steps taken at s_P
+
+
+def real_prefix(world: dict, start: jax.Array, length: int) -> Prefix:
+    """The dataset windows [start, start + length) (from `prefix_starts`: inside one episode each)."""
+    rows = start[:, None] + jnp.arange(length)
+    first = world["first"][start]
+    before = jnp.maximum(start - 1, 0)
+    last = start + length - 1
+    return Prefix(obs=world["obs"][rows], action=world["action"][rows], reward=world["reward"][rows],
+                  prev_action=jnp.where(first[:, None], 0.0, world["action"][before]),
+                  prev_reward=jnp.where(first, 0.0, world["reward"][before]),
+                  next_obs=world["next_obs"][last], time=world["episode_step"][last] + 1)
+
+
+def warm_up(state: NEUBAYState, actor_params: dict, prefix: Prefix) -> tuple:
+    """The actor's core state after the prefix: the core run over x_0 .. x_{P-1} from the zero state."""
+    prev_actions = jnp.concatenate([prefix.prev_action[:, None], prefix.action[:, :-1]], axis=1)
+    prev_rewards = jnp.concatenate([prefix.prev_reward[:, None], prefix.reward[:, :-1]], axis=1)
+    xs = history_inputs(prefix.obs, prev_actions, prev_rewards)
+    _, core = actor_network(state.config, state.spec).apply(
+        actor_params, xs, initial_core_state(state.config, xs.shape[:1]), method=lambda m, x, s: m.encoder(x, s))
+    return core
+
+
+def imagine(state: NEUBAYState, world: dict, key: jax.Array) -> tuple[Tape, dict]:
+    """`rollout_batch` windows: a real prefix, then up to H steps in ONE kept member per trajectory.
+
+    Returns the windows [B, ...] and {"member": [B], metrics...}. The loop stops early once every
+    trajectory has ended (under vmap: once every seed's have)."""
+    from envs import true_dynamics
+
+    config, spec = state.config, state.spec
+    horizon, batch = rollout_horizon(config, spec), config.rollout_batch
+    model, actor = world["model"], actor_network(config, spec)
+    terminated_fn = true_dynamics.termination_fn(spec.env_id)
+    k_member, k_start, k_steps = jax.random.split(key, 3)
+    member = model.elites[jax.random.randint(k_member, (batch,), 0, model.elites.shape[0])]
+    start = world["prefix_starts"][jax.random.randint(k_start, (batch,), 0, world["prefix_starts"].shape[0])]
+    prefix = real_prefix(world, start, config.prefix_length)
+    core = warm_up(state, state.actor.params, prefix)
+
+    def step(carry):
+        t, obs, prev_action, prev_reward, core, alive, out, key = carry
+        key, k_action, k_model = jax.random.split(key, 3)
+        dist, core = actor.apply(state.actor.params, history_inputs(obs, prev_action, prev_reward), core,
+                                 method="step")
+        action = jnp.tanh(dist_lib.sample_pre_tanh(dist, k_action))
+        next_obs, reward, u = model_step(model, obs, action, member, k_model, config.disagreement)
+        valid = alive & jnp.all(jnp.isfinite(next_obs), axis=-1) & jnp.isfinite(reward)
+        terminated = valid & terminated_fn(obs, action, next_obs)
+        exceeded = valid & ~(u <= world["threshold"])          # NaN disagreement counts as exceeded
+        time_up = prefix.time + t + 1 >= spec.max_episode_steps
+        penalty = jnp.where(valid & jnp.isfinite(u), config.reward_penalty * u / world["mean_disagreement"], 0.0)
+        next_obs = jnp.where(valid[:, None], next_obs, obs)
+        action, reward = jnp.where(valid[:, None], action, 0.0), jnp.where(valid, reward, 0.0)
+        new = {"next_obs": next_obs, "action": action, "reward": reward, "penalty": penalty,
+               "terminated": terminated, "valid": valid, "exceeded": exceeded,
+               "u": jnp.where(valid & jnp.isfinite(u), u, 0.0)}
+        out = {name: out[name].at[:, t].set(value) for name, value in new.items()}
+        alive = valid & ~terminated & ~exceeded & ~time_up
+        return t + 1, next_obs, action, reward, core, alive, out, key
+
+    zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((batch, horizon, *shape), dtype)
+    out = {"next_obs": zeros(spec.obs_dim), "action": zeros(spec.action_dim), "reward": zeros(), "penalty": zeros(),
+           "terminated": zeros(dtype=bool), "valid": zeros(dtype=bool), "exceeded": zeros(dtype=bool), "u": zeros()}
+    alive = prefix.time < spec.max_episode_steps
+    carry = (jnp.zeros((), jnp.int32), prefix.next_obs, prefix.action[:, -1], prefix.reward[:, -1], core, alive, out,
+             k_steps)
+    carry = jax.lax.while_loop(lambda c: (c[0] < horizon) & jnp.any(c[5]), step, carry)
+    out = carry[6]
+
+    p = config.prefix_length
+    ones_p, zeros_p = jnp.ones((batch, p), bool), jnp.zeros((batch, p), bool)
+    tape = Tape(obs=jnp.concatenate([prefix.obs, prefix.next_obs[:, None], out["next_obs"]], axis=1),
+                action=jnp.concatenate([prefix.action, out["action"]], axis=1),
+                reward=jnp.concatenate([prefix.reward, out["reward"]], axis=1),
+                penalty=jnp.concatenate([jnp.zeros((batch, p)), out["penalty"]], axis=1),
+                terminated=jnp.concatenate([zeros_p, out["terminated"]], axis=1),
+                valid=jnp.concatenate([ones_p, out["valid"]], axis=1),
+                real=jnp.concatenate([ones_p, jnp.zeros((batch, horizon), bool)], axis=1),
+                prev_action=prefix.prev_action, prev_reward=prefix.prev_reward)
+    lengths = jnp.sum(out["valid"], axis=1)
+    steps = jnp.maximum(jnp.sum(lengths), 1)
+    metrics = {"rollout/length": jnp.mean(lengths).astype(jnp.float32),
+               "rollout/length_max": jnp.max(lengths).astype(jnp.float32),
+               "rollout/return": jnp.mean(jnp.sum(out["reward"], axis=1)),
+               "rollout/terminated": jnp.mean(jnp.any(out["terminated"], axis=1)),
+               "rollout/uncertainty_truncated": jnp.mean(jnp.any(out["exceeded"] & ~out["terminated"], axis=1)),
+               "rollout/uncertainty": jnp.sum(out["u"]) / steps}
+    return tape, {"member": member, **{k: v.astype(jnp.float32) for k, v in metrics.items()}}
+
+
+def add_rollouts(state: NEUBAYState, world: dict, key: jax.Array) -> NEUBAYState:
+    tape, info = imagine(state, world, key)
+    return state.replace(buffer=store(state.buffer, tape), rollout_metrics={k: info[k] for k in ROLLOUT_METRICS})
+
+
+# ----------------------------------------------------------------------------
+# Losses and the update
+# ----------------------------------------------------------------------------
+
+
+def mixed_mean(values: jax.Array, tape: Tape, real_weight: float) -> jax.Array:
+    """real_weight * mean over valid real steps + (1 - real_weight) * mean over valid imagined steps."""
+    real, imagined = tape.valid & tape.real, tape.valid & ~tape.real
+    mean = lambda mask: jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    return real_weight * mean(real) + (1.0 - real_weight) * mean(imagined)
+
+
+def critic_target(state: NEUBAYState, tape: Tape, xs: jax.Array, key: jax.Array) -> jax.Array:
+    """y_t = r_t - penalty_t + gamma (1 - terminated_t) (min_{j in J} Q'_j(h_{t+1}, a') - alpha log pi(a'|h_{t+1})),
+    J = `sampled_critics` of the target heads, a' ~ pi(.|h_{t+1}); for every step of the windows [B, W]."""
+    config = state.config
+    k_action, k_heads = jax.random.split(key)
+    zero = initial_core_state(config, xs.shape[:1])
+    dist, _ = actor_network(config, state.spec).apply(state.actor.params, xs, zero)
+    u = dist_lib.sample_pre_tanh(dist, k_action)
+    next_action, next_log_prob = jnp.tanh(u)[:, 1:], dist_lib.log_prob(dist, u)[:, 1:]
+    critic = critic_network(config)
+    features, _ = critic.apply(state.critic.target_params, xs, zero, method="features")
+    q = critic.apply(state.critic.target_params, features[:, 1:], next_action, method="q")        # [B, W, N]
+    heads = jax.random.choice(k_heads, config.num_critics, (config.sampled_critics,), replace=False)
+    soft_value = jnp.min(q[..., heads], axis=-1) - state.alpha * next_log_prob
+    return tape.reward - tape.penalty + config.discount * (1.0 - tape.terminated) * soft_value
+
+
+def critic_loss(critic_params: dict, state: NEUBAYState, tape: Tape, xs: jax.Array,
+                target: jax.Array) -> tuple[jax.Array, dict]:
+    """mix(mean_j huber(Q_j(h_t, a_t) - y_t))."""
+    zero = initial_core_state(state.config, xs.shape[:1])
+    q = critic_network(state.config).apply(critic_params, xs, zero, tape.action)                  # [B, W, N]
+    per_step = jnp.mean(optax.huber_loss(q, target[..., None]), axis=-1)
+    loss = mixed_mean(per_step, tape, state.config.real_weight)
+    imagined = tape.valid & ~tape.real
+    q_imagined = jnp.sum(jnp.where(imagined, jnp.mean(q, axis=-1), 0.0)) / jnp.maximum(jnp.sum(imagined), 1)
+    return loss, {"critic/loss": loss, "critic/q_imagined": q_imagined,
+                  "critic/q_real": mixed_mean(jnp.mean(q, axis=-1), tape, 1.0)}
+
+
+def actor_loss(actor_params: dict, state: NEUBAYState, tape: Tape, xs: jax.Array, features: jax.Array,
+               key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """mix(alpha log pi(a|h_t) - mean_j Q_j(h_t, a)), a ~ pi reparameterized; also returns log pi."""
+    zero = initial_core_state(state.config, xs.shape[:1])
+    dist, _ = actor_network(state.config, state.spec).apply(actor_params, xs[:, :-1], zero)
+    u = dist_lib.sample_pre_tanh(dist, key)
+    log_prob = dist_lib.log_prob(dist, u)
+    q = critic_network(state.config).apply(state.critic.params, features[:, :-1], jnp.tanh(u), method="q")
+    loss = mixed_mean(state.alpha * log_prob - jnp.mean(q, axis=-1), tape, state.config.real_weight)
+    return loss, log_prob
+
+
+def update(state: NEUBAYState, world: dict, key: jax.Array, step: jax.Array) -> tuple[NEUBAYState, dict]:
+    """Update `step` (from 1): a rollout round when due, then one critic, one actor and one alpha step."""
+    config = state.config
+    k_roll, k_sample, k_target, k_actor = jax.random.split(key, 4)
+    # `step` is unbatched (shared by the seeds), so this is a real branch under vmap.
+    state = jax.lax.cond((step - 1) % config.rollout_every == 0, lambda s: add_rollouts(s, world, k_roll),
+                         lambda s: s, state)
+    tape = sample_tapes(state.buffer, k_sample, config.batch_size)
+    xs = tape_inputs(tape)
+    optimizer = network_optimizer(config)
+
+    target = jax.lax.stop_gradient(critic_target(state, tape, xs, k_target))
+    grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, tape, xs, target)
+    metrics["critic/grad_norm"] = optax.tree.norm(grads)
+    state = state.replace(critic=polyak(apply_gradients(state.critic, grads, optimizer), config.tau))
+
+    features, _ = critic_network(config).apply(state.critic.params, xs, initial_core_state(config, xs.shape[:1]),
+                                               method="features")
+    features = jax.lax.stop_gradient(features)
+    (loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params, state, tape, xs,
+                                                                          features, k_actor)
+    state = state.replace(actor=apply_gradients(state.actor, grads, optimizer))
+
+    target_entropy = -config.target_entropy_scale * state.spec.action_dim
+    entropy = jax.lax.stop_gradient(-log_prob)
+    alpha_grad = jax.grad(lambda la: mixed_mean(jnp.exp(la) * (entropy - target_entropy), tape,
+                                                config.real_weight))(state.log_alpha)
+    step_alpha, alpha_opt_state = optax.adam(config.alpha_lr).update(alpha_grad, state.alpha_opt_state)
+    state = state.replace(log_alpha=optax.apply_updates(state.log_alpha, step_alpha), alpha_opt_state=alpha_opt_state,
+                          updates=state.updates + 1)
+    return state, {**metrics, "actor/loss": loss, "actor/entropy": mixed_mean(entropy, tape, config.real_weight),
+                   "alpha": state.alpha, "buffer/size": state.buffer.size.astype(jnp.float32),
+                   **state.rollout_metrics}
+
+
+def diagnostics(state: NEUBAYState, key: jax.Array) -> dict:
+    """Q of a sampled action at dataset episode starts (empty history), min and mean over the heads: what the
+    critic expects to earn, to compare with the evaluation's discounted return (eval/discounted_return)."""
+    config, obs = state.config, state.probe_obs
+    zero, batch = initial_core_state(config, obs.shape[:1]), obs.shape[:1]
+    x = history_inputs(obs, jnp.zeros((*batch, state.spec.action_dim)), jnp.zeros(batch))
+    dist, _ = actor_network(config, state.spec).apply(state.actor.params, x, zero, method="step")
+    action = jnp.tanh(dist_lib.sample_pre_tanh(dist, key))
+    critic = critic_network(config)
+    features, _ = critic.apply(state.critic.params, x, zero, method="step_features")
+    q = critic.apply(state.critic.params, features, action, method="q")
+    return {"value/q_start_min": jnp.mean(jnp.min(q, axis=-1)), "value/q_start_mean": jnp.mean(q)}
