@@ -46,6 +46,7 @@ import replay
 from envs import EnvSpec
 from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
 from networks.twohot import symexp_bins, two_hot_cross_entropy
+from networks.regularizers import sigreg
 from networks.training import Trained, apply_gradients, hard_copy, trained
 
 LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
@@ -143,6 +144,10 @@ class Config:
     bin_upper: float = 10.0
     """Highest bin before symexp."""
 
+    sigreg_coef: float = 0.0
+    """Weight of SIGReg(zs) (networks/regularizers.py, the RL variant) added to the encoder loss: pushes the
+    state embedding toward an isotropic Gaussian (arXiv 2602.19373); 0 = MR.Q as published."""
+
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
         positive_ints = ["batch_size", "buffer_size", "target_update_freq", "enc_horizon", "q_horizon",
@@ -153,7 +158,7 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         non_negative = ["random_steps", "exploration_noise", "target_policy_noise", "noise_clip", "dyn_weight",
                         "reward_weight", "done_weight", "alpha", "min_priority", "enc_weight_decay",
-                        "value_weight_decay", "policy_weight_decay", "pre_activ_weight"]
+                        "value_weight_decay", "policy_weight_decay", "pre_activ_weight", "sigreg_coef"]
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -272,7 +277,8 @@ def store(state: MRQState, transition: replay.Transition) -> MRQState:
 ENCODER_METRICS = ("encoder/loss", "encoder/dynamics_loss", "encoder/reward_loss", "encoder/done_loss")
 
 
-def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequence, state: MRQState):
+def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequence, state: MRQState,
+                 key: jax.Array | None = None):
     """Eq. 9: sum over the H_enc rollout steps of masked dynamics, reward and done losses.
 
     The rollout starts from zs(s_0) and feeds the model's own predicted
@@ -295,6 +301,9 @@ def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequenc
         reward_total += jnp.mean(two_hot_cross_entropy(reward_logits, batch.reward[:, t], bins) * mask)
         done_total += jnp.mean(jnp.square(done_logit - batch.terminated[:, t]) * mask) * use_done
     loss = config.dyn_weight * dyn_total + config.reward_weight * reward_total + config.done_weight * done_total
+    if config.sigreg_coef > 0:     # optional: SIGReg on the state embedding of the batch's first states
+        first_zs = encoder_net.apply(encoder_params, batch.obs[:, 0], method=MRQEncoder.zs)
+        loss = loss + config.sigreg_coef * sigreg(first_zs, key)
     return loss, dict(zip(ENCODER_METRICS, (loss, dyn_total, reward_total, done_total)))
 
 
@@ -362,7 +371,7 @@ def update_encoder(state: MRQState, key: jax.Array) -> tuple[MRQState, dict]:
     start = replay.sample_indices(state.replay, key, config.batch_size, config.prioritized)
     batch = replay.subsequence(state.replay, start, config.enc_horizon)
     grads, metrics = jax.grad(encoder_loss, has_aux=True)(
-        state.encoder.params, state.encoder.target_params, batch, state)
+        state.encoder.params, state.encoder.target_params, batch, state, jax.random.fold_in(key, 1))
     return state.replace(encoder=apply_gradients(state.encoder, grads, optimizer)), metrics
 
 

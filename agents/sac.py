@@ -36,6 +36,7 @@ from networks import distributions as dist_lib
 from networks.actor_critic import GaussianActor, QEnsemble
 from networks import plasticity
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
+from networks.regularizers import sigreg
 from networks.training import Trained, apply_gradients, polyak, scheduled_updates, trained
 
 LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
@@ -90,6 +91,10 @@ class Config:
     log_std_max: float = 2.0
     """Upper end of the actor's log-std range."""
 
+    sigreg_coef: float = 0.0
+    """Weight of SIGReg (networks/regularizers.py, the RL variant) on each critic's last hidden pre-activation,
+    added to the critic loss (arXiv 2602.19373); 0 = off."""
+
     def validate(self) -> None:
         positive = ("buffer_size", "batch_size", "policy_frequency", "target_frequency", "num_critics")
         for name in positive:
@@ -106,6 +111,8 @@ class Config:
         for name in ("critic_lr", "actor_lr", "alpha_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.sigreg_coef < 0:
+            raise ValueError(f"--sigreg-coef must be >= 0, got {self.sigreg_coef}")
         if self.alpha < 0:
             raise ValueError(f"--alpha must be >= 0, got {self.alpha}")
         if self.activation not in ACTIVATIONS:
@@ -222,11 +229,27 @@ def critic_target(state: SACState, batch: replay.TransitionBatch, key: jax.Array
 
 
 def critic_loss(critic_params: dict, state: SACState, batch: replay.TransitionBatch,
-                target: jax.Array) -> tuple[jax.Array, dict]:
-    """sum_j mean (Q_j(s, a) - y)^2 (CleanRL sums the twin critics' MSEs)."""
-    q = critic_network(state.config).apply(critic_params, batch.obs, batch.action)        # [B, N]
+                target: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """sum_j mean (Q_j(s, a) - y)^2 (CleanRL sums the twin critics' MSEs), + sigreg_coef x SIGReg of each
+    critic's last hidden pre-activation when --sigreg-coef > 0 (then `key` draws its directions)."""
+    coef = getattr(state.config, "sigreg_coef", 0.0)
+    if coef > 0:
+        q, variables = critic_network(state.config).apply(critic_params, batch.obs, batch.action,
+                                                          mutable=["intermediates"])
+        sown = critic_mlp(variables["intermediates"])
+        last = max(int(name.split("_")[-1]) for name in sown if name.startswith("preactivation_"))
+        features = sown[f"preactivation_{last}"][-1]                                      # [N, B, width]
+        keys = jax.random.split(key, features.shape[0])
+        statistic = jnp.mean(jax.vmap(sigreg)(features, keys))
+    else:
+        q = critic_network(state.config).apply(critic_params, batch.obs, batch.action)    # [B, N]
+        statistic = None
     loss = jnp.sum(jnp.mean(jnp.square(q - target[:, None]), axis=0))
-    return loss, {"critic/loss": loss, "critic/q": jnp.mean(q), "critic/target": jnp.mean(target)}
+    metrics = {"critic/loss": loss, "critic/q": jnp.mean(q), "critic/target": jnp.mean(target)}
+    if statistic is not None:
+        loss = loss + coef * statistic
+        metrics["critic/sigreg"] = statistic
+    return loss, metrics
 
 
 def actor_loss(actor_params: dict, state: SACState, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -249,7 +272,8 @@ def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float)
 def update_critic(state: SACState, batch: replay.TransitionBatch, key: jax.Array) -> tuple[SACState, dict]:
     critic_opt, _, _ = optimizers(state.config)
     target = jax.lax.stop_gradient(critic_target(state, batch, key))
-    grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target)
+    grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target,
+                                                         jax.random.fold_in(key, 1))
     metrics["critic/grad_norm"] = optax.tree.norm(grads)
     return state.replace(critic=apply_gradients(state.critic, grads, critic_opt), updates=state.updates + 1), metrics
 

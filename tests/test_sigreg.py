@@ -89,3 +89,35 @@ def test_bad_coefficient_from_the_command_line(tmp_path):
     assert result.returncode == 2
     assert "error: --sigreg-coef (lambda) must be >= 0, got -1.0" in result.stderr
     assert not run_dir.exists()
+
+
+def test_sigreg_flag_on_sac_and_mrq():
+    """--sigreg-coef adds the same regularizer to SAC's critics (their last hidden pre-activation) and to MR.Q's
+    state embedding zs: the loss grows by exactly coef x the statistic, and 0 leaves the agents as published."""
+    import replay
+    from agents import mrq, sac
+
+    spec = envs.make("jax:PointMass").spec
+    rng = np.random.default_rng(0)
+    batch = replay.TransitionBatch(jnp.asarray(rng.normal(size=(32, 4)), jnp.float32), jnp.zeros((32, 2)),
+                                   jnp.zeros(32), jnp.asarray(rng.normal(size=(32, 4)), jnp.float32), jnp.zeros(32))
+    key = jax.random.PRNGKey(2)
+    small = dict(critic_hidden=(16, 16), actor_hidden=(16, 16), buffer_size=100)
+    plain_state = sac.init(jax.random.PRNGKey(0), spec, sac.Config(**small))
+    plain, _ = sac.critic_loss(plain_state.critic.params, plain_state, batch, jnp.zeros(32), key)
+    state = plain_state.replace(config=sac.Config(**small, sigreg_coef=0.5))
+    total, metrics = sac.critic_loss(state.critic.params, state, batch, jnp.zeros(32), key)
+    assert float(metrics["critic/sigreg"]) > 0
+    assert float(total) == pytest.approx(float(plain) + 0.5 * float(metrics["critic/sigreg"]), rel=1e-5)
+
+    tiny = dict(batch_size=8, zs_dim=16, za_dim=8, zsa_dim=16, enc_hidden_dim=16, value_hidden_dim=16,
+                policy_hidden_dim=16, buffer_size=100)
+    state = mrq.init(jax.random.PRNGKey(0), spec, mrq.Config(**tiny))
+    sub = replay.Subsequence(jnp.asarray(rng.normal(size=(8, 6, 4)), jnp.float32), jnp.zeros((8, 5, 2)),
+                             jnp.zeros((8, 5)), jnp.zeros((8, 5)), jnp.ones((8, 5)))
+    plain, _ = mrq.encoder_loss(state.encoder.params, state.encoder.target_params, sub, state, key)
+    with_reg = state.replace(config=mrq.Config(**tiny, sigreg_coef=0.5))
+    total, _ = mrq.encoder_loss(state.encoder.params, state.encoder.target_params, sub, with_reg, key)
+    zs = mrq._networks(with_reg.config, spec)[0].apply(state.encoder.params, sub.obs[:, 0],
+                                                        method=mrq.MRQEncoder.zs)
+    assert float(total) == pytest.approx(float(plain) + 0.5 * float(regularizers.sigreg(zs, key)), rel=1e-5)
