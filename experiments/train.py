@@ -255,9 +255,15 @@ def derived_settings(agent, config: Any) -> dict:
 
 
 def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transitions: int) -> Path:
-    state = loop.init()
     checkpointer_dir = run_dir / "checkpoints"
     start_step = 0
+    if saved is None:
+        # Clear an --overwrite'd directory BEFORE the loop builds its state: offline agents save their world
+        # (a trained dynamics model) into the run directory while initializing.
+        if args.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state = loop.init()
     if saved is not None:
         checkpointer = Checkpointer(checkpointer_dir)
         restored, meta, start_step = checkpointer.restore(state)
@@ -267,9 +273,6 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpointer_dir / str(start_step)}: {error}") from None
     else:
-        if args.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = Checkpointer(checkpointer_dir)
 
     derived = derived_settings(agents.get(args.agent), config)
