@@ -62,13 +62,14 @@ def test_ppo_learns_cartpole_balance(tmp_path):
 
 def test_sac_learns_inverted_pendulum(tmp_path):
     """SAC with CleanRL's defaults except 1000 random steps (instead of 5000), on gym:InvertedPendulum-v5
-    (maximum return 1000). Measured on this machine: 134 at 2.5k steps, 1000 from 7.5k on."""
+    (maximum return 1000). Measured on this machine: 122 / 81 / 82 / 1000 / 1000 / 1000 at 2k..12k steps;
+    a run evaluated only at 8k scored 466 there (the policy is still on the edge at 8k), hence 12k."""
     run_dir = tmp_path / "run"
-    result = run_cli("--agent", "sac", "--env", "gym:InvertedPendulum-v5", "--total-steps", "8000",
-                     "--eval-every", "8000", "--eval-episodes", "5", "--learning-starts", "1000",
+    result = run_cli("--agent", "sac", "--env", "gym:InvertedPendulum-v5", "--total-steps", "12000",
+                     "--eval-every", "12000", "--eval-episodes", "5", "--learning-starts", "1000",
                      "--run-dir", str(run_dir), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    returns = _final_returns(run_dir, 8000)
+    returns = _final_returns(run_dir, 12000)
     assert returns and returns[0] >= 950, returns
 
 
