@@ -217,12 +217,15 @@ def sweep(agent, config, run_args, grid, traced, static, run_dir: Path) -> list[
     for static_values in programs:
         base = dataclasses.replace(config, **dict(zip(static, static_values)))
 
-        def on_row(step, p, s, ret, diag, static_values=static_values, points=traced_grid):
-            rows.append({"step": step, "seed": s, **dict(zip(static, static_values)), **points[p], "return": ret,
-                         **diag})
+        fixed = dict(zip(static, static_values))
+
+        def recorder(points):
+            """on_row for a program whose lanes' traced points are `points` (p indexes them)."""
+            return lambda step, p, s, ret, diag: rows.append(
+                {"step": step, "seed": s, **fixed, **points[p], "return": ret, **diag})
 
         try:
-            run_program(agent, base, run_args, traced_grid, seeds, on_row)
+            run_program(agent, base, run_args, traced_grid, seeds, recorder(traced_grid))
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
                 jax.errors.TracerIntegerConversionError) as error:
             # A float field the agent uses as a Python value: sweep it as static instead.
@@ -230,9 +233,7 @@ def sweep(agent, config, run_args, grid, traced, static, run_dir: Path) -> list[
             print(f"note: {', '.join(traced)} cannot be traced by {run_args.agent} ({type(error).__name__}); "
                   "running one program per value", flush=True)
             for point in traced_grid:
-                run_program(agent, dataclasses.replace(base, **point), run_args, [{}], seeds,
-                            lambda step, p, s, ret, diag, point=point, sv=static_values: rows.append(
-                                {"step": step, "seed": s, **dict(zip(static, sv)), **point, "return": ret, **diag}))
+                run_program(agent, dataclasses.replace(base, **point), run_args, [{}], seeds, recorder([point]))
     columns = ["step", "seed", *names, "return"] + sorted({k for r in rows for k in r} - {"step", "seed", "return",
                                                                                           *names})
     with open(run_dir / "eval.csv", "w", newline="") as f:
