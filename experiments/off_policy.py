@@ -142,7 +142,7 @@ class HostLoop(_SeedLoop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
-        act = lambda obs: self._act(state["agent"], obs, self.seed_keys, step, False)
+        act = lambda obs, prev_reward, first: self._act(state["agent"], obs, self.seed_keys, step, False)
         return evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
 
     def close(self) -> None:
@@ -224,23 +224,29 @@ class DeviceLoop(_SeedLoop):
 
 def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episodes: int,
                   env_kwargs: dict | None = None, discount: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and discounted returns [num_seeds, episodes] of `act(obs [num_seeds, episodes, d]) -> actions`
-    on fresh host env instances seeded from (seed, step); every episode runs to its first end."""
+    """Returns and discounted returns [num_seeds, episodes] of `act(obs, prev_reward, first) -> actions` (obs
+    [num_seeds, episodes, d]; the previous step's reward and whether this is an episode's first step, both
+    [num_seeds, episodes], for agents with memory) on fresh host env instances seeded from (seed, step);
+    every episode runs to its first end."""
     eval_seed = 1_000_000 + 10_007 * seed + step
     env = envs_lib.make(env_id, num_envs=num_seeds * episodes, seed=eval_seed, **(env_kwargs or {}))
     try:
         obs = env.reset()
+        reward = np.zeros((num_seeds, episodes), np.float32)
+        first = np.ones((num_seeds, episodes), bool)
         returns = np.zeros(num_seeds * episodes)
         discounted = np.zeros(num_seeds * episodes)
         weight = np.ones(num_seeds * episodes)
         running = np.ones(num_seeds * episodes, bool)
         while running.any():
-            action = act(obs.reshape(num_seeds, episodes, -1))
+            action = act(obs.reshape(num_seeds, episodes, -1), reward, first)
             result = env.step(np.asarray(action).reshape(num_seeds * episodes, -1))
             returns += np.where(running, result.reward, 0.0)
             discounted += np.where(running, weight * result.reward, 0.0)
             weight *= discount
             running &= ~(result.terminated | result.truncated)
+            reward = result.reward.reshape(num_seeds, episodes).astype(np.float32)
+            first = (result.terminated | result.truncated).reshape(num_seeds, episodes)
             obs = result.obs
     finally:
         env.close()

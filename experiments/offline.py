@@ -110,41 +110,18 @@ class OfflineLoop:
             return np.asarray(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL), episodes))
         keys = step_keys(self.seed_keys, step, ACT)
         if self.recurrent:
-            returns, discounted = self._evaluate_recurrent(state, step, episodes, keys)
+            carry = self._initial_carry(state["agent"], (episodes,))
+
+            def act(obs, prev_reward, first):         # the carry goes from step to step
+                nonlocal carry
+                action, carry = self._act_step(state["agent"], carry, obs, prev_reward, first, keys)
+                return action
         else:
-            act = lambda obs: self._act(state["agent"], obs, keys)
-            returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                                discount=getattr(self.config, "discount", 1.0))
+            act = lambda obs, prev_reward, first: self._act(state["agent"], obs, keys)
+        returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
+                                            discount=getattr(self.config, "discount", 1.0))
         self._last_discounted = discounted.mean(axis=1)
         return returns
-
-    def _evaluate_recurrent(self, state: dict, step: int, episodes: int, keys) -> tuple[np.ndarray, np.ndarray]:
-        """`evaluate_host` for an agent with memory: the carry and the previous reward go from step to step."""
-        num_seeds, discount = self.num_seeds, getattr(self.config, "discount", 1.0)
-        env = envs_lib.make(self.env_id, num_envs=num_seeds * episodes, seed=1_000_000 + 10_007 * self.seed + step)
-        carry = self._initial_carry(state["agent"], (episodes,))
-        try:
-            obs = env.reset()
-            reward = np.zeros((num_seeds, episodes), np.float32)
-            first = np.ones((num_seeds, episodes), bool)
-            returns = np.zeros(num_seeds * episodes)
-            discounted = np.zeros(num_seeds * episodes)
-            weight = np.ones(num_seeds * episodes)
-            running = np.ones(num_seeds * episodes, bool)
-            while running.any():
-                action, carry = self._act_step(state["agent"], carry, obs.reshape(num_seeds, episodes, -1), reward,
-                                               first, keys)
-                result = env.step(np.asarray(action).reshape(num_seeds * episodes, -1))
-                returns += np.where(running, result.reward, 0.0)
-                discounted += np.where(running, weight * result.reward, 0.0)
-                weight *= discount
-                running &= ~(result.terminated | result.truncated)
-                reward = result.reward.reshape(num_seeds, episodes).astype(np.float32)
-                first = (result.terminated | result.truncated).reshape(num_seeds, episodes)
-                obs = result.obs
-        finally:
-            env.close()
-        return returns.reshape(num_seeds, episodes), discounted.reshape(num_seeds, episodes)
 
     def diagnostics(self, state: dict, step: int) -> dict:
         """The agent's diagnostics, and the discounted return of the last evaluation."""
