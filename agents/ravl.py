@@ -241,8 +241,14 @@ def model_rollouts(state: RAVLState, world: dict, key: jax.Array) -> tuple[RAVLS
 def diversity(critic_params: dict, state: sac.SACState, obs: jax.Array, action: jax.Array) -> jax.Array:
     """EDAC's ES: 1/(N-1) sum_{i != j} <g_i, g_j> of the normalized action-gradients, averaged over the batch."""
     network = sac.critic_network(state.config)
-    # Samples are independent, so d(sum_b Q_j(s_b, a_b))/da_b = dQ_j(s_b, a_b)/da_b: one Jacobian for all.
-    grads = jax.jacrev(lambda a: jnp.sum(network.apply(critic_params, obs, a), axis=0))(action)   # [N, B, A]
+    q = lambda a: network.apply(critic_params, obs, a)                                         # [B, N]
+    # Forward mode, one pass per action dimension k: sample b's Q depends on its own action only, so the
+    # tangent e_k on every sample gives dQ_j(s_b, a_b)/da_{b,k} for all b and j at once. Control tasks have
+    # far fewer action dimensions than critics x batch, and reverse mode would need one pass per critic
+    # through the whole ensemble (N^2 critic passes), then a second-order pass through each.
+    basis = jnp.eye(action.shape[-1], dtype=action.dtype)
+    tangents = jax.vmap(lambda e: jax.jvp(q, (action,), (jnp.broadcast_to(e, action.shape),))[1])(basis)
+    grads = jnp.transpose(tangents, (2, 1, 0))                                                 # [N, B, A]
     grads = grads / (jnp.linalg.norm(grads, axis=-1, keepdims=True) + 1e-10)
     gram = jnp.einsum("iba,jba->bij", grads, grads)                                              # [B, N, N]
     num = gram.shape[-1]
