@@ -59,6 +59,21 @@ def test_diversity_matches_per_sample_reverse_mode_on_a_nonlinear_ensemble():
     assert float(ravl.diversity(state.critic.params, state, obs, action)) == pytest.approx(total / 6, rel=1e-4)
 
 
+def test_diversity_gradient_is_finite_when_a_critic_is_flat_in_the_action():
+    """A critic with zero output weights has grad_a Q = 0: its term is 0 and the loss's gradient stays finite
+    (the norm's gradient at 0 is NaN; a run with dead ReLU units diverged on it)."""
+    spec = envs.make("jax:PointMass").spec
+    config = ravl.Config(num_critics=3, critic_hidden=(8,), actor_hidden=(4,), rollout_batch=8)
+    state = sac.init(jax.random.PRNGKey(0), spec, config, capacity=4)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x.at[0].set(0.0) if "out" in jax.tree_util.keystr(path) else x, state.critic.params)
+    obs = jnp.ones((4, spec.obs_dim))
+    action = jnp.zeros((4, 2))
+    grads = jax.grad(lambda p: ravl.diversity(p, state, obs, action))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert bool(jnp.isfinite(ravl.diversity(params, state, obs, action)))
+
+
 def test_transition_ring_keeps_valid_rows_in_order_and_wraps():
     ring = ring_lib.create(5, 1, 1)
     batch = lambda values: replay.TransitionBatch(jnp.asarray(values, jnp.float32)[:, None],
