@@ -139,7 +139,9 @@ def check(dataset, spec: EnvSpec, config: Config) -> None:
         true_dynamics.make_true_dynamics(spec.env_id)       # raises for unsupported envs, listing the supported
         if not {"qpos", "qvel"} <= set(dataset.infos):
             raise ValueError(f"--dynamics true needs infos/qpos and infos/qvel in the dataset "
-                             f"{dataset.metadata.source} (collect.py records them for gym: envs)")
+                             f"{dataset.metadata.source} (collect.py records them on gym: envs for the random, "
+                             f"medium, expert and medium-expert policies; medium-replay is a replay buffer "
+                             f"without them)")
 
 
 def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Array) -> dict:

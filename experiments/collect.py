@@ -18,7 +18,8 @@ Every file records, as HDF5 attributes, the env id, the policy, the seed, the nu
 the code version, and the random and expert reference returns (`ref_min_score`, `ref_max_score`, as
 D4RL names them) that normalized scores use: 100 (R - random) / (expert - random). For gymnasium
 envs, `infos/qpos` and `infos/qvel` hold the simulator state of each observation (for rollouts in the
-true simulator, agents/ravl.py `--dynamics true`). Files are written atomically; training the behaviour
+true simulator, agents/ravl.py `--dynamics true`), except in `medium-replay`: it is the behaviour agent's
+replay buffer, which keeps observations only. Files are written atomically; training the behaviour
 agent writes an ordinary run directory (`--run-dir`).
 """
 
