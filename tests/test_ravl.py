@@ -51,8 +51,8 @@ def test_diversity_matches_per_sample_reverse_mode_on_a_nonlinear_ensemble():
     network = sac.critic_network(config)
     total = 0.0
     for b in range(6):
-        grads = np.stack([np.asarray(jax.grad(lambda a: network.apply(state.critic.params, obs[b:b + 1], a[None])[0, j])(
-            action[b])) for j in range(4)])
+        q = lambda a, j: network.apply(state.critic.params, obs[b:b + 1], a[None])[0, j]
+        grads = np.stack([np.asarray(jax.grad(q)(action[b], j)) for j in range(4)])
         unit = grads / np.linalg.norm(grads, axis=1, keepdims=True)
         cos = unit @ unit.T
         total += (cos.sum() - np.trace(cos)) / 3
