@@ -19,6 +19,8 @@ ensemble of critics with gradient diversity (An et al. 2021, arXiv 2110.01548).
     ES            1/(N-1) sum_{i != j} <g_i, g_j>,  g_j = grad_a Q_j(s, a) / ||grad_a Q_j(s, a)||,
                   averaged over the batch: the ensemble's action-gradients are pushed apart, so
                   its spread (and the min over it) grows off the data
+                  (With ONE action dimension the normalized gradients are +-1, so ES is piecewise
+                  constant and its gradient vanishes: on InvertedPendulum eta = 1 learns like eta = 0.)
     actor, alpha  SAC's (agents/sac.py), every update
 
 Everything after the world model -- rollouts, batches, updates -- is one jitted
