@@ -41,6 +41,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import struct
 
 import replay
@@ -253,11 +254,10 @@ def diversity(critic_params: dict, state: sac.SACState, obs: jax.Array, action: 
     basis = jnp.eye(action.shape[-1], dtype=action.dtype)
     tangents = jax.vmap(lambda e: jax.jvp(q, (action,), (jnp.broadcast_to(e, action.shape),))[1])(basis)
     grads = jnp.transpose(tangents, (2, 1, 0))                                                 # [N, B, A]
-    # ||g|| through a floor on its square: the norm's own gradient g / ||g|| is NaN at g = 0, which a ReLU
-    # critic with every unit dead at a sample produces (torch's norm has subgradient 0 there; EDAC's code
-    # relies on it). Above the floor this is EDAC's g / (||g|| + 1e-10) exactly.
-    norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(grads), axis=-1, keepdims=True), 1e-20))
-    grads = grads / (norm + 1e-10)
+    # optax.safe_norm floors ||g|| at 1e-10 with a finite gradient: the plain norm's gradient g / ||g|| is NaN
+    # at g = 0, which a ReLU critic with every unit dead at a sample produces (torch's norm has subgradient 0
+    # there; EDAC's code relies on it). Above the floor this is EDAC's g / (||g|| + 1e-10) exactly.
+    grads = grads / (optax.safe_norm(grads, 1e-10, axis=-1, keepdims=True) + 1e-10)
     gram = jnp.einsum("iba,jba->bij", grads, grads)                                              # [B, N, N]
     num = gram.shape[-1]
     off_diagonal = jnp.sum(gram, axis=(1, 2)) - jnp.trace(gram, axis1=1, axis2=2)
