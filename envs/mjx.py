@@ -12,6 +12,7 @@ truncation is reported separately and bootstraps.
 from __future__ import annotations
 
 from envs.core import EnvSpec, JaxEnv, UnknownEnvError, unknown_env_error
+from envs.mjx_cholesky import cholesky_without_lapack
 
 
 def playground_names() -> list[str]:
@@ -49,12 +50,15 @@ def make_playground(
             f"multiple of action_repeat ({action_repeat})."
         )
 
+    # MJX traced with jnp Cholesky factorizations on CPU: LAPACK's can deadlock there (envs/mjx_cholesky.py).
     def physics_reset(key, phase):
-        playground_state = env.reset(key)
+        with cholesky_without_lapack():
+            playground_state = env.reset(key)
         return playground_state, playground_state.obs
 
     def physics_step(playground_state, action, phase):
-        playground_state = env.step(playground_state, action)
+        with cholesky_without_lapack():
+            playground_state = env.step(playground_state, action)
         terminated = playground_state.done > 0.5
         return playground_state, playground_state.obs, playground_state.reward, terminated
 

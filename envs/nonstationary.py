@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from envs.core import JaxEnv, UnknownEnvError
+from envs.mjx_cholesky import cholesky_without_lapack
 
 DYNAMICS = ("gravity", "actuator_gain", "mass", "friction")
 SWITCHES = DYNAMICS + ("reward", "obs_permutation")
@@ -215,14 +216,16 @@ def _playground_env(base: JaxEnv, playground, phase_of, model_for=None, rewards=
     """Playground's reset and step, with the phase's model and/or the phase's reward."""
 
     def physics_reset(key, phase):
-        state = playground.reset(key)
+        with cholesky_without_lapack():          # as envs/mjx.py does (see envs/mjx_cholesky.py)
+            state = playground.reset(key)
         return state, state.obs
 
     def physics_step(state, action, phase):
         if model_for is None:
-            new = playground.step(state, action)
+            with cholesky_without_lapack():
+                new = playground.step(state, action)
         else:
-            with _model_override(playground, model_for(phase)):
+            with _model_override(playground, model_for(phase)), cholesky_without_lapack():
                 new = playground.step(state, action)
         if rewards is not None:
             values = jnp.stack([fn(new.data, action, new.info, dict(new.metrics)) for fn in rewards])

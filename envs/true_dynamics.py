@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs.mjx_cholesky import cholesky_without_lapack
+
 # terminated = fn(obs, action, next_obs); every argument has the same leading dims.
 TerminationFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -272,7 +274,8 @@ class TrueDynamics:
         ctrl = self.scale_action(action.astype(self._template.ctrl.dtype))
         qpos_before = sim_state.qpos
         state = sim_state.replace(ctrl=ctrl)
-        state = jax.lax.fori_loop(0, self.frame_skip, lambda _, s: mjx.step(self.model, s), state)
+        with cholesky_without_lapack():     # batched LAPACK Cholesky can deadlock XLA:CPU (envs/mjx_cholesky.py)
+            state = jax.lax.fori_loop(0, self.frame_skip, lambda _, s: mjx.step(self.model, s), state)
         reward, terminated = self._task.reward_terminated(qpos_before, state.qpos, state.qvel, ctrl, self.dt)
         return state, self.obs(state), reward, terminated
 
