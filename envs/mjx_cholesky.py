@@ -20,9 +20,11 @@ vectorized over the batch, cost little and never block a thread. Measured on
 the 2-core machine, ``jit`` of 50 vmapped ``mjx:CheetahRun`` steps for 256
 envs: with two other runs beside it, LAPACK compiled in 51 s and ran in 145 s,
 the same algorithm unrolled in Python compiled in 72 s and ran in 147 s; with
-one run beside it, these loops compiled in 42 s and ran in 131 s. ``cholesky_without_lapack()`` swaps them in while MJX code is traced
-on the CPU backend; other backends keep JAX's own (cuSOLVER on GPU, whose
-throughput the PPO benchmarks measured).
+one run beside it, these loops compiled in 42 s and ran in 131 s.
+
+``cholesky_without_lapack()`` swaps them in while MJX code is traced on the
+CPU backend; other backends keep JAX's own (cuSOLVER on GPU, whose throughput
+the PPO benchmarks measured).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def cholesky_lower(a: jax.Array) -> jax.Array:
     Cholesky-Banachiewicz by columns: L[j, j] = sqrt(a[j, j] - |L[j, :j]|^2) and
     L[i, j] = (a[i, j] - L[i, :j] . L[j, :j]) / L[j, j] for i > j. As with LAPACK in JAX, a matrix
     that is not positive definite gives NaN (the square root of a negative pivot), not an error.
-    The columns are a ``fori_loop`` rather than unrolled: the same speed, and MJX calls this often
-    enough per step that unrolling cost half again the compile time (CheetahRun).
+    The columns are a ``fori_loop`` rather than unrolled: no slower to run in the measurement above,
+    and MJX calls this often enough per step that unrolling cost half again the compile time.
     """
     a = jnp.asarray(a)
     rows = jnp.arange(a.shape[-1])

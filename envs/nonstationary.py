@@ -221,12 +221,9 @@ def _playground_env(base: JaxEnv, playground, phase_of, model_for=None, rewards=
         return state, state.obs
 
     def physics_step(state, action, phase):
-        if model_for is None:
-            with cholesky_without_lapack():
-                new = playground.step(state, action)
-        else:
-            with _model_override(playground, model_for(phase)), cholesky_without_lapack():
-                new = playground.step(state, action)
+        model = contextlib.nullcontext() if model_for is None else _model_override(playground, model_for(phase))
+        with model, cholesky_without_lapack():
+            new = playground.step(state, action)
         if rewards is not None:
             values = jnp.stack([fn(new.data, action, new.info, dict(new.metrics)) for fn in rewards])
             new = new.replace(reward=values[phase % len(rewards)])

@@ -44,6 +44,7 @@ def test_true_dynamics_rollout_holds_no_custom_call_and_restores_jax_scipy():
     plain = jax.jit(jax.vmap(lambda s: mjx.step(dynamics.model, s))).lower(states).as_text()
     assert any("potrf" in name for name in custom_calls(plain))
 
+
 def test_playground_step_holds_no_custom_call():
     env = make_playground("CheetahRun")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -52,6 +53,7 @@ def test_playground_step_holds_no_custom_call():
     states = jax.eval_shape(jax.vmap(env.reset), keys)
     hlo = jax.jit(jax.vmap(env.step)).lower(states, jnp.zeros((2, env.spec.action_dim))).as_text()
     assert custom_calls(hlo) == []
+
 
 @pytest.mark.parametrize("n, scale", [(6, 1.0), (9, 1e-3)])
 @pytest.mark.parametrize("lower", [False, True])
