@@ -20,6 +20,7 @@ import optax
 from flax import struct
 
 import replay
+from agents.config import check_fields, field
 from envs import EnvSpec
 from networks.actor_critic import DeterministicActor
 from networks.training import Trained, apply_gradients, trained
@@ -30,20 +31,15 @@ RUN_DEFAULTS = {"total_steps": 100_000, "eval_every": 10_000, "log_every": 1_000
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    batch_size: int = 256
+    batch_size: int = field(256, ">= 1")
     """Dataset transitions per gradient step."""
-    learning_rate: float = 3e-4
+    learning_rate: float = field(3e-4, "> 0")
     """Adam learning rate."""
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of the policy."""
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError("--hidden needs at least one width, all >= 1")
+        check_fields(self)
 
 
 @struct.dataclass

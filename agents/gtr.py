@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from agents import ppo
+from agents.config import field
 from agents.ppo import layout, PRESETS, RUN_DEFAULTS, default_preset  # noqa: F401 (the loop's agent interface)
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from networks import distributions as dist_lib
@@ -62,17 +63,17 @@ LOOP = "on_policy"
 class Config(ppo.Config):
     """PPO's hyperparameters (Playground's DMC defaults) plus GTR's trust region. Reconstruction defaults."""
 
-    sigma: float = 0.05
+    sigma: float = field(0.05, "> 0")
     """Kernel width, in units of D: the divergence at which the restoring force peaks."""
-    beta: float = 20.0
+    beta: float = field(20.0, ">= 0")
     """Penalty scale; the penalty is at most beta * sigma^2."""
     divergence: Literal["kl", "sq_log_ratio"] = "kl"
     """D: per-state KL(anchor || policy), or the squared log-ratio at the sampled action."""
     surrogate: Literal["unclipped", "clipped"] = "unclipped"
     """Policy-gradient term: -E[r A], or PPO's clipped surrogate."""
-    num_anchors: int = 1
+    num_anchors: int = field(1, ">= 1", about="K")
     """K, the anchors of the Mixture Gaussian Anchor (1: a single anchor, the old policy)."""
-    anchor_decay: float = 0.5
+    anchor_decay: float = field(0.5, "(0, 1]")
     """Recency weights w_k proportional to anchor_decay^k (k = 0 the newest); 1 = uniform."""
     penalty_scale: Literal["sigma_sq", "unit"] = "sigma_sq"
     """Penalty = beta sigma^2 (1 - kernel) (ALGORITHMS.md; sigma -> inf: beta D^2/2), or beta (1 - kernel)
@@ -80,14 +81,6 @@ class Config(ppo.Config):
 
     def validate(self) -> None:
         super().validate()
-        if not self.sigma > 0:
-            raise ValueError(f"--sigma must be > 0, got {self.sigma}")
-        if self.beta < 0:
-            raise ValueError(f"--beta must be >= 0, got {self.beta}")
-        if self.num_anchors < 1:
-            raise ValueError(f"--num-anchors (K) must be >= 1, got {self.num_anchors}")
-        if not 0 < self.anchor_decay <= 1:
-            raise ValueError(f"--anchor-decay must be in (0, 1], got {self.anchor_decay}")
         if self.divergence not in ("kl", "sq_log_ratio"):
             raise ValueError(f"--divergence must be kl or sq_log_ratio, got {self.divergence!r}")
         if self.surrogate not in ("unclipped", "clipped"):
@@ -147,6 +140,11 @@ class Anchors(struct.PyTreeNode):
 class GTRState(struct.PyTreeNode):
     ppo: ppo.PPOState
     anchors: Anchors
+
+    @property
+    def params(self):
+        """The networks being trained (the on-policy loop sizes its activation estimate from them)."""
+        return self.ppo.params
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> GTRState:

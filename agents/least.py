@@ -50,6 +50,7 @@ from flax import struct
 
 import replay
 from agents import sac, td3
+from agents.config import check_fields, field
 from envs import EnvSpec
 
 LOOP = "off_policy"
@@ -62,56 +63,45 @@ class Config(td3.Config):
 
     base: Literal["td3", "sac"] = "td3"
     """The off-policy agent whose episodes LEAST stops."""
-    quantile: float = 0.1
+    quantile: float = field(0.1, "(0, 1)")
     """p: stop when Q falls below this quantile of the Q-values seen at the same episode index, in (0, 1)."""
-    patience: int = 20
+    patience: int = field(20, ">= 1")
     """Consecutive steps below the threshold before a stop (>= 1)."""
-    warmup: int = 30_000
+    warmup: int = field(30_000, ">= 0")
     """Env steps before the first stop may happen (>= 0)."""
-    margin_coef: float = 0.5
+    margin_coef: float = field(0.5, ">= 0")
     """Margin = margin_coef x IQR of the history x (short / long EMA of the critic gradient norm); 0 = no margin."""
-    history: int = 50
+    history: int = field(50, ">= 2")
     """Steps kept per episode index (from the most recent episodes)."""
     history_values: Literal["current", "recorded"] = "current"
     """H_t from the stored (s, a) under the current critics, or the Q-values recorded at the time."""
-    min_history: int = 10
+    min_history: int = field(10, ">= 1")
     """Values needed at an index before the rule may stop there."""
-    grad_decay_short: float = 0.99
+    grad_decay_short: float = field(0.99, "[0, 1)")
     """EMA decay of the recent critic gradient norm."""
-    grad_decay_long: float = 0.999
+    grad_decay_long: float = field(0.999, "[0, 1)")
     """EMA decay of the long-run critic gradient norm."""
     # SAC-only flags (used with --base sac; defaults are SAC's).
-    alpha_lr: float = 1e-3
+    alpha_lr: float = field(1e-3, "> 0")
     """SAC: learning rate of log alpha."""
     autotune: bool = True
     """SAC: learn alpha."""
-    alpha: float = 0.2
+    alpha: float = field(0.2, ">= 0")
     """SAC: the fixed alpha without autotune."""
-    target_entropy_scale: float = 1.0
+    target_entropy_scale: float = field(1.0, "finite")
     """SAC: H_target = -scale * action_dim."""
-    target_frequency: int = 1
+    target_frequency: int = field(1, ">= 1")
     """SAC: Polyak-update the target critics every this many critic updates."""
 
     def validate(self) -> None:
+        check_fields(self)
         if self.base not in BASES:
             raise ValueError(f"--base must be one of {', '.join(BASES)}, got {self.base!r}")
         base_config(self).validate()
-        if not 0 < self.quantile < 1:
-            raise ValueError(f"--quantile must be in (0, 1), got {self.quantile}")
-        if self.patience < 1:
-            raise ValueError(f"--patience must be >= 1, got {self.patience}")
-        if self.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
         if self.history_values not in ("current", "recorded"):
             raise ValueError(f"--history-values must be current or recorded, got {self.history_values!r}")
-        if self.margin_coef < 0:
-            raise ValueError(f"--margin-coef must be >= 0, got {self.margin_coef}")
-        if self.history < 2 or not 1 <= self.min_history <= self.history:
-            raise ValueError(f"--history must be >= 2 and --min-history in [1, history], got {self.history}, "
-                             f"{self.min_history}")
-        for name in ("grad_decay_short", "grad_decay_long"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.min_history > self.history:
+            raise ValueError(f"--min-history must be in [1, --history={self.history}], got {self.min_history}")
 
 
 def base_config(config: Config):

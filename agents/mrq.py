@@ -43,6 +43,7 @@ import optax
 from flax import struct
 
 import replay
+from agents.config import check_fields, field
 from envs import EnvSpec
 from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
 from networks.twohot import symexp_bins, two_hot_cross_entropy
@@ -57,116 +58,100 @@ class Config:
     """MR.Q hyperparameters; defaults are the paper's."""
 
     # Generic
-    batch_size: int = 256
+    batch_size: int = field(256, ">= 1")
     """Transitions (or subsequences) per update."""
-    buffer_size: int = 1_000_000
+    buffer_size: int = field(1_000_000, ">= 1")
     """Replay capacity in transitions (capped at what the run can fill)."""
-    discount: float = 0.99
+    discount: float = field(0.99, "[0, 1]")
     """Discount factor gamma."""
-    target_update_freq: int = 250
+    target_update_freq: int = field(250, ">= 1")
     """Updates between hard target copies; also the length of each encoder burst."""
-    random_steps: int = 10_000
+    random_steps: int = field(10_000, ">= 0")
     """Environment steps with uniform random actions before training starts."""
 
     # Exploration and TD3 target smoothing
-    exploration_noise: float = 0.2
+    exploration_noise: float = field(0.2, ">= 0")
     """Std of the Gaussian noise added to the policy's action while collecting data."""
-    target_policy_noise: float = 0.2
+    target_policy_noise: float = field(0.2, ">= 0")
     """Std of the Gaussian noise on the target action (TD3)."""
-    noise_clip: float = 0.3
+    noise_clip: float = field(0.3, ">= 0")
     """Clip of the target action noise (TD3)."""
 
     # Encoder loss (Eq. 9)
-    dyn_weight: float = 1.0
+    dyn_weight: float = field(1.0, ">= 0")
     """Weight of the next-embedding MSE."""
-    reward_weight: float = 0.1
+    reward_weight: float = field(0.1, ">= 0")
     """Weight of the two-hot reward cross-entropy."""
-    done_weight: float = 0.1
+    done_weight: float = field(0.1, ">= 0")
     """Weight of the termination MSE (used only once a terminal is in the buffer)."""
-    enc_horizon: int = 5
+    enc_horizon: int = field(5, ">= 1")
     """Length H_enc of the latent model rollout."""
-    q_horizon: int = 3
+    q_horizon: int = field(3, ">= 1")
     """n of the n-step return in the value target."""
 
     # Replay (LAP)
     prioritized: bool = True
     """Loss-adjusted prioritized replay (LAP); False samples uniformly."""
-    alpha: float = 0.4
+    alpha: float = field(0.4, ">= 0")
     """LAP exponent: priority = max(|delta|, min_priority)^alpha."""
-    min_priority: float = 1.0
+    min_priority: float = field(1.0, ">= 0")
     """LAP floor on |delta|."""
 
     # Encoder
-    zs_dim: int = 512
+    zs_dim: int = field(512, ">= 1")
     """State embedding width."""
-    za_dim: int = 256
+    za_dim: int = field(256, ">= 1")
     """Action embedding width."""
-    zsa_dim: int = 512
+    zsa_dim: int = field(512, ">= 1")
     """State-action embedding width."""
-    enc_hidden_dim: int = 512
+    enc_hidden_dim: int = field(512, ">= 1")
     """Hidden width of the encoder MLPs."""
     enc_activation: str = "elu"
     """Encoder activation."""
-    enc_lr: float = 1e-4
+    enc_lr: float = field(1e-4, "> 0")
     """Encoder AdamW learning rate."""
-    enc_weight_decay: float = 1e-4
+    enc_weight_decay: float = field(1e-4, ">= 0")
     """Encoder AdamW weight decay."""
 
     # Value
-    value_hidden_dim: int = 512
+    value_hidden_dim: int = field(512, ">= 1")
     """Hidden width of each critic."""
     value_activation: str = "elu"
     """Critic activation."""
-    value_lr: float = 3e-4
+    value_lr: float = field(3e-4, "> 0")
     """Critic AdamW learning rate."""
-    value_weight_decay: float = 1e-4
+    value_weight_decay: float = field(1e-4, ">= 0")
     """Critic AdamW weight decay."""
-    value_grad_clip: float = 20.0
+    value_grad_clip: float = field(20.0, "> 0")
     """Global-norm gradient clip of the critic update."""
 
     # Policy
-    policy_hidden_dim: int = 512
+    policy_hidden_dim: int = field(512, ">= 1")
     """Hidden width of the policy MLP."""
     policy_activation: str = "relu"
     """Policy activation."""
-    policy_lr: float = 3e-4
+    policy_lr: float = field(3e-4, "> 0")
     """Policy AdamW learning rate."""
-    policy_weight_decay: float = 1e-4
+    policy_weight_decay: float = field(1e-4, ">= 0")
     """Policy AdamW weight decay."""
-    pre_activ_weight: float = 1e-5
+    pre_activ_weight: float = field(1e-5, ">= 0")
     """Weight of the penalty on the policy's pre-tanh activations."""
 
     # Reward model
-    num_bins: int = 65
+    num_bins: int = field(65, ">= 1")
     """Two-hot reward bins."""
-    bin_lower: float = -10.0
+    bin_lower: float = field(-10.0, "finite")
     """Lowest bin before symexp."""
-    bin_upper: float = 10.0
+    bin_upper: float = field(10.0, "finite")
     """Highest bin before symexp."""
 
-    sigreg_coef: float = 0.0
+    sigreg_coef: float = field(0.0, ">= 0")
     """Weight of SIGReg(zs) (networks/regularizers.py, the RL variant) added to the encoder loss: pushes the
     state embedding toward an isotropic Gaussian (arXiv 2602.19373); 0 = MR.Q as published."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
-        positive_ints = ["batch_size", "buffer_size", "target_update_freq", "enc_horizon", "q_horizon",
-                         "zs_dim", "za_dim", "zsa_dim", "enc_hidden_dim", "value_hidden_dim",
-                         "policy_hidden_dim", "num_bins"]
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        non_negative = ["random_steps", "exploration_noise", "target_policy_noise", "noise_clip", "dyn_weight",
-                        "reward_weight", "done_weight", "alpha", "min_priority", "enc_weight_decay",
-                        "value_weight_decay", "policy_weight_decay", "pre_activ_weight", "sigreg_coef"]
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ["enc_lr", "value_lr", "policy_lr", "value_grad_clip"]:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if not 0.0 <= self.discount <= 1.0:
-            raise ValueError(f"--discount must be in [0, 1], got {self.discount}")
+        check_fields(self)
         if self.q_horizon > self.enc_horizon:
             raise ValueError(f"--q-horizon ({self.q_horizon}) must be <= --enc-horizon ({self.enc_horizon})")
         if not self.bin_lower < self.bin_upper:

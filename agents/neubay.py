@@ -90,6 +90,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from agents.config import check_fields, field
 from envs import EnvSpec
 from networks import distributions as dist_lib
 from networks import ensemble as ensemble_lib
@@ -108,110 +109,87 @@ class Config:
     """NEUBAY's hyperparameters; defaults are the paper's (configs/d4rl_loco/base.yaml) unless noted."""
 
     # -- world model ------------------------------------------------------------------------------------
-    model_members: int = 128
+    model_members: int = field(128, ">= 2")
     """Ensemble members trained (the posterior's candidates)."""
-    model_keep: int = 100
+    model_keep: int = field(100, ">= 1")
     """Members kept (lowest holdout MSE): rollouts sample from these, disagreement is measured over them."""
-    model_hidden: tuple[int, ...] = (200, 200, 200, 200)
+    model_hidden: tuple[int, ...] = field((200, 200, 200, 200), ">= 1")
     """Hidden widths of each member."""
-    model_max_epochs: int | None = None
+    model_max_epochs: int | None = field(None, ">= 1")
     """Cap on the ensemble's training epochs (None: until holdout early stopping)."""
     model_path: str | None = None
     """Load a trained ensemble (saved by a previous run under <run>/world/dynamics) instead of training one."""
     disagreement: Literal["std", "max_deviation", "max_aleatoric"] = "std"
     """Uncertainty u(s, a) of ensemble.disagreement over the kept members: "std" (NEUBAY's epi_mean)."""
-    uncertainty_quantile: float | None = 1.0
+    uncertainty_quantile: float | None = field(1.0, "[0, 1]")
     """Truncation threshold = this quantile of u on the dataset's transitions (1.0: the largest; None: never)."""
-    reward_penalty: float = 0.0
+    reward_penalty: float = field(0.0, ">= 0")
     """c of the reward penalty c * u / mean_data(u) (0: none, NEUBAY's default)."""
 
     # -- rollouts -----------------------------------------------------------------------------------------
-    prefix_length: int = 32
+    prefix_length: int = field(32, ">= 1")
     """Real transitions of one dataset episode that start each rollout and warm up the recurrent state."""
-    horizon: int | None = None
+    horizon: int | None = field(None, ">= 1")
     """Model steps per rollout (None: the env's episode length; capped at it)."""
-    rollout_batch: int = 100
+    rollout_batch: int = field(100, ">= 1")
     """Trajectories per rollout round (NEUBAY: 100 in parallel)."""
-    rollout_every: int = 1_000
+    rollout_every: int = field(1_000, ">= 1")
     """Updates between rollout rounds (the first round runs before the first update)."""
-    buffer_size: int = 2_000
+    buffer_size: int = field(2_000, ">= 1")
     """Rollouts (windows of prefix_length + horizon steps) the FIFO buffer keeps."""
 
     # -- agent ------------------------------------------------------------------------------------------------
     core: Literal["lru", "gru"] = "lru"
     """Recurrent core of the actor and of the critic (networks/recurrent.py)."""
-    core_layers: int = 2
+    core_layers: int = field(2, ">= 1")
     """Stacked recurrent layers."""
-    core_hidden: int = 256
+    core_hidden: int = field(256, ">= 1")
     """Width of the embedding and of the core."""
-    lru_state_dim: int = 128
+    lru_state_dim: int = field(128, ">= 1")
     """Complex state units per LRU layer (NEUBAY's d_hidden)."""
-    head_hidden: tuple[int, ...] = (256, 256)
+    head_hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of the actor head and of each critic head."""
-    num_critics: int = 10
+    num_critics: int = field(10, ">= 1")
     """Critic heads on the critic's core output and the action."""
-    sampled_critics: int = 2
+    sampled_critics: int = field(2, ">= 1")
     """Target heads drawn per update; the target takes their minimum (REDQ)."""
-    batch_size: int = 4
+    batch_size: int = field(4, ">= 1")
     """Windows per update (each prefix_length + horizon steps; NEUBAY's tape holds 2048 steps)."""
-    real_weight: float = 0.05
+    real_weight: float = field(0.05, "[0, 1]")
     """Weight of the real (prefix) steps' mean loss; the imagined steps' mean gets 1 - real_weight."""
-    discount: float = 0.99
+    discount: float = field(0.99, "[0, 1]")
     """gamma."""
-    tau: float = 0.005
+    tau: float = field(0.005, "(0, 1]")
     """Polyak rate of the target critic (embedding, core and heads)."""
-    encoder_lr: float = 1e-5
+    encoder_lr: float = field(1e-5, "> 0")
     """Adam learning rate of the embeddings and cores."""
-    head_lr: float = 1e-4
+    head_lr: float = field(1e-4, "> 0")
     """Adam learning rate of the actor and critic heads."""
-    alpha_lr: float = 1e-4
+    alpha_lr: float = field(1e-4, "> 0")
     """Adam learning rate of log alpha."""
-    init_alpha: float = 0.2
+    init_alpha: float = field(0.2, "> 0")
     """Initial entropy coefficient."""
-    target_entropy_scale: float = 1.0
+    target_entropy_scale: float = field(1.0, "finite")
     """H_target = -target_entropy_scale * action_dim."""
-    max_grad_norm: float = 1000.0
+    max_grad_norm: float = field(1000.0, "> 0")
     """Global gradient-norm clip of the actor and the critic (NaN gradients are zeroed first)."""
 
     def validate(self) -> None:
-        if self.model_members < 2:
-            raise ValueError(f"--model-members must be >= 2 (a posterior needs an ensemble), got {self.model_members}")
-        if not 1 <= self.model_keep <= self.model_members:
+        check_fields(self)
+        if self.model_keep > self.model_members:
             raise ValueError(f"--model-keep must be in [1, --model-members={self.model_members}] (members kept "
                              f"out of those trained), got {self.model_keep}")
-        if self.horizon is not None and self.horizon < 1:
-            raise ValueError(f"--horizon must be >= 1 model steps, got {self.horizon}")
-        positive = ("prefix_length", "rollout_batch", "rollout_every", "buffer_size", "core_layers", "core_hidden",
-                    "lru_state_dim", "num_critics", "sampled_critics", "batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.buffer_size < self.rollout_batch:
             raise ValueError(f"--buffer-size ({self.buffer_size}) must hold one rollout round "
                              f"(--rollout-batch {self.rollout_batch})")
         if self.sampled_critics > self.num_critics:
             raise ValueError(f"--sampled-critics ({self.sampled_critics}) must be <= --num-critics "
                              f"({self.num_critics})")
-        if self.uncertainty_quantile is not None and not 0 <= self.uncertainty_quantile <= 1:
-            raise ValueError(f"--uncertainty-quantile must be in [0, 1] (or None), got {self.uncertainty_quantile}")
-        if self.reward_penalty < 0:
-            raise ValueError(f"--reward-penalty must be >= 0, got {self.reward_penalty}")
-        if not 0 <= self.real_weight <= 1:
-            raise ValueError(f"--real-weight must be in [0, 1], got {self.real_weight}")
-        if not 0 <= self.discount <= 1:
-            raise ValueError(f"--discount must be in [0, 1], got {self.discount}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
-        for name in ("encoder_lr", "head_lr", "alpha_lr", "init_alpha", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.core not in CORE_KINDS:
             raise ValueError(f"--core must be one of {', '.join(CORE_KINDS)}, got {self.core!r}")
         if self.disagreement not in ensemble_lib.DISAGREEMENTS:
             raise ValueError(f"--disagreement must be one of {', '.join(ensemble_lib.DISAGREEMENTS)}, "
                              f"got {self.disagreement!r}")
-        if not self.head_hidden or min(self.head_hidden) < 1:
-            raise ValueError("--head-hidden needs at least one width, all >= 1")
         try:
             model_config(self).validate()
         except ValueError as error:

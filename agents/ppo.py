@@ -61,6 +61,7 @@ import optax
 from flax import struct
 
 import envs
+from agents.config import check_fields, field
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from envs.core import any_over
 from networks import distributions as dist_lib
@@ -78,78 +79,60 @@ RUN_DEFAULTS = {"total_steps": 60_000_000, "eval_every": 1_000_000, "log_every":
 class Config:
     """PPO hyperparameters; defaults are MuJoCo Playground's DM Control config."""
 
-    num_envs: int = 2048
+    num_envs: int = field(2048, ">= 1")
     """Parallel environments per seed."""
-    unroll_length: int = 30
+    unroll_length: int = field(30, ">= 1")
     """Steps per trajectory (T); GAE bootstraps from the value at its end."""
-    batch_size: int = 1024
+    batch_size: int = field(1024, ">= 1")
     """Trajectories per minibatch (a minibatch holds batch_size x unroll_length steps)."""
-    num_minibatches: int = 32
+    num_minibatches: int = field(32, ">= 1")
     """Minibatches per epoch (before --scale-envs). num_envs must divide batch_size x num_minibatches."""
-    num_epochs: int = 16
+    num_epochs: int = field(16, ">= 1")
     """Passes over the rollout per update (Brax: num_updates_per_batch)."""
-    discount: float = 0.995
+    discount: float = field(0.995, "[0, 1]")
     """Discount gamma."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = field(0.95, "[0, 1]")
     """GAE lambda."""
-    clip_epsilon: float = 0.3
+    clip_epsilon: float = field(0.3, "> 0")
     """PPO ratio clip epsilon."""
-    learning_rate: float = 1e-3
+    learning_rate: float = field(1e-3, "> 0")
     """Adam step size (policy and value share one optimizer and one summed loss, as in Brax)."""
-    entropy_cost: float = 1e-2
+    entropy_cost: float = field(1e-2, ">= 0")
     """Entropy bonus coefficient c_H."""
-    value_loss_coef: float = 0.5
+    value_loss_coef: float = field(0.5, ">= 0")
     """Value loss coefficient c_v (loss = c_v * 1/2 * mean squared error, as Brax)."""
-    reward_scaling: float = 10.0
+    reward_scaling: float = field(10.0, "> 0")
     """Rewards are multiplied by this before GAE."""
     normalize_observations: bool = True
     """Normalize observations with running mean/std (updated before each update's epochs)."""
     normalize_advantage: bool = True
     """Standardize advantages within each minibatch."""
-    max_grad_norm: float = 0.0
+    max_grad_norm: float = field(0.0, ">= 0")
     """Clip the global gradient norm to this (0: no clipping, Playground's DMC setting)."""
-    kl_coef: float = 0.0
+    kl_coef: float = field(0.0, ">= 0")
     """Add kl_coef * KL(pi_old || pi) to the policy loss (PPO's KL-penalty variant, fixed coefficient; 0: off)."""
     advantages: Literal["per_minibatch", "per_rollout"] = "per_minibatch"
     """per_minibatch: recompute GAE with the current value net each minibatch (Brax); per_rollout: once."""
-    policy_hidden: tuple[int, ...] = (32, 32, 32, 32)
+    policy_hidden: tuple[int, ...] = field((32, 32, 32, 32), ">= 1")
     """Policy MLP hidden widths."""
-    value_hidden: tuple[int, ...] = (256, 256, 256, 256, 256)
+    value_hidden: tuple[int, ...] = field((256, 256, 256, 256, 256), ">= 1")
     """Value MLP hidden widths."""
     activation: str = "swish"
     """Hidden activation of both MLPs."""
-    min_std: float = 1e-3
+    min_std: float = field(1e-3, "> 0")
     """Added to softplus(raw std) of the Gaussian."""
     scale_envs: bool = False
     """Co-scaling recipe: num_minibatches x (num_envs / reference_num_envs); minibatch size and lr fixed."""
-    reference_num_envs: int = 2048
+    reference_num_envs: int = field(2048, ">= 1")
     """The num_envs that num_minibatches was tuned for (used by --scale-envs)."""
 
     def validate(self) -> None:
-        for name in ("num_envs", "unroll_length", "batch_size", "num_minibatches", "num_epochs",
-                     "reference_num_envs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("discount", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("clip_epsilon", "learning_rate", "reward_scaling", "min_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("entropy_cost", "value_loss_coef", "max_grad_norm", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if not self.policy_hidden or not self.value_hidden or min(self.policy_hidden + self.value_hidden) < 1:
-            raise ValueError("--policy-hidden and --value-hidden need at least one width, all >= 1")
+        check_fields(self)
         layout(self)   # raises on a batch layout that does not divide
 
     def networks(self, spec: EnvSpec) -> "SeparateActorCritic":
         """The actor-critic these flags describe (agents built on PPO override this to change the architecture)."""
         return SeparateActorCritic(self, spec)
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 class Layout(NamedTuple):
@@ -281,7 +264,9 @@ class PPOState(struct.PyTreeNode):
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> PPOState:
     params = config.networks(spec).init(key, jnp.zeros((1, spec.obs_dim)))
     return PPOState(params=params, opt_state=optimizer(config).init(params), obs_stats=init_stats(spec.obs_dim),
-                    updates=jnp.zeros((), jnp.int32), probe_obs=jnp.zeros((PROBE_SIZE, spec.obs_dim)),
+                    updates=jnp.zeros((), jnp.int32),
+                    # an update keeps min(PROBE_SIZE, its steps) observations: the state's shape never changes
+                    probe_obs=jnp.zeros((min(PROBE_SIZE, layout(config).steps_per_update), spec.obs_dim)),
                     config=config, spec=spec)
 
 

@@ -46,6 +46,7 @@ from flax import struct
 
 import replay
 from agents import sac
+from agents.config import field
 from envs import EnvSpec
 from networks import ensemble as ensemble_lib
 from networks.training import apply_gradients, polyak
@@ -59,55 +60,48 @@ RUN_DEFAULTS = {"total_steps": 1_000_000, "eval_every": 10_000, "log_every": 1_0
 class Config(sac.Config):
     """SAC-N + EDAC's diversity term on model rollouts; defaults are the paper's (D4RL MuJoCo)."""
 
-    critic_lr: float = 3e-4
+    critic_lr: float = field(3e-4, "> 0")
     """Adam learning rate of the critics."""
-    alpha_lr: float = 3e-4
+    alpha_lr: float = field(3e-4, "> 0")
     """Adam learning rate of log alpha."""
-    learning_starts: int = 0
+    learning_starts: int = field(0, ">= 0")
     """Offline: updates start at once."""
-    policy_frequency: int = 1
+    policy_frequency: int = field(1, ">= 1")
     """The actor and alpha train after every critic update."""
-    num_critics: int = 10
+    num_critics: int = field(10, ">= 1")
     """N critics; the target takes the minimum over all of them."""
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
+    critic_hidden: tuple[int, ...] = field((256, 256, 256), ">= 1")
     """Hidden widths of each critic."""
-    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    actor_hidden: tuple[int, ...] = field((256, 256, 256), ">= 1")
     """Hidden widths of the actor."""
-    eta: float = 1.0
+    eta: float = field(1.0, ">= 0")
     """Weight of EDAC's gradient-diversity term (0: SAC-N)."""
-    real_ratio: float = 0.05
+    real_ratio: float = field(0.05, "[0, 1]")
     """Fraction of each batch drawn from the dataset (the rest from model rollouts)."""
-    rollout_batch: int = 50_000
+    rollout_batch: int = field(50_000, ">= 1")
     """Dataset states each rollout round starts from."""
-    rollout_horizon: int = 5
+    rollout_horizon: int = field(5, ">= 1")
     """Model steps per rollout."""
-    rollout_every: int = 1000
+    rollout_every: int = field(1000, ">= 1")
     """Updates between rollout rounds."""
-    retain_rounds: int = 5
+    retain_rounds: int = field(5, ">= 1")
     """Rollout rounds the model buffer keeps (capacity = rollout_batch x horizon x retain_rounds)."""
     dynamics: Literal["learned", "true"] = "learned"
     """Roll out with the learned ensemble, or step the real simulator from dataset states
     (the paper's central experiment; needs infos/qpos, infos/qvel in the dataset)."""
     model_path: str | None = None
     """Load a trained dynamics ensemble (saved by a previous run under <run>/world/dynamics) instead of training."""
-    model_members: int = 7
+    model_members: int = field(7, ">= 2")
     """Ensemble members trained."""
-    model_elites: int = 5
+    model_elites: int = field(5, ">= 1")
     """Members rollouts sample from (lowest holdout MSE)."""
-    model_hidden: tuple[int, ...] = (200, 200, 200, 200)
+    model_hidden: tuple[int, ...] = field((200, 200, 200, 200), ">= 1")
     """Hidden widths of each member."""
-    model_max_epochs: int | None = None
+    model_max_epochs: int | None = field(None, ">= 1")
     """Cap on the model's training epochs (None: until holdout early stopping)."""
 
     def validate(self) -> None:
         super().validate()
-        if self.eta < 0:
-            raise ValueError(f"--eta must be >= 0, got {self.eta}")
-        if not 0 <= self.real_ratio <= 1:
-            raise ValueError(f"--real-ratio must be in [0, 1], got {self.real_ratio}")
-        for name in ("rollout_batch", "rollout_horizon", "rollout_every", "retain_rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.dynamics not in ("learned", "true"):
             raise ValueError(f"--dynamics must be learned or true, got {self.dynamics!r}")
         if self.num_critics < 2 and self.eta > 0:

@@ -37,6 +37,7 @@ from flax import struct
 
 import replay
 from agents import sac
+from agents.config import field
 from envs import EnvSpec
 from networks import plasticity
 from networks.mlp import kernel_init
@@ -49,25 +50,19 @@ LOOP = "off_policy"
 class Config(sac.Config):
     """SAC's hyperparameters (CleanRL's defaults) plus the reset rule."""
 
-    reset_every: int = 1000
+    reset_every: int = field(1000, ">= 1")
     """Critic updates between two resets."""
     score: Literal["grama", "redo"] = "grama"
     """Neuron score: gradient magnitude (GraMa) or activation magnitude (ReDo, with ReDo's reset)."""
     mask: Literal["threshold", "percentage", "hybrid"] = "threshold"
     """Reset neurons with score <= threshold, the bottom `percentage` % of each layer, or either."""
-    threshold: float = 0.1
+    threshold: float = field(0.1, "[0, 1]", about="the score threshold tau")
     """tau, the score threshold, in [0, 1] (not SAC's --tau, the Polyak rate)."""
-    percentage: float = 10.0
+    percentage: float = field(10.0, "(0, 100]")
     """Bottom percentage of each layer for --mask percentage/hybrid, in (0, 100]."""
 
     def validate(self) -> None:
         super().validate()
-        if self.reset_every < 1:
-            raise ValueError(f"--reset-every must be >= 1, got {self.reset_every}")
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(f"--threshold (the score threshold tau) must be in [0, 1], got {self.threshold}")
-        if not 0 < self.percentage <= 100:
-            raise ValueError(f"--percentage must be in (0, 100], got {self.percentage}")
         if self.score not in ("grama", "redo"):
             raise ValueError(f"--score must be grama or redo, got {self.score!r}")
         if self.mask not in ("threshold", "percentage", "hybrid"):

@@ -31,6 +31,7 @@ import optax
 from flax import struct
 
 import replay
+from agents.config import check_fields, field
 from envs import EnvSpec
 from networks import distributions as dist_lib
 from networks.actor_critic import GaussianActor, QEnsemble
@@ -46,39 +47,39 @@ LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> upd
 class Config:
     """SAC's hyperparameters; defaults are CleanRL's."""
 
-    buffer_size: int = 1_000_000
+    buffer_size: int = field(1_000_000, ">= 1")
     """Replay capacity in transitions."""
-    batch_size: int = 256
+    batch_size: int = field(256, ">= 1")
     """Transitions per gradient step."""
-    discount: float = 0.99
+    discount: float = field(0.99, "[0, 1]")
     """gamma."""
-    tau: float = 0.005
+    tau: float = field(0.005, "(0, 1]")
     """Polyak rate of the target critics."""
-    critic_lr: float = 1e-3
+    critic_lr: float = field(1e-3, "> 0")
     """Adam learning rate of the critics."""
-    actor_lr: float = 3e-4
+    actor_lr: float = field(3e-4, "> 0")
     """Adam learning rate of the actor."""
-    alpha_lr: float = 1e-3
+    alpha_lr: float = field(1e-3, "> 0")
     """Adam learning rate of log alpha (CleanRL uses the critics' rate)."""
-    learning_starts: int = 5_000
+    learning_starts: int = field(5_000, ">= 0")
     """Uniform random actions and no updates for this many env steps."""
-    updates_per_step: float = 1.0
-    """Update-to-data ratio: critic updates per env step (fractions allowed, e.g. 0.5)."""
-    policy_frequency: int = 2
+    updates_per_step: float = field(1.0, "(0, 1024]", about="the update-to-data ratio")
+    """Update-to-data ratio: critic updates per env step (fractions allowed, e.g. 0.5; at most 1024)."""
+    policy_frequency: int = field(2, ">= 1")
     """The actor and alpha train every this many critic updates, this many times (CleanRL's delayed update)."""
-    target_frequency: int = 1
+    target_frequency: int = field(1, ">= 1")
     """Polyak-update the target critics every this many critic updates."""
     autotune: bool = True
     """Learn alpha to keep the policy's entropy at the target; otherwise alpha stays `alpha`."""
-    alpha: float = 0.2
+    alpha: float = field(0.2, ">= 0")
     """The fixed entropy coefficient when --no-autotune (with autotune alpha starts at 1, log alpha = 0)."""
-    target_entropy_scale: float = 1.0
+    target_entropy_scale: float = field(1.0, "finite")
     """H_target = -target_entropy_scale * action_dim."""
-    num_critics: int = 2
+    num_critics: int = field(2, ">= 1")
     """Critics in the ensemble; the target takes the minimum over all of them."""
-    critic_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of each critic."""
-    actor_hidden: tuple[int, ...] = (256, 256)
+    actor_hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of the actor."""
     activation: str = "relu"
     """Hidden activation of every network."""
@@ -86,41 +87,21 @@ class Config:
     """LayerNorm after every hidden Linear (critics and actor)."""
     initializer: Literal["pytorch_default", "xavier_uniform", "lecun_uniform"] = "pytorch_default"
     """Weight initializer of every Linear (biases start at 0)."""
-    log_std_min: float = -5.0
+    log_std_min: float = field(-5.0, "finite")
     """Lower end of the actor's log-std range."""
-    log_std_max: float = 2.0
+    log_std_max: float = field(2.0, "finite")
     """Upper end of the actor's log-std range."""
 
-    sigreg_coef: float = 0.0
+    sigreg_coef: float = field(0.0, ">= 0")
     """Weight of SIGReg (networks/regularizers.py, the RL variant) on each critic's last hidden pre-activation,
     added to the critic loss (arXiv 2602.19373); 0 = off."""
 
     def validate(self) -> None:
-        positive = ("buffer_size", "batch_size", "policy_frequency", "target_frequency", "num_critics")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.updates_per_step > 0:
-            raise ValueError(f"--updates-per-step (the update-to-data ratio) must be > 0, got {self.updates_per_step}")
-        if self.learning_starts < 0:
-            raise ValueError(f"--learning-starts must be >= 0, got {self.learning_starts}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
-        if not 0 <= self.discount <= 1:
-            raise ValueError(f"--discount must be in [0, 1], got {self.discount}")
-        for name in ("critic_lr", "actor_lr", "alpha_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.sigreg_coef < 0:
-            raise ValueError(f"--sigreg-coef must be >= 0, got {self.sigreg_coef}")
-        if self.alpha < 0:
-            raise ValueError(f"--alpha must be >= 0, got {self.alpha}")
+        check_fields(self)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"--activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.activation!r}")
         if self.initializer not in KERNEL_INITS:
             raise ValueError(f"--initializer must be one of {', '.join(KERNEL_INITS)}, got {self.initializer!r}")
-        if any(w < 1 for w in self.critic_hidden + self.actor_hidden):
-            raise ValueError("hidden widths must be >= 1")
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"--log-std-min must be < --log-std-max, got {self.log_std_min}, {self.log_std_max}")
 

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 
 from agents import ppo
+from agents.config import field
 from agents.ppo import layout, RUN_DEFAULTS, default_preset  # noqa: F401 (the loop's agent interface)
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from networks import regularizers
@@ -49,25 +50,21 @@ LOOP = "on_policy"
 class Config(ppo.Config):
     """PPO's hyperparameters plus the shared trunk and SIGReg."""
 
-    sigreg_coef: float = 0.2
+    sigreg_coef: float = field(0.2, ">= 0", about="lambda")
     """lambda: weight of SIGReg(z) in the loss (0 = shared-trunk PPO without the regularizer)."""
     sigreg_variant: Literal["rl", "lejepa"] = "rl"
     """The RL paper's statistic (default) or LeJEPA's (Gaussian window, trapezoid rule, times N)."""
-    sigreg_directions: int | None = None
+    sigreg_directions: int | None = field(None, ">= 1", about="SIGReg's num_directions")
     """Random projection directions per step (None: 16 for rl, 256 for lejepa)."""
-    sigreg_points: int | None = None
+    sigreg_points: int | None = field(None, ">= 1", about="SIGReg's num_points")
     """Frequencies t of the grid (None: 8 for rl, 17 for lejepa)."""
-    trunk_hidden: tuple[int, ...] = (256, 256)
+    trunk_hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of the trunk MLP (each followed by the activation)."""
-    trunk_dim: int = 256
+    trunk_dim: int = field(256, ">= 1")
     """Width of the representation z (the trunk's last, linear layer)."""
 
     def validate(self) -> None:
         super().validate()
-        if self.sigreg_coef < 0:
-            raise ValueError(f"--sigreg-coef (lambda) must be >= 0, got {self.sigreg_coef}")
-        if self.trunk_dim < 1 or any(w < 1 for w in self.trunk_hidden):
-            raise ValueError("--trunk-hidden and --trunk-dim must be >= 1")
         regularizers.resolve(self.sigreg_variant, self.sigreg_directions, self.sigreg_points)   # raises with choices
 
     def networks(self, spec: EnvSpec) -> "SharedTrunkActorCritic":

@@ -29,8 +29,10 @@ from flax import struct
 
 import replay
 from agents import sac
+from agents.config import check_fields, field
 from envs import EnvSpec
 from networks.actor_critic import DeterministicActor
+from networks.mlp import ACTIVATIONS, KERNEL_INITS
 from networks.training import Trained, apply_gradients, polyak, scheduled_updates, trained
 
 LOOP = "off_policy"
@@ -42,35 +44,35 @@ store, critic_network, critic_loss = sac.store, sac.critic_network, sac.critic_l
 class Config:
     """TD3's hyperparameters; defaults are CleanRL's."""
 
-    buffer_size: int = 1_000_000
+    buffer_size: int = field(1_000_000, ">= 1")
     """Replay capacity in transitions."""
-    batch_size: int = 256
+    batch_size: int = field(256, ">= 1")
     """Transitions per gradient step."""
-    discount: float = 0.99
+    discount: float = field(0.99, "[0, 1]")
     """gamma."""
-    tau: float = 0.005
+    tau: float = field(0.005, "(0, 1]")
     """Polyak rate of the target networks."""
-    critic_lr: float = 3e-4
+    critic_lr: float = field(3e-4, "> 0")
     """Adam learning rate of the critics."""
-    actor_lr: float = 3e-4
+    actor_lr: float = field(3e-4, "> 0")
     """Adam learning rate of the actor."""
-    learning_starts: int = 25_000
+    learning_starts: int = field(25_000, ">= 0")
     """Uniform random actions and no updates for this many env steps."""
-    updates_per_step: float = 1.0
-    """Update-to-data ratio: critic updates per env step (fractions allowed)."""
-    policy_frequency: int = 2
+    updates_per_step: float = field(1.0, "(0, 1024]", about="the update-to-data ratio")
+    """Update-to-data ratio: critic updates per env step (fractions allowed; at most 1024)."""
+    policy_frequency: int = field(2, ">= 1")
     """d: the actor and the targets update every d critic updates."""
-    exploration_noise: float = 0.1
+    exploration_noise: float = field(0.1, ">= 0")
     """Std of the Gaussian noise added to mu(s) while acting."""
-    policy_noise: float = 0.2
+    policy_noise: float = field(0.2, ">= 0")
     """Std of the target policy smoothing noise."""
-    noise_clip: float = 0.5
+    noise_clip: float = field(0.5, ">= 0")
     """The smoothing noise is clipped to [-noise_clip, noise_clip]."""
-    num_critics: int = 2
+    num_critics: int = field(2, ">= 1")
     """Critics in the ensemble; the target takes the minimum over all of them."""
-    critic_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of each critic."""
-    actor_hidden: tuple[int, ...] = (256, 256)
+    actor_hidden: tuple[int, ...] = field((256, 256), ">= 1")
     """Hidden widths of the actor."""
     activation: str = "relu"
     """Hidden activation of every network."""
@@ -80,14 +82,11 @@ class Config:
     """Weight initializer of every Linear (biases start at 0)."""
 
     def validate(self) -> None:
-        sac.Config(buffer_size=self.buffer_size, batch_size=self.batch_size, discount=self.discount, tau=self.tau,
-                   critic_lr=self.critic_lr, actor_lr=self.actor_lr, learning_starts=self.learning_starts,
-                   updates_per_step=self.updates_per_step, policy_frequency=self.policy_frequency,
-                   num_critics=self.num_critics, critic_hidden=self.critic_hidden, actor_hidden=self.actor_hidden,
-                   activation=self.activation, initializer=self.initializer).validate()
-        for name in ("exploration_noise", "policy_noise", "noise_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        check_fields(self)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"--activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.activation!r}")
+        if self.initializer not in KERNEL_INITS:
+            raise ValueError(f"--initializer must be one of {', '.join(KERNEL_INITS)}, got {self.initializer!r}")
 
 
 def actor_network(config: Config, spec: EnvSpec) -> DeterministicActor:

@@ -162,8 +162,11 @@ def test_agents_train_vmapped_in_the_device_loop_with_diagnostics():
     (["--agent", "regrama", "--percentage", "0"], "--percentage must be in (0, 100], got 0.0"),
     (["--agent", "regrama", "--percentage", "101"], "--percentage must be in (0, 100], got 101.0"),
     (["--agent", "regrama", "--reset-every", "0"], "--reset-every must be >= 1, got 0"),
-    (["--agent", "sac", "--updates-per-step", "0"], "--updates-per-step (the update-to-data ratio) must be > 0"),
-    (["--agent", "td3", "--updates-per-step", "-1"], "--updates-per-step (the update-to-data ratio) must be > 0"),
+    (["--agent", "sac", "--updates-per-step", "0"],
+     "--updates-per-step (the update-to-data ratio) must be in (0, 1024], got 0.0"),
+    (["--agent", "td3", "--updates-per-step", "-1"],
+     "--updates-per-step (the update-to-data ratio) must be in (0, 1024], got -1.0"),
+    (["--agent", "sac", "--updates-per-step", "inf"], "--updates-per-step (the update-to-data ratio) must be a finite"),
     (["--agent", "td3", "--noise-clip", "-1"], "--noise-clip must be >= 0"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
