@@ -76,6 +76,8 @@ def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
         if not eq:
             raise NonStationaryError(f"{env_id}: option {item!r} is not key=value; valid keys: switch, every, "
                                      "scale, seed")
+        if key in options:
+            raise NonStationaryError(f"{env_id}: option {key!r} is given twice ({options[key]!r} and {value!r})")
         options[key] = value
     unknown = set(options) - {"switch", "every", "scale", "seed"}
     if unknown:
@@ -83,19 +85,31 @@ def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
     switch = options.get("switch")
     if switch not in SWITCHES:
         raise NonStationaryError(f"{env_id}: switch must be one of {', '.join(SWITCHES)}, got {switch!r}")
+    if "every" not in options:
+        raise NonStationaryError(f"{env_id}: every (env steps per seed between switches) is required, e.g. "
+                                 f"{base}?switch={switch}&every=1000000")
+    every, seed = (_integer(env_id, name, options.get(name, "0")) for name in ("every", "seed"))
     try:
-        every = int(options.get("every", ""))
         scale = float(options.get("scale", 0.5))
-        seed = int(options.get("seed", 0))
     except ValueError:
-        raise NonStationaryError(f"{env_id}: every and seed must be integers and scale a number") from None
+        raise NonStationaryError(f"{env_id}: scale must be a number, got {options['scale']!r}") from None
+    if not (math.isfinite(scale) and scale > 0):
+        raise NonStationaryError(f"{env_id}: scale must be a finite number > 0, got {options['scale']}")
     if every < 1:
         raise NonStationaryError(f"{env_id}: every (env steps between switches) must be >= 1, got {every}")
-    if not scale > 0:
-        raise NonStationaryError(f"{env_id}: scale must be > 0, got {scale}")
     if "scale" in options and switch not in DYNAMICS:
         raise NonStationaryError(f"{env_id}: scale applies to the dynamics switches ({', '.join(DYNAMICS)})")
     return base, Schedule(switch, every, scale, seed)
+
+
+def _integer(env_id: str, name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise NonStationaryError(f"{env_id}: {name} must be an integer, got {text!r}") from None
+    if abs(value) > 2**31 - 1:
+        raise NonStationaryError(f"{env_id}: {name} must be below 2^31 (an int32 on the device), got {value}")
+    return value
 
 
 def phase_schedule(every: int, num_envs: int):

@@ -2,14 +2,20 @@
 
 A checkpoint is written to a temporary folder and renamed into place by orbax
 once complete, so a crash while saving never damages the previous one; the
-last `keep` checkpoints are kept. Restoring validates against the structure a
+last `keep` checkpoints are kept. Before writing, the free space of the disk
+is compared with the state's size: a disk that cannot hold the checkpoint
+raises OSError(ENOSPC) before orbax starts (orbax's own failure, from its
+writer threads, is a storm of tracebacks); any other write failure is
+re-raised as one OSError. Restoring validates against the structure a
 fresh `init` produces, so a checkpoint from another agent, env or config is
 rejected with a clear message instead of silently mis-loading.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +40,32 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def delete(self, steps: list[int]) -> None:
+        for step in steps:
+            self._manager.delete(step)
+
     def save(self, step: int, tree: Any, meta: dict) -> None:
-        """Save `tree` (arrays) and `meta` (JSON) as checkpoint `step`; blocks until written."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_fill_empty(tree)), meta=ocp.args.JsonSave(meta)), force=True)
-        self._manager.wait_until_finished()
+        """Save `tree` (arrays) and `meta` (JSON) as checkpoint `step`; blocks until written. A disk too full
+        for it, or a failed write, raises OSError naming the checkpoint (the earlier ones stay intact)."""
+        target = str(self.directory / str(step))
+        need = sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)) + 2**20
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device: the checkpoint needs about {need / 2**20:.1f} "
+                          f"MiB and {free / 2**20:.1f} MiB are free", target)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_fill_empty(tree)), meta=ocp.args.JsonSave(meta)), force=True)
+            self._manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as error:  # orbax wraps I/O failures in ValueError and others
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            code = errno.ENOSPC if "No space left" in text else errno.EIO
+            raise OSError(code, f"checkpoint write failed: {text}", target) from None
 
     def restore(self, target: dict, step: int | None = None, must_be_finite: tuple[str, ...] = ("agent",)
                 ) -> tuple[Any, dict, int]:
@@ -67,6 +94,15 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of the complete checkpoints in `directory` (orbax renames a checkpoint to its bare step number
+    only once it is fully written), without creating anything."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _fill_empty(tree: Any) -> Any:

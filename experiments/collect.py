@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ if __package__ in (None, ""):
 
 import jax
 import numpy as np
-import tyro
+
+from agents.config import check_fields, field
 
 POLICIES = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -54,26 +56,26 @@ class CollectArgs:
     """Which behaviour policy makes the data."""
     out: str = "data/dataset.hdf5"
     """The HDF5 file to write (refused if it exists, unless --overwrite)."""
-    steps: int = 100_000
+    steps: int = field(100_000, ">= 1")
     """Transitions to collect (medium-expert: this many from each policy; medium-replay: the buffer as is)."""
     agent: Literal["sac", "td3"] = "sac"
     """Behaviour agent trained for medium / expert / medium-replay."""
-    train_steps: int = 300_000
+    train_steps: int = field(300_000, ">= 1")
     """Env steps the behaviour agent trains for."""
-    eval_every: int = 5_000
+    eval_every: int = field(5_000, ">= 1")
     """Env steps between evaluations (snapshots) of the behaviour agent."""
-    eval_episodes: int = 5
+    eval_episodes: int = field(5, ">= 1")
     """Episodes per evaluation."""
-    medium_fraction: float = 1.0 / 3.0
+    medium_fraction: float = field(1.0 / 3.0, "(0, 1]")
     """The medium snapshot is the first whose return reaches this fraction of the expert's."""
-    reference_episodes: int = 10
+    reference_episodes: int = field(10, ">= 1")
     """Episodes that measure the random and expert reference returns."""
-    ref_expert: float | None = None
+    ref_expert: float | None = field(None, "finite")
     """--policy random: the expert reference return to record (e.g. ref_max_score of another file made here,
     or the task's known maximum); without it a random dataset records only the random reference."""
-    learning_starts: int | None = None
+    learning_starts: int | None = field(None, ">= 0")
     """Override the behaviour agent's random warm-up steps (None: its default)."""
-    seed: int = 0
+    seed: int = field(0, ">= 0")
     """Seed of the behaviour agent and of the collection envs."""
     run_dir: str | None = None
     """Where the behaviour agent's training run goes (default: <out>.behaviour/)."""
@@ -81,15 +83,49 @@ class CollectArgs:
     """Replace an existing --out file."""
 
     def validate(self) -> None:
-        for name in ("steps", "train_steps", "eval_every", "eval_episodes", "reference_episodes"):
-            if getattr(self, name) < 1:
-                raise CollectError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.medium_fraction <= 1:
-            raise CollectError(f"--medium-fraction must be in (0, 1], got {self.medium_fraction}")
+        """Everything that can be checked before collecting: flags, the env family, the output path, and the
+        behaviour agent's configuration (CollectError naming the first problem)."""
+        import envs
+
+        try:
+            check_fields(self)
+        except ValueError as error:
+            raise CollectError(str(error)) from None
         if self.policy not in POLICIES:
             raise CollectError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if Path(self.out).exists() and not self.overwrite:
+        if envs.is_jax_env(self.env):
+            raise CollectError(f"--env {self.env}: collect.py records host envs (gym:<id>, dmc:<domain>-<task>), "
+                               "whose simulator state it can save; JAX envs are not supported")
+        out = Path(self.out)
+        if out.is_dir():
+            raise CollectError(f"--out {out} is a directory; name the HDF5 file to write (e.g. {out / 'data.hdf5'})")
+        if out.exists() and not self.overwrite:
             raise CollectError(f"{self.out} exists; pass --overwrite to replace it or choose another --out")
+        for parent in out.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise CollectError(f"--out {out}: {parent} is a file, not a directory")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise CollectError(f"--out {out}: {parent} is not writable")
+                break
+        if self.policy != "random":
+            behaviour_config(self)
+
+def behaviour_config(args: CollectArgs):
+    """The behaviour agent's Config, validated (CollectError names a bad override or a too-small buffer)."""
+    import agents
+
+    agent = agents.get(args.agent)
+    overrides = {} if args.learning_starts is None else {"learning_starts": args.learning_starts}
+    config = agent.Config(**overrides)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CollectError(f"behaviour agent {args.agent}: {error}") from None
+    if args.train_steps > config.buffer_size:
+        raise CollectError(f"--train-steps {args.train_steps} exceeds the {args.agent} buffer "
+                           f"({config.buffer_size}): medium-replay needs the whole run in the buffer")
+    return config
 
 
 def code_version() -> str:
@@ -169,12 +205,7 @@ def train_behaviour(args: CollectArgs, run_dir: Path) -> dict:
     from experiments.off_policy import HostLoop
 
     agent = agents.get(args.agent)
-    overrides = {} if args.learning_starts is None else {"learning_starts": args.learning_starts}
-    config = agent.Config(**overrides)
-    config.validate()
-    if args.train_steps > config.buffer_size:
-        raise CollectError(f"--train-steps {args.train_steps} exceeds the {args.agent} buffer "
-                           f"({config.buffer_size}): medium-replay needs the whole run in the buffer")
+    config = behaviour_config(args)
     loop = HostLoop(agent, config, args.env, num_seeds=1, seed=args.seed, replay_transitions=args.train_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
     state, step, history = loop.init(), 0, []
@@ -262,14 +293,24 @@ def collect(args: CollectArgs) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from envs import UnknownEnvError
+    from experiments.run import cli
+    from experiments.train import RunError
     from replay.datasets import DatasetError
 
-    args = tyro.cli(CollectArgs, args=argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = cli(CollectArgs, argv, "Make an offline dataset (D4RL's HDF5 layout) with this project's agents.")
         path = collect(args)
-    except (CollectError, UnknownEnvError, DatasetError) as error:
+    except (CollectError, UnknownEnvError, DatasetError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no dataset was written", file=sys.stderr)
+        return 130
+    except OSError as error:
+        print(f"error: {error.strerror or error}{f' ({error.filename})' if error.filename else ''}; no dataset "
+              "was written", file=sys.stderr)
+        return 1
     print(f"dataset written: {path}")
     return 0
 

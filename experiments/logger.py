@@ -46,11 +46,19 @@ class CsvLog:
         if not rows:
             return
         step_col = rows[0].index("step")
-        kept = [rows[0]] + [r for r in rows[1:] if int(float(r[step_col])) <= step]
+        # A row cut short by a failed write (disk full) has fewer columns: it is dropped with the later ones.
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and _step_of(r[step_col]) <= step]
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as f:
             csv.writer(f).writerows(kept)
         tmp.replace(self.path)
+
+
+def _step_of(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
 
 
 def _plain(value):

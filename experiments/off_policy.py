@@ -33,7 +33,7 @@ import numpy as np
 
 import envs as envs_lib
 import replay
-from experiments import hparams
+from experiments import hparams, memory
 
 from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device,
                                  seed_keys, step_key, step_keys)
@@ -68,6 +68,16 @@ class _SeedLoop:
         return hparams.init_lanes(lambda k, **kw: self.agent.init(k, self.spec, self.config, self.capacity, **kw),
                                   init_keys, self.lane_hparams)
 
+    def memory_estimate(self) -> dict:
+        """Device bytes of the agents' states, replay buffers included (experiments/memory.py)."""
+        return {"agent states with replay": memory.tree_bytes(jax.eval_shape(self._init_agents))}
+
+    def memory_advice(self, budget: float) -> str:
+        per_seed = sum(self.memory_estimate().values()) / self.num_seeds
+        fits = memory.largest_fitting(budget, per_seed)
+        return (f"{memory.gib(per_seed)} per seed with a replay of {self.capacity} slots; --num-seeds {fits} "
+                "fits" + (" (or a smaller --buffer-size)" if fits else "; use a smaller --buffer-size"))
+
 
 class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
@@ -76,8 +86,11 @@ class HostLoop(_SeedLoop):
                  replay_transitions: int, env_kwargs: dict | None = None, lane_hparams: dict | None = None,
                  lane_seeds=None):
         self.env_kwargs = env_kwargs or {}
-        env = envs_lib.make(env_id, num_envs=num_seeds, seed=seed, **self.env_kwargs)
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lane_hparams, lane_seeds)
+        # One instance tells the spec; the num_seeds instances are built by init(), after the memory check.
+        probe = envs_lib.make(env_id, num_envs=1, seed=seed, **self.env_kwargs)
+        probe.close()
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lane_hparams, lane_seeds)
+        self.env = None
         agent = self.agent
 
         def act(state, obs, seed_key, step, explore):
@@ -100,6 +113,8 @@ class HostLoop(_SeedLoop):
     def init(self) -> dict:
         """Fresh agents for every seed and the first observations."""
         agent_state = self._init_agents()
+        if self.env is None:
+            self.env = envs_lib.make(self.env_id, num_envs=self.num_seeds, seed=self.seed, **self.env_kwargs)
         obs = self.env.reset()
         zeros = np.zeros(self.num_seeds, np.float32)
         return {"agent": agent_state, "obs": obs, "episode_return": zeros.copy(),
@@ -146,7 +161,8 @@ class HostLoop(_SeedLoop):
         return evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is not None:
+            self.env.close()
 
 
 class DeviceLoop(_SeedLoop):
@@ -189,6 +205,10 @@ class DeviceLoop(_SeedLoop):
 
         self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
                                  static_argnums=2)
+
+    def memory_estimate(self) -> dict:
+        env_state = jax.eval_shape(jax.vmap(self.env.reset), step_keys(self.seed_keys, 0, ENV_RESET))
+        return {**super().memory_estimate(), "env states": memory.tree_bytes(env_state)}
 
     def init(self) -> dict:
         agent_state = self._init_agents()

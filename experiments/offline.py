@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs as envs_lib
-from experiments import hparams
+from experiments import hparams, memory
 from experiments.off_policy import evaluate_host
 from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys, \
     step_key, step_keys
@@ -81,16 +81,35 @@ class OfflineLoop:
             self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
                                      static_argnums=2)
 
+    def _init_agents(self):
+        return hparams.init_lanes(
+            lambda k, **kw: self.agent.init(step_key(k, 0, INIT), self.spec, self.config, self.world, **kw),
+            self.seed_keys, self.lane_hparams)
+
     def init(self) -> dict:
-        """Build (or reload) the world, then fresh agents for every seed."""
+        """Build (or reload) the world, check that the agents fit beside it, then fresh agents for every seed."""
         if self.world is None:
             self.world = self.agent.prepare(self.dataset, self.spec, self.config, self.world_dir,
                                             jax.random.PRNGKey(self.seed))
-        world = self.world
-        agent_state = hparams.init_lanes(
-            lambda k, **kw: self.agent.init(step_key(k, 0, INIT), self.spec, self.config, world, **kw),
-            self.seed_keys, self.lane_hparams)
-        return {"agent": agent_state}
+            memory.check(self)
+        return {"agent": self._init_agents()}
+
+    def memory_estimate(self) -> dict:
+        """Device bytes (experiments/memory.py): the dataset before the world is built; then the world (dataset
+        arrays, dynamics model) and the agents' states (model-rollout buffers included)."""
+        if self.world is None:
+            return {"dataset": memory.tree_bytes(self.dataset)}
+        return {"world": memory.tree_bytes(self.world),
+                "agent states": memory.tree_bytes(jax.eval_shape(self._init_agents))}
+
+    def memory_advice(self, budget: float) -> str:
+        parts = self.memory_estimate()
+        if "agent states" not in parts:
+            return "the dataset alone does not fit"
+        per_seed = parts["agent states"] / self.num_seeds
+        fits = memory.largest_fitting(budget, per_seed, parts["world"])
+        return (f"{memory.gib(per_seed)} per seed; --num-seeds {fits} fits" if fits else
+                f"{memory.gib(per_seed)} per seed; not one seed fits beside the world: shrink the agent's buffers")
 
     def host_state(self) -> bytes:
         return b""

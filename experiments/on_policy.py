@@ -19,7 +19,6 @@ changing the number of devices, replays the same keys.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs as envs_lib
-from experiments import hparams
+from experiments import hparams, memory
 from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys,
                                  step_key, step_keys)
 
@@ -63,6 +62,7 @@ class OnPolicyLoop:
             nearby = max(len(devices), round(config.num_envs / len(devices)) * len(devices))
             raise LoopError(f"--num-envs ({config.num_envs}) must be a multiple of the number of devices "
                             f"({len(devices)}) to shard the envs evenly; e.g. --num-envs {nearby}")
+        self.devices = devices
         self.mesh = Mesh(np.array(devices), ("env",))
         self.replicated = NamedSharding(self.mesh, P())
         self.env_sharding = NamedSharding(self.mesh, P(None, "env"))    # [seeds, envs, ...]
@@ -93,49 +93,43 @@ class OnPolicyLoop:
 
         self._init = jax.jit(init_state, out_shardings=(self.replicated, self.env_sharding))
         self._diagnostics = Diagnostics(agent)
+        self._memory = None
 
     # -- memory --------------------------------------------------------------
 
-    def bytes_per_env(self) -> dict:
-        """Device bytes each env needs: its simulator state, and its share of one update's rollout batch."""
-        agent_state, env_state = jax.eval_shape(self._init, self.seed_keys)
-        batch = jax.eval_shape(jax.vmap(lambda a, e, k: self.agent.collect(a, self.env, e, k)[1],
-                                        in_axes=(0, 0, None)), agent_state, env_state, jax.random.PRNGKey(0))
-        per_env = lambda tree: sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)) / (
-            self.num_seeds * self.config.num_envs)
-        # The env state exists twice while a chunk runs (input and output), the batch once.
-        return {"env_state": 2 * per_env(env_state), "rollout": per_env(batch)}
+    def memory_estimate(self) -> dict:
+        """Device bytes the run allocates (experiments/memory.py): agent states, env states (input and output
+        of an update exist at once), one update's rollout batch, and the activations of one minibatch's
+        forward and backward pass (every seed at once). Traced once (a second or two), then kept.
 
-    def _available_memory(self) -> tuple[float, str]:
-        device = self.mesh.devices.flat[0]
-        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-        if stats and "bytes_limit" in stats:
-            return stats["bytes_limit"] * self.mesh.devices.size, f"{self.mesh.devices.size} x {device}"
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"   # the CPU
+        The activations are estimated from the parameters: each Dense kernel [in, out] of `params` produces
+        `out` values per sample, kept (with its pre-activation and its gradient) for the backward pass,
+        for batch_size x unroll_length samples per minibatch."""
+        if self._memory is None:
+            agent_state, env_state = jax.eval_shape(self._init, self.seed_keys)
+            batch = jax.eval_shape(jax.vmap(lambda a, e, k: self.agent.collect(a, self.env, e, k)[1],
+                                            in_axes=(0, 0, None)), agent_state, env_state, jax.random.PRNGKey(0))
+            inner = agent_state.inner if isinstance(agent_state, hparams.SweepState) else agent_state
+            kernels = [x for x in jax.tree.leaves(inner.params) if x.ndim >= 3]     # [seeds, in, out]
+            per_sample = sum(int(x.shape[-1]) for x in kernels)
+            samples = self.num_seeds * self.config.batch_size * self.config.unroll_length
+            self._memory = {"agent states": memory.tree_bytes(agent_state),
+                            "env states": 2 * memory.tree_bytes(env_state), "rollout": memory.tree_bytes(batch),
+                            "minibatch activations": 3 * 4 * per_sample * samples}
+        return dict(self._memory)
 
-    def memory_error(self) -> LoopError:
-        """What does not fit and what would: names the per-env cost and a power-of-two num_envs that fits."""
-        available, where = self._available_memory()
-        per_env = self.bytes_per_env()
-        envs_total = self.num_seeds * self.config.num_envs
-        need = sum(per_env.values()) * envs_total
-        largest = 2 ** int(np.log2(max(1.0, 0.9 * available / (self.num_seeds * sum(per_env.values())))))
-        return LoopError(
-            f"--num-envs {self.config.num_envs} x {self.num_seeds} seed(s) needs about {need / 2**30:.1f} GiB "
-            f"({per_env['env_state'] / 1024:.1f} KiB of env states and {per_env['rollout'] / 1024:.1f} KiB of "
-            f"rollout per env, before activations) and {where} holds {available / 2**30:.1f} GiB; "
-            f"--num-envs {largest} fits (fewer --num-seeds or a shorter --unroll-length also help)")
-
-    def check_memory(self, min_envs: int = 2**15) -> None:
-        """Refuse, before allocating, a num_envs whose states and rollout cannot fit in device memory.
-
-        Skipped below `min_envs` envs in all (tracing the rollout for the estimate takes seconds).
-        """
-        if self.num_seeds * self.config.num_envs < min_envs:
-            return
-        available, _ = self._available_memory()
-        if sum(self.bytes_per_env().values()) * self.num_seeds * self.config.num_envs > 0.9 * available:
-            raise self.memory_error()
+    def memory_advice(self, budget: float) -> str:
+        """A power-of-two --num-envs that fits `budget` bytes."""
+        parts = self.memory_estimate()
+        per_env = (parts["env states"] + parts["rollout"]) / (self.num_seeds * self.config.num_envs)
+        fixed = parts["agent states"] + parts["minibatch activations"]
+        if fixed > budget:
+            return "one minibatch's activations alone do not fit: shorten --unroll-length or --batch-size"
+        fits = memory.largest_fitting(budget, per_env * self.num_seeds, fixed)
+        largest = 2 ** int(np.log2(fits)) if fits >= 1 else 0
+        return (f"--num-envs {largest} fits ({per_env / 1024:.1f} KiB per env; fewer --num-seeds or a shorter "
+                "--unroll-length also help)" if largest else
+                f"not even one env fits ({per_env / 1024:.1f} KiB per env): shorten --unroll-length")
 
     # -- state ---------------------------------------------------------------
 

@@ -7,8 +7,10 @@ Every hyperparameter of the chosen agent is a flag of the same command;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
+import io
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,19 +23,62 @@ import tyro
 import agents
 from envs import UnknownEnvError
 from experiments.checkpoint import CheckpointError
-from experiments.train import DivergenceError, RunArgs, RunError, train
+from experiments.train import (DivergenceError, RunArgs, RunError, RunIOError, Stopped, from_saved, read_saved_run,
+                               train)
 
 
 def _saved_flags(run_dir: str) -> dict | None:
     """The flags of the run saved in `run_dir`, so that `--resume` needs no other flag."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
+    if not (Path(run_dir) / "config.json").exists():
         return None
+    saved = read_saved_run(Path(run_dir))
+    return {"run": dict(saved["run"]), "agent_config": dict(saved["agent_config"])}
+
+
+def cli(cli_type: type, argv: list[str], description: str):
+    """`tyro.cli`, with a parse error turned into one line (RunError): tyro draws a panel over many lines."""
+    captured = io.StringIO()
     try:
-        saved = json.loads(path.read_text())
-        return {"run": dict(saved["run"]), "agent_config": dict(saved["agent_config"])}
-    except (ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
+        with contextlib.redirect_stderr(captured):
+            parsed = tyro.cli(cli_type, args=argv, description=description)
+        sys.stderr.write(captured.getvalue())     # warnings, if any
+        return parsed
+    except SystemExit as exit_:
+        if not exit_.code:
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise RunError(f"{panel_message(captured.getvalue())} (--help lists the flags)") from None
+
+
+_PANEL_EDGES = "\u2502\u256d\u256e\u2570\u256f\u2500 "    # a panel's sides, corners and rules
+
+
+def panel_message(text: str) -> str:
+    """A tyro error panel (title, message, help sections; drawn with box characters on a terminal, with
+    dashes elsewhere) as one line: its message, plus the flags it suggests ("Perhaps you meant")."""
+    sections, current = [], []
+    for line in text.splitlines() + [""]:
+        content = line.strip().strip(_PANEL_EDGES).strip()
+        if set(content) <= {"-"}:                        # a rule drawn in ASCII (no terminal)
+            content = ""
+        if line.strip().startswith("\u256d"):          # the top border carries the title
+            sections += [current, [content]] if current else [[content]]
+            current = []
+        elif content:
+            current.append(content)
+        elif current:
+            sections.append(current)
+            current = []
+    if not sections:
+        return "bad flags"
+    body = sections[1] if len(sections) > 1 else sections[0]      # sections[0] is the panel's title
+    message = " ".join(body)
+    for section in sections[2:]:
+        if section[0].startswith("Perhaps you meant"):
+            flags = list(dict.fromkeys(re.findall(r"(--[A-Za-z0-9][\w-]*)", " ".join(section))))
+            if flags:
+                message += f"; did you mean {' or '.join(flags[:3])}?"
+    return message
 
 
 def parse(argv: list[str]):
@@ -57,7 +102,7 @@ def parse(argv: list[str]):
 
         jax.distributed.initialize()
     saved = _saved_flags(known.run_dir) if known.resume and known.run_dir else None
-    agent_name = known.agent or (saved["run"]["agent"] if saved else RunArgs.agent)
+    agent_name = known.agent or (saved["run"].get("agent", RunArgs.agent) if saved else RunArgs.agent)
     agent = agents.get(agent_name)
     # Agents may set their own run defaults (PPO: 60M steps) and named presets of their flags.
     run_defaults = RunArgs(agent=agent_name, **getattr(agent, "RUN_DEFAULTS", {}))
@@ -71,16 +116,16 @@ def parse(argv: list[str]):
     run_defaults = dataclasses.replace(run_defaults, preset=preset)
     config_defaults = agent.Config(**presets.get(preset, {}))
     if saved is not None and saved["run"].get("agent") == agent_name:
-        fields = {f.name for f in dataclasses.fields(agent.Config)}
-        run_defaults = dataclasses.replace(RunArgs(**saved["run"]), resume=False, overwrite=False)
-        config_defaults = agent.Config(**{k: v for k, v in saved["agent_config"].items() if k in fields})
+        run_defaults = dataclasses.replace(from_saved(RunArgs, saved["run"]), resume=False, resume_from=None,
+                                           overwrite=False)
+        config_defaults = from_saved(agent.Config, saved["agent_config"])
     cli_type = dataclasses.make_dataclass("Args", [
         ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_defaults)),
         ("agent_config", Annotated[agent.Config, tyro.conf.OmitArgPrefixes],
          dataclasses.field(default=config_defaults)),
     ], frozen=True)
     presets_help = f" Presets (--preset): {', '.join(sorted(presets))}." if presets else ""
-    parsed = tyro.cli(cli_type, args=argv, description=f"Train {agent_name} ({agent.__name__}).{presets_help}")
+    parsed = cli(cli_type, argv, f"Train {agent_name} ({agent.__name__}).{presets_help}")
     if parsed.run.preset is not None and saved is None:
         print(f"preset: {parsed.run.preset} (flags given on the command line override it)", flush=True)
     return parsed.run, parsed.agent_config
@@ -95,8 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except DivergenceError as error:
-        print(f"error: training diverged: {error}; the last good checkpoint is kept", file=sys.stderr)
+        print(f"error: training diverged: {error}", file=sys.stderr)
         return 1
+    except RunIOError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Stopped as stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        return stopped.code
+    except KeyboardInterrupt:
+        print("error: interrupted; the last checkpoint written is kept (--resume continues from it)", file=sys.stderr)
+        return 130
     print(f"run finished: {run_dir}")
     return 0
 

@@ -43,6 +43,9 @@ if __package__ in (None, ""):
 import jax
 import numpy as np
 
+from experiments import memory
+from experiments.rundir import RunDir, RunDirError
+
 
 class SweepError(ValueError):
     """A bad --sweep: the message names it and the valid choices."""
@@ -66,7 +69,12 @@ def parse_sweeps(specs: list[str], config) -> dict[str, list]:
         if not items or any(not t for t in items):
             raise SweepError(f"--sweep {spec!r}: empty value in the list")
         current = getattr(config, name)
-        grid[name] = [_parse_value(name, t, current) for t in items]
+        values = [_parse_value(name, t, current) for t in items]
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise SweepError(f"--sweep {spec!r}: {', '.join(repeated)} given more than once (each point is run "
+                             "once; use --num-seeds for repeats)")
+        grid[name] = values
     return grid
 
 
@@ -95,31 +103,6 @@ def split_fields(grid: dict[str, list], config) -> tuple[list[str], list[str]]:
     return traced, [n for n in grid if n not in traced]
 
 
-def _tree_bytes(tree) -> int:
-    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
-
-
-def check_memory(loop, lanes: int) -> None:
-    """Refuse a grid whose agent states alone exceed the device memory (or host memory on a CPU)."""
-    shapes = jax.eval_shape(loop._init_agents) if hasattr(loop, "_init_agents") else None
-    if shapes is None:
-        return
-    per_lane = _tree_bytes(shapes) / lanes
-    device = jax.devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        limit = stats["bytes_limit"]
-    else:
-        import os
-
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if per_lane * lanes > 0.8 * limit:
-        raise SweepError(f"the grid needs {lanes} lanes x {per_lane / 2**30:.2f} GiB = "
-                         f"{per_lane * lanes / 2**30:.1f} GiB of agent state (replay buffers included), more than "
-                         f"80% of the {limit / 2**30:.1f} GiB available; sweep fewer points or seeds, or shrink "
-                         "the buffer (--buffer-size)")
-
-
 def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[int], on_row) -> None:
     """Train len(traced_points) x len(seeds) lanes in one program; `on_row(step, point, seed, return, diag)`."""
     from experiments.train import make_loop_for_lanes
@@ -129,7 +112,7 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
                      for name in traced_points[0]} if traced_points[0] else None)
     loop = make_loop_for_lanes(agent, config, run_args, lane_hparams, [s for _, s in lanes])
     try:
-        check_memory(loop, len(lanes))
+        memory.check(loop)        # the grid's agent states (replay buffers included), env states, rollouts
         state, step = loop.init(), 0
         granularity = getattr(loop, "granularity", 1)
         total = -(-run_args.total_steps // granularity) * granularity
@@ -142,6 +125,10 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
             for lane, (p, s) in enumerate(lanes):
                 on_row(step, p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
             print(f"  step {step}: " + ", ".join(f"{r:.1f}" for r in returns), file=sys.stderr, flush=True)
+    except jax.errors.JaxRuntimeError as error:
+        if not memory.is_out_of_memory(error):
+            raise
+        raise SweepError(f"out of device memory while training: {memory.describe(loop)}") from None
     finally:
         loop.close()
 
@@ -188,20 +175,55 @@ def main(argv: list[str] | None = None) -> int:
         traced, static = split_fields(grid, config)
         for point in itertools.product(*grid.values()):
             dataclasses.replace(config, **dict(zip(grid, point))).validate()
-        run_dir = Path(run_args.run_dir or f"runs/sweep/{run_args.agent}")
-        if run_dir.exists() and any(run_dir.iterdir()) and not run_args.overwrite:
-            raise SweepError(f"{run_dir} is not empty; pass --overwrite or choose another --run-dir")
-        summary = sweep(agent, config, run_args, grid, traced, static, run_dir)
+        run_dir = RunDir(run_args.run_dir or f"runs/sweep/{run_args.agent}", kind="sweep")
+        claim(run_dir, run_args.overwrite)
+        try:
+            summary = sweep(agent, config, run_args, grid, traced, static, run_dir)
+        except BaseException:
+            run_dir.discard()      # a sweep writes its results at the end: nothing of a failed one is kept
+            raise
+        finally:
+            run_dir.unlock()
     except (SweepError, RunError, UnknownEnvError, agents.UnknownAgentError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; sweeps write their results at the end, so nothing was kept", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=1))
     return 0
 
 
-def sweep(agent, config, run_args, grid, traced, static, run_dir: Path) -> list[dict]:
-    import shutil
+def claim(run_dir: RunDir, overwrite: bool) -> None:
+    """Lock the sweep directory; it must be new, empty, or (with --overwrite) an earlier run or sweep of ours,
+    whose files are then deleted. Refusals raise SweepError naming the directory."""
+    try:
+        run_dir.check_path()
+        run_dir.lock()
+    except RunDirError as error:
+        raise SweepError(str(error)) from None
+    except OSError as error:
+        raise SweepError(f"cannot create --run-dir {run_dir.path}: {error.strerror or error}") from None
+    try:
+        entries = run_dir.entries()
+        if entries and run_dir.status() is None:
+            listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise SweepError((f"--overwrite deletes only run and sweep directories (with the status.json they "
+                              f"write); {run_dir.path} holds other files ({listed})" if overwrite else
+                              f"{run_dir.path} holds files that are not a run or a sweep ({listed})")
+                             + ": choose another --run-dir")
+        if entries and not overwrite:
+            raise SweepError(f"{run_dir.path} is not empty; pass --overwrite or choose another --run-dir")
+        run_dir.clear()
+        run_dir.mark()
+    except BaseException:
+        run_dir.release_foreign()
+        raise
 
+
+def sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> list[dict]:
+    """Train every point x seed (traced points in one program per static combination); write eval.csv,
+    summary.csv and config.json into `run_dir` (locked and marked by `claim`)."""
     seeds = [run_args.seed + i for i in range(run_args.num_seeds)]
     names = list(grid)
     rows: list[dict] = []
@@ -211,9 +233,6 @@ def sweep(agent, config, run_args, grid, traced, static, run_dir: Path) -> list[
           f"{', '.join(traced) or 'none'}; static (one program per value): {', '.join(static) or 'none'}",
           flush=True)
     fallback = []
-    if run_dir.exists() and run_args.overwrite:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     for static_values in programs:
         base = dataclasses.replace(config, **dict(zip(static, static_values)))
 
@@ -236,16 +255,18 @@ def sweep(agent, config, run_args, grid, traced, static, run_dir: Path) -> list[
                 run_program(agent, dataclasses.replace(base, **point), run_args, [{}], seeds, recorder([point]))
     columns = ["step", "seed", *names, "return"] + sorted({k for r in rows for k in r} - {"step", "seed", "return",
                                                                                           *names})
-    with open(run_dir / "eval.csv", "w", newline="") as f:
+    path = run_dir.path
+    with open(path / "eval.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     table = summarize(rows, names)
-    with open(run_dir / "summary.csv", "w", newline="") as f:
+    with open(path / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    (run_dir / "config.json").write_text(json.dumps({
+    run_dir.mark(finished=True, run_id=(run_dir.status() or {}).get("run_id"))
+    (path / "config.json").write_text(json.dumps({
         "run": dataclasses.asdict(run_args), "agent_config": dataclasses.asdict(config),
         "sweep": names, "grid": {k: list(v) for k, v in grid.items()},
         "traced": [n for n in traced if n not in fallback], "static": static + fallback}, indent=2, default=str))

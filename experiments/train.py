@@ -3,6 +3,20 @@ evaluate, log, checkpoint, resume. Nothing algorithmic lives here.
 
 `train(run_args, agent_config)` is what `experiments/run.py` calls; notebooks
 and tests can call it directly.
+
+Order of a start, so that a bad input writes nothing: the flags (every number
+finite and in its declared range, agents/config.py), the run directory's path,
+a resumed run's saved configuration and checkpoint, the env and the loop, the
+memory estimate (experiments/memory.py); only then the directory is locked
+(experiments/rundir.py: one process per run directory) and written. A start
+that fails before its first chunk of training removes what it wrote.
+
+While training, SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) lets the
+current chunk finish, writes a checkpoint at its step, says so in one line and
+exits with 128 + the signal number; `--resume` then continues exactly, with no
+step trained twice. A second SIGINT stops at once (the last checkpoint stays).
+A resumed run must be the same experiment: only its length and how it is shown
+(progress bar, W&B) may change.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ import base64
 import dataclasses
 import json
 import platform
-import shutil
+import signal
 import sys
 import time
 from datetime import datetime
@@ -22,8 +36,11 @@ import jax
 import numpy as np
 
 import agents
-from experiments.checkpoint import Checkpointer, CheckpointError
+from agents.config import INT32_MAX, check_fields, field
+from experiments import memory
+from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from experiments.logger import RunLogger
+from experiments.rundir import RunDir, RunDirError, write_json
 
 
 class RunError(ValueError):
@@ -34,6 +51,18 @@ class DivergenceError(RuntimeError):
     """A loss or metric became NaN / inf during training."""
 
 
+class RunIOError(RuntimeError):
+    """Writing the run's files failed (disk full, permissions); the message names the file and the step."""
+
+
+class Stopped(RuntimeError):
+    """The run stopped on a signal after writing a checkpoint; `code` is the exit code (128 + signal)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclasses.dataclass(frozen=True)
 class RunArgs:
     """What to train, for how long, and where to write it."""
@@ -42,24 +71,27 @@ class RunArgs:
     """Agent name (see agents/__init__.py)."""
     env: str = "dmc"
     """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass."""
-    seed: int = 0
+    seed: int = field(0, ">= 0")
     """First seed; seed i of the run uses seed + i."""
-    num_seeds: int = 1
+    num_seeds: int = field(1, ">= 1")
     """Seeds trained at once by one vmapped program."""
-    total_steps: int = 500_000
+    total_steps: int = field(500_000, ">= 1")
     """Agent (environment) steps per seed; frames = steps x action repeat."""
-    eval_every: int = 5_000
+    eval_every: int = field(5_000, ">= 1")
     """Agent steps between evaluations (a checkpoint is written at each)."""
-    eval_episodes: int = 10
+    eval_episodes: int = field(10, ">= 1")
     """Deterministic evaluation episodes per seed."""
-    log_every: int = 1_000
+    log_every: int = field(1_000, ">= 1")
     """Agent steps between rows of train.csv."""
     run_dir: str | None = None
     """Output directory (default runs/<agent>/<env>/<time>)."""
     resume: bool = False
     """Continue the run in --run-dir from its latest checkpoint."""
+    resume_from: int | None = field(None, ">= 1")
+    """With --resume: continue from this checkpoint step instead of the latest (e.g. when the latest is
+    corrupt); the checkpoints and rows after it are deleted."""
     overwrite: bool = False
-    """Delete what --run-dir holds and start again."""
+    """Delete what an earlier run wrote in --run-dir and start again (only a run directory's own files)."""
     wandb: bool = False
     """Also log to Weights & Biases (needs the wandb extra)."""
     wandb_project: str = "ctrlrl"
@@ -75,15 +107,19 @@ class RunArgs:
     for PPO: cpu on a CPU backend, playground on GPU/TPU)."""
 
     def validate(self) -> None:
-        for name in ("num_seeds", "total_steps", "eval_every", "eval_episodes", "log_every"):
-            if getattr(self, name) < 1:
-                raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise RunError(f"--seed must be >= 0, got {self.seed}")
+        try:
+            check_fields(self)
+        except ValueError as error:
+            raise RunError(str(error)) from None
+        if self.seed + self.num_seeds - 1 > INT32_MAX:
+            raise RunError(f"--seed + --num-seeds must stay below {INT32_MAX} (seeds are int32), got "
+                           f"{self.seed} + {self.num_seeds}")
         if self.resume and self.overwrite:
             raise RunError("--resume and --overwrite exclude each other: continue the run or start it again")
         if self.resume and self.run_dir is None:
             raise RunError("--resume needs --run-dir naming the run to continue")
+        if self.resume_from is not None and not self.resume:
+            raise RunError("--resume-from needs --resume")
 
 
 def default_run_dir(args: RunArgs) -> Path:
@@ -107,43 +143,44 @@ def is_main_process() -> bool:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    if not is_main_process():
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    if is_main_process():
+        write_json(path, data)
 
 
-def _status(run_dir: Path) -> dict | None:
-    path = run_dir / "status.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def as_saved(values: Any) -> Any:
+    """`values` as config.json holds them (tuples become lists), for comparing a run with its saved flags."""
+    return json.loads(json.dumps(values, default=str))
 
 
-def _prepare_run_dir(args: RunArgs, run_dir: Path) -> None:
-    """Refuse to clobber an existing run unless --resume or --overwrite says what to do."""
-    if args.resume:
-        if not (run_dir / "config.json").exists():
-            raise RunError(f"--resume: {run_dir} holds no run (no config.json); start it without --resume")
-        if not (run_dir / "checkpoints").exists() or Checkpointer(run_dir / "checkpoints").latest_step() is None:
-            raise RunError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run again with --overwrite")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if args.overwrite and not (run_dir / "config.json").exists():
-            raise RunError(f"--overwrite deletes only run directories (with a config.json); {run_dir} holds "
-                           "other files: choose another --run-dir")
-        if not args.overwrite:
-            status = _status(run_dir)
-            what = "a finished run" if status and status.get("finished") else "an unfinished run"
-            raise RunError(f"{run_dir} already holds {what}; pass --resume to continue it or --overwrite to start again")
+def from_saved(cls: type, values: dict) -> Any:
+    """`cls(**values)` from config.json: lists back to tuples, keys `cls` no longer has left out."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+
+
+def read_saved_run(run_dir: Path) -> dict:
+    """A resumable run's config.json (RunError if there is none or it is corrupt)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise RunError(f"--resume: {run_dir} holds no run (no config.json); start it without --resume")
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved.get("run"), dict) or not isinstance(saved.get("agent_config"), dict):
+            raise KeyError("run / agent_config")
+        return saved
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
 
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
-    """A resumed run must be the same experiment; only its length and logging may change."""
-    mutable = {"total_steps", "resume", "overwrite", "progress", "wandb", "wandb_project", "run_dir", "distributed"}
+    """A resumed run must be the same experiment; only its length and how it is shown may change."""
+    mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
+               "distributed"}
+    run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
-                   for k, v in dataclasses.asdict(args).items() if k not in mutable and saved["run"].get(k) != v]
+                   for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
     differences += [f"--{k.replace('_', '-')} {saved['agent_config'].get(k)!r} -> {v!r}"
-                    for k, v in dataclasses.asdict(config).items() if saved["agent_config"].get(k) != v]
+                    for k, v in agent_config.items() if saved["agent_config"].get(k) != v]
     if differences:
         raise RunError("--resume with a different configuration than the saved run: " + "; ".join(differences)
                        + " (start a new run, or resume with the saved flags)")
@@ -158,8 +195,8 @@ def _check_finite(step: int, per_seed: dict) -> None:
             raise DivergenceError(f"{name} is {values[bad[0]]} at step {step} (seed index {bad[0]})")
 
 
-def train(args: RunArgs, config: Any) -> Path:
-    """Train `args.agent` with `config` on `args.env`; returns the run directory."""
+def validate(args: RunArgs, config: Any):
+    """Every check that needs no env and no file: RunError naming the first bad flag. Returns the agent."""
     args.validate()
     agent = agents.get(args.agent)          # UnknownAgentError names the valid agents
     try:
@@ -173,25 +210,77 @@ def train(args: RunArgs, config: Any) -> Path:
         raise RunError(f"--dataset is for the offline agents; {args.agent!r} learns online")
     if agent.LOOP not in ("off_policy", "on_policy", "offline"):
         raise RunError(f"agent {args.agent!r} uses loop {agent.LOOP!r}, which run.py does not drive yet")
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args)
-    _prepare_run_dir(args, run_dir)
+    return agent
 
-    saved = json.loads((run_dir / "config.json").read_text()) if args.resume else None
-    if saved is not None:
+
+def train(args: RunArgs, config: Any) -> Path:
+    """Train `args.agent` with `config` on `args.env`; returns the run directory."""
+    agent = validate(args, config)
+    run_dir = RunDir(args.run_dir if args.run_dir else default_run_dir(args))
+    try:
+        run_dir.check_path()
+    except RunDirError as error:
+        raise RunError(str(error)) from None
+    saved = None
+    if args.resume:
+        saved = read_saved_run(run_dir.path)
         _check_resume_config(saved, args, config)
     replay_transitions = (saved["replay_transitions"] if saved is not None
                           else min(args.total_steps, getattr(config, "buffer_size", args.total_steps)))
 
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
-    loop = make_loop(agent, config, args, replay_transitions, run_dir)
+    loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
     try:
-        return _train(args, config, loop, run_dir, saved, replay_transitions)
+        memory.check(loop)
+        if is_main_process():
+            _claim(run_dir, args)
+        try:
+            return _train(args, config, loop, run_dir, saved, replay_transitions)
+        finally:
+            run_dir.unlock()
+    except memory.OutOfMemory as error:
+        raise RunError(str(error)) from None
     except jax.errors.JaxRuntimeError as error:
-        if "RESOURCE_EXHAUSTED" not in str(error) or not hasattr(loop, "memory_error"):
+        if not memory.is_out_of_memory(error):
             raise
-        raise RunError(f"out of device memory: {loop.memory_error()}") from None
+        raise RunError(f"out of device memory while training: {memory.describe(loop)}") from None
     finally:
         loop.close()
+
+
+def _claim(run_dir: RunDir, args: RunArgs) -> None:
+    """Lock the run directory and make sure it is ours to write: a resumable run for --resume; otherwise new,
+    empty, or (with --overwrite) a run of ours, whose files are then deleted. Refusals raise RunError."""
+    try:
+        run_dir.lock()
+    except RunDirError as error:
+        raise RunError(str(error)) from None
+    except OSError as error:
+        raise RunError(f"cannot create --run-dir {run_dir.path}: {error.strerror or error}") from None
+    try:
+        if args.resume:
+            if not checkpoint_steps(run_dir.path / "checkpoints"):
+                raise RunError(f"--resume: no checkpoint in {run_dir.path / 'checkpoints'}; start the run again "
+                               "with --overwrite")
+            return
+        entries, status = run_dir.entries(), run_dir.status()
+        if entries and status is None:
+            listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            if args.overwrite:
+                raise RunError(f"--overwrite deletes only run directories (with the status.json a run writes); "
+                               f"{run_dir.path} holds other files ({listed}): choose another --run-dir")
+            raise RunError(f"{run_dir.path} holds files that are not a run ({listed}): choose a new or empty "
+                           "--run-dir")
+        if entries and not args.overwrite:
+            what = "a finished run" if status.get("finished") else "an unfinished run"
+            raise RunError(f"{run_dir.path} already holds {what}; pass --resume to continue it or --overwrite to "
+                           "start again")
+        if entries:
+            run_dir.clear()        # only what a run wrote; a user's own files beside it stay
+        run_dir.mark()
+    except BaseException:
+        run_dir.release_foreign()
+        raise
 
 
 def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None):
@@ -209,9 +298,7 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
         from experiments.on_policy import LoopError, OnPolicyLoop
 
         try:
-            loop = OnPolicyLoop(agent, config, args.env, args.num_seeds, args.seed)
-            loop.check_memory()      # before anything is allocated or written
-            return loop
+            return OnPolicyLoop(agent, config, args.env, args.num_seeds, args.seed)
         except LoopError as error:
             raise RunError(str(error)) from None
     from experiments.off_policy import make_loop as make_off_policy_loop
@@ -254,57 +341,153 @@ def derived_settings(agent, config: Any) -> dict:
     return agent.layout(config)._asdict() if hasattr(agent, "layout") else {}
 
 
-def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transitions: int) -> Path:
-    checkpointer_dir = run_dir / "checkpoints"
-    start_step = 0
-    if saved is None:
-        # Clear an --overwrite'd directory BEFORE the loop builds its state: offline agents save their world
-        # (a trained dynamics model) into the run directory while initializing.
-        if args.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    state = loop.init()
+class _GracefulStop:
+    """While active, SIGTERM and SIGINT only ask the loop to stop after its chunk (`self.signal` is set);
+    a second SIGINT raises KeyboardInterrupt at once. Outside the main thread it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after the current chunk to write a checkpoint "
+              "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _train(args, config, loop, run_dir: RunDir, saved: dict | None, replay_transitions: int) -> Path:
+    """Set up (restore or start fresh), then train in chunks; a fresh start that fails before its first
+    chunk removes what it wrote."""
+    try:
+        state, start_step, checkpointer, logger = _setup(args, config, loop, run_dir, saved, replay_transitions)
+    except BaseException:
+        if saved is None and is_main_process():
+            run_dir.discard()
+        raise
+    try:
+        with _GracefulStop() as stop:
+            step = _loop(args, loop, state, start_step, checkpointer, logger, run_dir, stop)
+    except OSError as error:
+        raise RunIOError(_io_failure(error, checkpointer)) from None
+    finally:
+        logger.close()
+        checkpointer.close()
+    _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": True, "step": step})
+    return run_dir.path
+
+
+def _io_failure(error: OSError, checkpointer: Checkpointer) -> str:
+    where = f" writing {error.filename}" if error.filename else ""
+    last = checkpointer.latest_step()
+    then = (f"the last complete checkpoint (step {last}) is kept: fix the cause (e.g. free disk space), then "
+            "--resume" if last is not None else "no checkpoint was written: fix the cause (e.g. free disk space), "
+            "then start again with --overwrite")
+    return f"{error.strerror or error}{where}; {then}"
+
+
+def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_transitions: int):
+    path = run_dir.path
+    checkpointer = Checkpointer(path / "checkpoints")
+    state, start_step = loop.init(), 0
     if saved is not None:
-        checkpointer = Checkpointer(checkpointer_dir)
-        restored, meta, start_step = checkpointer.restore(state)
-        state = restored
+        if args.resume_from is not None:
+            _drop_checkpoints_after(checkpointer, args.resume_from)
+        state, meta, start_step = _restore(checkpointer, state, args.resume_from)
         try:
             loop.set_host_state(base64.b64decode(meta["host_state"]))
         except (KeyError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {checkpointer_dir / str(start_step)}: {error}") from None
-    else:
-        checkpointer = Checkpointer(checkpointer_dir)
+            raise CheckpointError(f"checkpoint {checkpointer.directory / str(start_step)}: {error}") from None
+        reached = _round_up(start_step, loop)
+        if _round_up(args.total_steps, loop) < start_step:
+            raise RunError(f"--total-steps {args.total_steps} is below the {reached} steps the run in {path} "
+                           f"has reached; give --total-steps >= {reached} (or leave it out)")
 
     derived = derived_settings(agents.get(args.agent), config)
     if derived and saved is None:
         print("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()), flush=True)
+    status = run_dir.status() or {}
     resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config), "derived": derived,
                 "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
                 "replay_capacity": loop.capacity, "versions": _versions(),
                 "command": " ".join(sys.argv)}
-    _write_json(run_dir / "config.json", resolved)
-    _write_json(run_dir / "status.json", {"finished": False, "step": start_step})
-    logger = (RunLogger(run_dir, args.wandb, args.wandb_project, resolved) if is_main_process()
-              else RunLogger(run_dir / f"process_{jax.process_index()}", False))
+    _write_json(path / "config.json", resolved)
+    if is_main_process():
+        run_dir.mark(finished=False, step=start_step, run_id=status.get("run_id"))
+    logger = (RunLogger(path, args.wandb, args.wandb_project, resolved) if is_main_process()
+              else RunLogger(path / f"process_{jax.process_index()}", False))
     logger.truncate_after(start_step)
+    return state, start_step, checkpointer, logger
 
+
+def _restore(checkpointer: Checkpointer, state, step: int | None):
+    """Restore checkpoint `step` (the latest if None); a corrupt one names an earlier one that restores."""
+    step = checkpointer.latest_step() if step is None else step
+    try:
+        return checkpointer.restore(state, step)
+    except CheckpointError as error:
+        earlier = [s for s in checkpointer.all_steps() if s < step]
+        for candidate in reversed(earlier):
+            try:
+                checkpointer.restore(state, candidate)
+            except CheckpointError:
+                continue
+            raise CheckpointError(f"{error}; checkpoint {candidate} is intact: --resume --resume-from {candidate} "
+                                  "continues from it") from None
+        raise
+
+
+def _drop_checkpoints_after(checkpointer: Checkpointer, step: int) -> None:
+    steps = checkpointer.all_steps()
+    if step not in steps:
+        raise RunError(f"--resume-from {step}: no such checkpoint in {checkpointer.directory}; it holds "
+                       f"{', '.join(map(str, steps)) or 'none'}")
+    later = [s for s in steps if s > step]
+    if later:
+        print(f"--resume-from {step}: deleting the later checkpoint(s) {', '.join(map(str, later))}", flush=True)
+        checkpointer.delete(later)
+
+
+def _round_up(n: int, loop) -> int:
+    """On-policy loops advance in whole updates: step boundaries round up to them (a run may end up to one
+    update past --total-steps)."""
+    granularity = getattr(loop, "granularity", 1)
+    return -(-n // granularity) * granularity
+
+
+def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: RunDir, stop: _GracefulStop) -> int:
+    """Chunks of training between log and evaluation boundaries; returns the final step."""
     from tqdm import tqdm
 
     bar = tqdm(total=args.total_steps, initial=start_step, disable=not (args.progress and is_main_process()),
-               unit="step",
-               dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
-    # On-policy loops advance in whole updates: boundaries round up to them (the run may
-    # end up to one update past --total-steps).
-    granularity = getattr(loop, "granularity", 1)
-    round_up = lambda n: -(-n // granularity) * granularity
-    total_steps = round_up(args.total_steps)
+               unit="step", dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
+    total_steps = _round_up(args.total_steps, loop)
     step, postfix = start_step, {"sps": "-", "eval_return": "-"}
     interval_start, interval_step = time.perf_counter(), start_step
+
+    def save(step: int) -> None:
+        checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode()})
+        _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
+
     try:
         while step < total_steps:
             next_log = (step // args.log_every + 1) * args.log_every
             next_eval = (step // args.eval_every + 1) * args.eval_every
-            target = min(round_up(min(next_log, next_eval)), total_steps)
+            target = min(_round_up(min(next_log, next_eval), loop), total_steps)
             state, per_seed = loop.run(state, step, target - step)
             previous, step = step, target
             bar.update(min(step, bar.total) - bar.n)
@@ -322,15 +505,20 @@ def _train(args, config, loop, run_dir: Path, saved: dict | None, replay_transit
                 _check_finite(step, per_seed)
                 returns = loop.evaluate(state, step, args.eval_episodes)
                 logger.log_eval(step, returns, loop.diagnostics(state, step))
-                checkpointer.save(step, state, {"step": step,
-                                                "host_state": base64.b64encode(loop.host_state()).decode()})
-                _write_json(run_dir / "status.json", {"finished": False, "step": step})
+                save(step)
                 postfix["eval_return"] = f"{float(np.mean(returns)):.1f}"
                 bar.set_postfix(postfix)
                 interval_start = time.perf_counter()    # evaluation time is not training time
+            if stop.signal is not None and not finished:
+                if checkpointer.latest_step() != step:
+                    save(step)
+                name = signal.Signals(stop.signal).name
+                raise Stopped(f"stopped by {name} at step {step}: checkpoint written; continue with "
+                              f"--resume --run-dir {run_dir.path}", 128 + stop.signal)
+    except DivergenceError as error:
+        last = checkpointer.latest_step()
+        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+        raise DivergenceError(f"{error}; {kept}") from None
     finally:
         bar.close()
-        logger.close()
-        checkpointer.close()
-    _write_json(run_dir / "status.json", {"finished": True, "step": step})
-    return run_dir
+    return step

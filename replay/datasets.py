@@ -62,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -325,10 +326,21 @@ def from_arrays(arrays: Mapping[str, Any], metadata: Mapping[str, Any] | Dataset
     clean = _validate(arrays, source, require_timeouts)
     infos = _validate_infos(arrays.get(_INFOS, {}) or {}, clean["observations"].shape[0], source)
     _check_env(clean, meta, source, env_id, spec)
+    _warn_actions_outside_bounds(clean["actions"], source)
     f32 = lambda k: jnp.asarray(clean[k], jnp.float32)  # noqa: E731
     return Dataset(observations=f32("observations"), actions=f32("actions"), rewards=f32("rewards"),
                    next_observations=f32("next_observations"), terminals=f32("terminals"),
                    timeouts=f32("timeouts"), infos={k: jnp.asarray(v) for k, v in infos.items()}, metadata=meta)
+
+
+def _warn_actions_outside_bounds(actions: np.ndarray, source: str) -> None:
+    """Agents act in [-1, 1] (envs scale to the simulator's bounds); data in other units would be learned as is."""
+    outside = np.abs(actions) > 1.0 + 1e-6
+    if outside.any():
+        print(f"warning: {source}: {int(outside.any(axis=1).sum())} of {actions.shape[0]} actions lie outside "
+              f"[-1, 1] (largest |a| = {float(np.abs(actions).max()):.3g}); agents act in [-1, 1], so these are "
+              "learned as given (rescale the dataset's actions if they are in the simulator's units)",
+              file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def finished_run(tmp_path_factory):
 
 
 def test_finished_run_outputs(finished_run):
-    assert json.loads((finished_run / "status.json").read_text()) == {"finished": True, "step": 200}
+    status = json.loads((finished_run / "status.json").read_text())
+    assert (status["finished"], status["step"], status["schema"], status["kind"]) == (True, 200, "ctrlrl.run/1", "run")
     config = json.loads((finished_run / "config.json").read_text())
     assert config["agent_config"]["batch_size"] == 32 and config["run"]["env"] == "dmc:cartpole-balance"
     rows = (finished_run / "eval.csv").read_text().splitlines()
