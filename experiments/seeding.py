@@ -55,11 +55,18 @@ def evaluate_on_device(agent, env, agent_state, key: jax.Array, episodes: int,
 
 class Diagnostics:
     """The agent's optional `diagnostics(state, key) -> {name: scalar}` (e.g. dormant ratio, srank), jitted and
-    vmapped over seeds; the loops call it at every evaluation. Agents without one give {}."""
+    run for every seed; the loops call it at every evaluation. Agents without one give {}.
+
+    The seeds go one after another (`lax.map`), not vmapped: the SVDs and eigendecompositions of the
+    diagnostics would otherwise become batched LAPACK calls, which on XLA:CPU split their batch over the
+    intra-op thread pool and block a pool thread each -- two at once deadlock a 2-thread pool (the hang of
+    envs/mjx_cholesky.py, seen here at a sweep's second evaluation). Diagnostics run once per evaluation,
+    so the sequential seeds cost little."""
 
     def __init__(self, agent):
         fn = getattr(agent, "diagnostics", None)
-        self._fn = None if fn is None else jax.jit(jax.vmap(fn))
+        one_by_one = lambda states, keys: jax.lax.map(lambda pair: fn(*pair), (states, keys))
+        self._fn = None if fn is None else jax.jit(one_by_one)
 
     def __call__(self, agent_state, keys: jax.Array, step: int) -> dict:
         if self._fn is None:

@@ -175,15 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         traced, static = split_fields(grid, config)
         for point in itertools.product(*grid.values()):
             dataclasses.replace(config, **dict(zip(grid, point))).validate()
-        run_dir = RunDir(run_args.run_dir or f"runs/sweep/{run_args.agent}", kind="sweep")
-        claim(run_dir, run_args.overwrite)
-        try:
-            summary = sweep(agent, config, run_args, grid, traced, static, run_dir)
-        except BaseException:
-            run_dir.discard()      # a sweep writes its results at the end: nothing of a failed one is kept
-            raise
-        finally:
-            run_dir.unlock()
+        path = run_args.run_dir or f"runs/sweep/{run_args.agent}"
+        summary = sweep(agent, config, run_args, grid, traced, static, path)
     except (SweepError, RunError, UnknownEnvError, agents.UnknownAgentError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -221,9 +214,23 @@ def claim(run_dir: RunDir, overwrite: bool) -> None:
         raise
 
 
-def sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> list[dict]:
+def sweep(agent, config, run_args, grid, traced, static, path) -> list[dict]:
     """Train every point x seed (traced points in one program per static combination); write eval.csv,
-    summary.csv and config.json into `run_dir` (locked and marked by `claim`)."""
+    summary.csv and config.json into the directory `path`, which `claim` locks and marks (`run_args.overwrite`
+    lets it replace an earlier run or sweep). A sweep writes its results at the end: a failed one leaves
+    nothing."""
+    run_dir = RunDir(path, kind="sweep")
+    claim(run_dir, run_args.overwrite)
+    try:
+        return _sweep(agent, config, run_args, grid, traced, static, run_dir)
+    except BaseException:
+        run_dir.discard()
+        raise
+    finally:
+        run_dir.unlock()
+
+
+def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> list[dict]:
     seeds = [run_args.seed + i for i in range(run_args.num_seeds)]
     names = list(grid)
     rows: list[dict] = []

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,7 +40,8 @@ from experiments.train import RunArgs  # noqa: E402
 config = ppo.Config(**{**ppo.PRESETS["cpu"], "num_envs": 64 if TINY else 256, "batch_size": 16 if TINY else 64,
                        "num_epochs": 2 if TINY else 8, "value_hidden": (32, 32) if TINY else (128, 128)})
 run_args = RunArgs(agent="ppo", env="jax:PointMass", num_seeds=2 if TINY else 4,
-                   total_steps=2_000 if TINY else 400_000, eval_every=1_000 if TINY else 50_000, eval_episodes=4)
+                   total_steps=2_000 if TINY else 400_000, eval_every=1_000 if TINY else 50_000, eval_episodes=4,
+                   overwrite=True)   # running the notebook again replaces its earlier sweep
 grid = {"learning_rate": [1e-4, 1e-3, 3e-3]}
 traced, static = sweep.split_fields(grid, config)
 print("traced:", traced, "static:", static)

@@ -143,8 +143,7 @@ def test_second_process_is_refused_and_kill_9_leaves_no_stale_lock(reference, tm
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_writes_a_checkpoint_and_resume_is_exact(reference, tmp_path, sig):
+def test_signal_writes_a_checkpoint_and_resume_is_exact(reference, tmp_path, sig=signal.SIGTERM):
     run_dir = tmp_path / "run"
     process = _start(*TINY_PPO, *SCHEDULE, "--run-dir", str(run_dir))
     # After the first evaluation (step 640), stop it in the middle of the next evaluation interval.
@@ -167,6 +166,34 @@ def test_signal_writes_a_checkpoint_and_resume_is_exact(reference, tmp_path, sig
     assert _rows(run_dir / "train.csv") == _rows(reference / "train.csv")
 
 
+def test_sigint_asks_once_and_stops_at_once_the_second_time(capsys):
+    """Ctrl-C takes the same path as SIGTERM (the flag the loop checks after each chunk); a second Ctrl-C
+    raises KeyboardInterrupt at once (run.py: one line, exit 130)."""
+    from experiments.train import _GracefulStop
+
+    with _GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # restored
+    assert "SIGINT: stopping after the current chunk" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt_is_one_line(monkeypatch, tmp_path):
+    from experiments import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train", interrupted)
+    result = run_inprocess(*TINY_PPO, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 130
+    assert "interrupted; the last checkpoint written is kept" in _error_line(result)
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. --resume with tuple flags at their saved values
 # ------------------------------------------------------------------------------------------------
@@ -186,16 +213,26 @@ def test_resume_accepts_tuple_flags_at_their_saved_values(reference, tmp_path):
     assert "--value-hidden [8, 8] -> [8, 16]" in _error_line(changed)
 
 
-def test_resume_of_sac_with_its_critic_widths(tmp_path):
-    args = ["--agent", "sac", "--env", "jax:PointMass", "--critic-hidden", "16", "16", "--actor-hidden", "16", "16",
-            "--batch-size", "16", "--learning-starts", "50", "--total-steps", "100", "--eval-every", "100",
-            "--log-every", "100", "--eval-episodes", "1", "--no-progress"]
-    run_dir = tmp_path / "run"
-    assert run_inprocess(*args, "--run-dir", str(run_dir)).returncode == 0
-    result = run_inprocess("--run-dir", str(run_dir), "--resume", "--critic-hidden", "16", "16",
-                           "--total-steps", "200")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["step"] for r in _rows(run_dir / "eval.csv")] == ["100", "200"]
+def test_resume_of_sac_rebuilds_tuple_widths(tmp_path):
+    """config.json stores tuples as lists; resuming SAC with --critic-hidden at its saved value must give the
+    same Config (tuples), which the critic network accepts (a list + tuple once raised TypeError)."""
+    import dataclasses
+
+    from agents import sac
+    from experiments.run import parse
+    from experiments.train import RunArgs, _check_resume_config, as_saved
+
+    config = sac.Config(critic_hidden=(16, 16), actor_hidden=(16, 16))
+    saved = {"run": as_saved(dataclasses.asdict(RunArgs(agent="sac", env="jax:PointMass"))),
+             "agent_config": as_saved(dataclasses.asdict(config))}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    args, resumed = parse(["--run-dir", str(tmp_path), "--resume", "--critic-hidden", "16", "16"])
+    assert resumed == config and isinstance(resumed.actor_hidden, tuple)
+    _check_resume_config(saved, args, resumed)
+    sac.critic_network(resumed)                    # builds with tuples
+    _, other = parse(["--run-dir", str(tmp_path), "--resume", "--critic-hidden", "32", "16"])
+    with pytest.raises(ValueError, match=r"--critic-hidden \[16, 16\] -> \[32, 16\]"):
+        _check_resume_config(saved, args, other)
 
 
 def test_resume_with_fewer_total_steps_is_refused_and_changes_nothing(reference, tmp_path):
