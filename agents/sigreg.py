@@ -6,11 +6,25 @@
 collapse (low effective rank, dormant units); SIGReg keeps the
 representation z close to N(0, I), which preserves rank and plasticity.
 
-Networks (the paper's shared-trunk agent, with an MLP trunk for state inputs):
+Networks (`--network`):
 
-    z      = trunk(s)                 an MLP whose LAST layer has no activation: z is a pre-activation
-    pi     = tanh-Gaussian( Linear(act(z)) )
-    V      = Linear(act(z))
+    shared_trunk (the paper's agent, with an MLP trunk for state inputs):
+        z      = trunk(s)                 an MLP whose LAST layer has no activation: z is a pre-activation
+        pi     = tanh-Gaussian( Linear(act(z)) )
+        V      = Linear(act(z))
+    separate (PPO's two MLPs, agents/ppo.py's SeparateActorCritic, unchanged):
+        z      = the last hidden pre-activation of the value MLP (`--regularized value`) or of the
+                 policy MLP (`--regularized policy`); the other network is not regularized.
+
+Why both. With the shared trunk on state inputs, the value loss's gradient on
+the trunk is about 50x the policy's and ~350x lambda * SIGReg's at
+initialisation (PPO's rewards x10 and unnormalised returns); the shared
+network collapses with the regulariser OFF as well (lambda = 0: srank 1 and a
+feature norm ~1e3 before the first switch of compare.py's PointMass), so a
+comparison on it measures the network, not SIGReg. `separate` keeps PPO's
+networks, whose lambda = 0 twin is plain PPO and does not collapse; SIGReg
+then acts on one network's representation (experiments/results/claims.md
+has the measurement behind the default).
 
 Loss, per minibatch (everything else is PPO's, imported from agents/ppo.py):
 
@@ -21,8 +35,14 @@ empirical characteristic function of K random 1-D projections of z and that
 of N(0, 1); the RL paper's variant (16 fresh directions per step, 8 points on
 [-5, 5], unweighted) by default, LeJEPA's as `--sigreg-variant lejepa`.
 lambda = 0.2, the smaller non-zero value of the authors' sweep {0, 0.2, 1.0}
-(run_ppo.sh); `--sigreg-coef 0` is the plain shared-trunk PPO baseline.
-`--policy-hidden` / `--value-hidden` are unused: both heads are linear on act(z).
+(run_ppo.sh); `--sigreg-coef 0` is the same network without the regularizer (for
+`separate`: exactly PPO). With the shared trunk `--policy-hidden` /
+`--value-hidden` are unused (both heads are linear on act(z)); with `separate`
+the trunk flags are.
+
+Not built: the authors' Atari setting (clipped rewards, 4 epochs, clip 0.1
+with value clipping, gradient-norm clip 0.5, orthogonal init, ReLU, SIGReg on
+256 samples); most of it is reachable through PPO's flags.
 
 Diagnostics at every evaluation: dormant ratio of the trunk's units, effective
 rank (srank) and norm of z, and the eigenvalue spread of z's covariance.
@@ -62,12 +82,22 @@ class Config(ppo.Config):
     """Hidden widths of the trunk MLP (each followed by the activation)."""
     trunk_dim: int = field(256, ">= 1")
     """Width of the representation z (the trunk's last, linear layer)."""
+    network: Literal["shared_trunk", "separate"] = "shared_trunk"
+    """shared_trunk: one trunk, linear policy and value heads (the paper's); separate: PPO's two MLPs."""
+    regularized: Literal["value", "policy"] = "value"
+    """With --network separate: whose last hidden pre-activation SIGReg shapes."""
 
     def validate(self) -> None:
         super().validate()
         regularizers.resolve(self.sigreg_variant, self.sigreg_directions, self.sigreg_points)   # raises with choices
+        if self.network not in ("shared_trunk", "separate"):
+            raise ValueError(f"--network must be shared_trunk or separate, got {self.network!r}")
+        if self.regularized not in ("value", "policy"):
+            raise ValueError(f"--regularized must be value or policy, got {self.regularized!r}")
 
-    def networks(self, spec: EnvSpec) -> "SharedTrunkActorCritic":
+    def networks(self, spec: EnvSpec):
+        if self.network == "separate":
+            return RegularizedSeparateActorCritic(self, spec)
         return SharedTrunkActorCritic(self, spec)
 
 
@@ -129,6 +159,16 @@ class SharedTrunkActorCritic:
         activations, _ = ppo.mlp_probe(trunk, params["trunk"], x)
         z = self.representation(params, x)
         return {"trunk": ({**activations, "representation": activation(self.config.activation)(z)}, z)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizedSeparateActorCritic(ppo.SeparateActorCritic):
+    """PPO's two MLPs; the representation SIGReg shapes is one network's last hidden pre-activation."""
+
+    def representation(self, params: ppo.Params, x: jax.Array) -> jax.Array:
+        if self.config.regularized == "policy":
+            return ppo.mlp_probe(ppo.policy_network(self.config, self.spec), params.policy, x)[1]
+        return ppo.mlp_probe(ppo.value_network(self.config), params.value, x)[1]
 
 
 def sigreg_loss(params: dict, obs: jax.Array, key: jax.Array, state: ppo.PPOState) -> tuple[jax.Array, dict]:

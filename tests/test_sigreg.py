@@ -56,6 +56,51 @@ def test_zero_coefficient_is_shared_trunk_ppo():
     assert float(total) == float(plain)
 
 
+def _one_train_step(agent, state):
+    env = envs.make("jax:PointMass", num_envs=TINY["num_envs"])
+    env_state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(5), TINY["num_envs"]))
+    new_state, _, metrics = agent.train_step(state, env, env_state, jax.random.PRNGKey(6))
+    return new_state, metrics
+
+
+def _max_difference(a, b) -> float:
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_zero_coefficient_train_step_is_shared_trunk_ppo_exactly():
+    """The lambda = 0 arm of compare.py: one whole update (rollout, epochs) with the SIGReg term at weight 0 gives
+    bit-identical parameters to PPO's update of the same shared-trunk network without the term."""
+    state = sigreg.init(jax.random.PRNGKey(0), SPEC, sigreg.Config(**SMALL, sigreg_coef=0.0))
+    with_term, metrics = _one_train_step(sigreg, state)
+    without_term, _ = _one_train_step(ppo, state)
+    assert "sigreg/statistic" in metrics
+    assert _max_difference(with_term.params, without_term.params) == 0.0
+    assert _max_difference(with_term.params, state.params) > 0.0          # and the update did move them
+
+
+def test_separate_networks_at_zero_coefficient_are_ppo_exactly():
+    """--network separate keeps PPO's networks: same initial parameters as PPO's, and at lambda = 0 the same
+    update (to float32 rounding: XLA fuses the program with the zero-weighted term differently, 1.5e-8 measured)."""
+    config = sigreg.Config(**SMALL, sigreg_coef=0.0, network="separate")
+    state = sigreg.init(jax.random.PRNGKey(0), SPEC, config)
+    ppo_state = ppo.init(jax.random.PRNGKey(0), SPEC, ppo.Config(**TINY))
+    assert _max_difference(state.params, ppo_state.params) == 0.0
+    assert _max_difference(_one_train_step(sigreg, state)[0].params, _one_train_step(ppo, ppo_state)[0].params) < 1e-6
+
+
+@pytest.mark.parametrize("regularized, other", [("value", "policy"), ("policy", "value")])
+def test_separate_networks_regularize_one_network_only(regularized, other):
+    config = sigreg.Config(**SMALL, sigreg_coef=0.5, network="separate", regularized=regularized)
+    state = sigreg.init(jax.random.PRNGKey(0), SPEC, config)
+    batch, key = _batch(np.random.default_rng(2)), jax.random.PRNGKey(3)
+    z = state.networks.representation(state.params, batch.obs.reshape(-1, SPEC.obs_dim))
+    hidden = (TINY["value_hidden"] if regularized == "value" else TINY["policy_hidden"])[-1]
+    assert z.shape == (batch.obs.shape[0] * batch.obs.shape[1], hidden)
+    grads = jax.grad(lambda p: sigreg.sigreg_loss(p, batch.obs, key, state)[0])(state.params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(getattr(grads, other)))
+    assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(getattr(grads, regularized)))
+
+
 def test_trains_vmapped_with_diagnostics():
     loop = OnPolicyLoop(sigreg, sigreg.Config(**SMALL), "jax:PointMass", num_seeds=2, seed=0)
     state, metrics = loop.run(loop.init(), 0, 2 * loop.granularity)
@@ -76,6 +121,8 @@ def test_trains_vmapped_with_diagnostics():
     (dict(sigreg_directions=0), "num_directions"),
     (dict(sigreg_variant="lejepa", sigreg_points=1), "lejepa"),
     (dict(sigreg_variant="gauss"), "valid variants"),
+    (dict(network="both"), "--network must be shared_trunk or separate"),
+    (dict(regularized="trunk"), "--regularized must be value or policy"),
 ])
 def test_bad_sigreg_config(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
