@@ -153,21 +153,3 @@ def test_gtr_trains_in_the_device_loop():
 def test_bad_gtr_config(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
         dataclasses.replace(gtr.Config(**TINY), **change).validate()
-
-
-def test_comparison_experiment_runs_end_to_end(tmp_path):
-    """Tiny setting (stated here): jax:PointMass with observation permutations every 3840 env steps, 32 envs,
-    2 seeds, 9600 steps, evaluations every 1920; PPO, PPO+KL and GTR."""
-    from experiments import compare
-
-    args = compare.CompareArgs(run_dir=str(tmp_path / "cmp"), envs=("jax:PointMass?switch=obs_permutation&every=3840",),
-                               num_seeds=2, total_steps=9600, eval_every=1920, eval_episodes=2, window=3840,
-                               num_envs=32, methods=("ppo", "ppo_kl", "gtr"))
-    summary = compare.main(args)
-    assert [r["switch_step"] for r in summary["recovery"] if r["method"] == "gtr"] == [3840, 7680]
-    assert {r["method"] for r in summary["recovery"]} == {"ppo", "ppo_kl", "gtr"}
-    assert all(np.isfinite(r["recovered_return_mean"]) for r in summary["recovery"])
-    assert len(list((tmp_path / "cmp").glob("*.png"))) == 1
-    rows = (tmp_path / "cmp" / "returns.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 3 * 5 * 2           # header + methods x evaluations x seeds
-    assert (tmp_path / "cmp" / "diagnostics.csv").read_text().startswith("env,method,step,seed,")

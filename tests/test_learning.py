@@ -6,8 +6,10 @@ import pytest
 
 from tests.cli_utils import TINY_MRQ, run_cli
 
-# `long`: minutes-long learning runs on MuJoCo Playground, kept out of CI's 25 minutes (pytest deselects them
-# by default; run them with `pytest -m long`). Their measured results are in experiments/results/.
+# `long`: learning runs of several minutes each (on MuJoCo Playground, or dm_control with many updates), kept
+# out of CI's 25 minutes (pytest deselects them by default; run them with `pytest -m long`). CI keeps one real
+# learning test per family: PPO on PointMass, SAC on InvertedPendulum; their measured results are in
+# experiments/results/.
 long = pytest.mark.long
 
 
@@ -24,6 +26,7 @@ REDUCED_MRQ = ["--batch-size", "128", "--enc-hidden-dim", "128", "--zs-dim", "12
                "--za-dim", "64", "--value-hidden-dim", "128", "--policy-hidden-dim", "128", "--random-steps", "1000"]
 
 
+@long
 def test_mrq_learns_cartpole_balance(tmp_path):
     """An untrained policy scores about 250-300 on cartpole-balance; after 5000 updates the mean over the two
     seeds must pass 550 and each seed 375 (one seed is often still climbing here)."""
@@ -37,6 +40,7 @@ def test_mrq_learns_cartpole_balance(tmp_path):
     assert sum(returns) / 2 >= 550 and min(returns) >= 375, returns
 
 
+@long
 def test_mrq_runs_on_mjx_in_the_device_loop(tmp_path):
     """MR.Q on a MuJoCo Playground env: env steps, replay and updates inside one jitted, vmapped scan."""
     run_dir = tmp_path / "run"
@@ -101,6 +105,7 @@ def test_sac_learns_inverted_pendulum(tmp_path):
     assert returns and returns[0] >= 950, returns
 
 
+@long
 def test_td3_learns_cartpole_balance(tmp_path):
     """TD3 with CleanRL's defaults except 2000 random steps (instead of 25000) and Adam 1e-3 (the TD3 paper's
     rate), on dmc:cartpole-balance. An untrained policy scores about 250-390; this config measured 754 at 16k

@@ -60,6 +60,7 @@ def test_reward_switch_changes_only_the_reward_at_the_switch(cheetah):
     assert rewards[4:].min() > 0 and np.all(rewards_s[4:] == 0.0)     # moving forward earns nothing backward
 
 
+@pytest.mark.long   # a third MJX compile; the exact per-phase model is checked cheaply below
 def test_gravity_switch_changes_only_the_dynamics_at_the_switch(cheetah):
     obs, rewards, _ = cheetah
     obs_s, rewards_s, _ = _trajectory(f"mjx:CheetahRun?switch=gravity&every={EVERY}&scale=0.25", steps=6)

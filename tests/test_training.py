@@ -17,6 +17,7 @@ def _rows(path, drop=("training/sps", "training/sps_all_seeds")):
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 
 
+@pytest.mark.long   # kill -9 and exact resume are also checked in test_robustness.py (signals, disk full)
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     """Kill a dm_control run right after its first checkpoint, resume it: same eval.csv and train.csv."""
     args = ["--env", "dmc:cartpole-balance", "--num-seeds", "2", "--total-steps", "900", "--eval-every", "300",
@@ -54,13 +55,14 @@ def test_vmapped_seeds_equal_separate_runs_device_loop(tmp_path):
     together = run_cli(*args, "--seed", "3", "--num-seeds", "2", "--run-dir", str(tmp_path / "together"))
     assert together.returncode == 0, together.stderr[-3000:]
     joint = _eval_returns(tmp_path / "together")
-    for i in range(2):
-        alone = run_cli(*args, "--seed", str(3 + i), "--num-seeds", "1", "--run-dir", str(tmp_path / f"alone{i}"))
-        assert alone.returncode == 0, alone.stderr[-3000:]
-        single = _eval_returns(tmp_path / f"alone{i}")
-        for step in (200, 400):
-            # equal up to float reassociation in batched matmuls (observed: 3e-4 relative after 300 updates)
-            np.testing.assert_allclose(joint[(step, i)], single[(step, 0)], rtol=1e-3)
+    # The second seed alone (seed 4): its keys and env seeds must be offset exactly as in the vmapped run.
+    # (Seed 0 of the vmapped run is the plain single-seed case, checked the same way on the host loop below.)
+    alone = run_cli(*args, "--seed", "4", "--num-seeds", "1", "--run-dir", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    single = _eval_returns(tmp_path / "alone")
+    for step in (200, 400):
+        # equal up to float reassociation in batched matmuls (observed: 3e-4 relative after 300 updates)
+        np.testing.assert_allclose(joint[(step, 1)], single[(step, 0)], rtol=1e-3)
     assert joint[(400, 0)] != joint[(400, 1)]     # the seeds really differ
 
 
