@@ -1,0 +1,150 @@
+"""The numbers behind a row of experiments/results/claims.md, from one experiments/compare.py directory.
+
+    python experiments/claims.py experiments/results/<comparison> --reference sigreg_off
+
+For each env, phase (the stretch between two task switches) and method: the mean evaluation return over the
+phase's last `--last` evaluations, and the chosen diagnostics at the phase's last evaluation, each as the mean
+over seeds with a 95% percentile-bootstrap CI (experiments/plot.bootstrap_ci). Every method is also compared
+with the reference arm seed by seed (the arms share seeds, so the difference is paired): the mean difference
+and its CI. recovery_ci.csv (written by compare.py) holds steps-to-recover and the KL from the pre-switch policy.
+
+Writes `claims_summary.csv` into the directory and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.compare import switch_steps  # noqa: E402
+from experiments.plot import bootstrap_ci  # noqa: E402
+
+DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm")
+
+
+@dataclasses.dataclass
+class ClaimsArgs:
+    run_dir: str
+    """A finished experiments/compare.py directory (summary.json, returns.csv, diagnostics.csv)."""
+    reference: str | None = None
+    """The arm every other method is compared with, seed by seed (e.g. sigreg_off, ppo)."""
+    last: int = 3
+    """Evaluations at the end of each phase averaged into the phase's return."""
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _fmt(estimate) -> str:
+    return f"{estimate.value:.1f} [{estimate.low:.1f}, {estimate.high:.1f}]"
+
+
+def phase_returns(rows: list[dict], switches: list[int], total_steps: int, last: int) -> dict:
+    """{(method, phase): {seed: mean of the phase's last `last` evaluation returns}}; a phase is
+    [previous switch, next switch), and its evaluations are those strictly before the next switch."""
+    bounds = [0, *switches, total_steps + 1]
+    per = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        step = int(r["step"])
+        phase = int(np.searchsorted(bounds, step, side="right")) - 1
+        per[(r["method"], phase)][int(r["seed"])].append((step, float(r["return"])))
+    out = {}
+    for key, seeds in per.items():
+        out[key] = {seed: float(np.mean([v for _, v in sorted(points)[-last:]])) for seed, points in seeds.items()}
+    return out
+
+
+def phase_diagnostics(rows: list[dict], switches: list[int], total_steps: int) -> dict:
+    """{(method, phase, name): {seed: value at the phase's last evaluation}} for names ending in DIAGNOSTICS."""
+    bounds = [0, *switches, total_steps + 1]
+    latest = {}
+    for r in rows:
+        step = int(r["step"])
+        phase = int(np.searchsorted(bounds, step, side="right")) - 1
+        for name, value in r.items():
+            if value in ("", None) or not any(name.endswith(d) for d in DIAGNOSTICS):
+                continue
+            key = (r["method"], phase, name, int(r["seed"]))
+            if key not in latest or latest[key][0] < step:
+                latest[key] = (step, float(value))
+    out = defaultdict(dict)
+    for (method, phase, name, seed), (_, value) in latest.items():
+        out[(method, phase, name)][seed] = value
+    return out
+
+
+def main(args: ClaimsArgs) -> list[dict]:
+    import json
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "summary.json").exists():
+        raise SystemExit(f"error: {run_dir} is not a finished comparison (no summary.json)")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    settings = summary["settings"]
+    returns = _read(run_dir / "returns.csv")
+    diagnostics = _read(run_dir / "diagnostics.csv") if (run_dir / "diagnostics.csv").exists() else []
+    out = []
+    for env_id in dict.fromkeys(r["env"] for r in returns):
+        switches = switch_steps(env_id, settings["num_envs"], settings["total_steps"])
+        per_phase = phase_returns([r for r in returns if r["env"] == env_id], switches, settings["total_steps"],
+                                  args.last)
+        per_diag = phase_diagnostics([r for r in diagnostics if r["env"] == env_id], switches,
+                                     settings["total_steps"])
+        methods = list(dict.fromkeys(m for m, _ in per_phase))
+        if args.reference is not None and args.reference not in methods:
+            raise SystemExit(f"error: --reference {args.reference!r} is not a method of {run_dir}; "
+                             f"valid: {', '.join(methods)}")
+        for phase in sorted({p for _, p in per_phase}):
+            for method in methods:
+                seeds = per_phase.get((method, phase), {})
+                if not seeds:
+                    continue
+                row = {"env": env_id, "phase": phase, "method": method, "seeds": len(seeds)}
+                estimate = bootstrap_ci(np.array([seeds[s] for s in sorted(seeds)]))
+                row.update(return_mean=estimate.value, return_low=estimate.low, return_high=estimate.high)
+                reference = per_phase.get((args.reference, phase), {}) if args.reference else {}
+                shared = sorted(set(seeds) & set(reference))
+                if method != args.reference and shared:
+                    difference = bootstrap_ci(np.array([seeds[s] - reference[s] for s in shared]))
+                    row.update(diff_mean=difference.value, diff_low=difference.low, diff_high=difference.high)
+                for (m, p, name), values in per_diag.items():
+                    if m == method and p == phase:
+                        estimate = bootstrap_ci(np.array([values[s] for s in sorted(values)]))
+                        row.update({f"{name}_mean": estimate.value, f"{name}_low": estimate.low,
+                                    f"{name}_high": estimate.high})
+                out.append(row)
+    fields = list(dict.fromkeys(k for row in out for k in row))
+    temporary = run_dir / "claims_summary.csv.tmp"
+    with open(temporary, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(out)
+    temporary.replace(run_dir / "claims_summary.csv")
+    diag_names = [k[:-5] for k in fields if k.endswith("_mean") and k not in ("return_mean", "diff_mean")]
+    print("| env | phase | method | seeds | return (last %d evals) | minus %s | %s |"
+          % (args.last, args.reference or "-", " | ".join(diag_names)))
+    print("|" + "---|" * (6 + len(diag_names)))
+    for row in out:
+        cell = lambda k: (f"{row[k + '_mean']:.3g} [{row[k + '_low']:.3g}, {row[k + '_high']:.3g}]"
+                          if k + "_mean" in row else "")
+        diff = (f"{row['diff_mean']:.1f} [{row['diff_low']:.1f}, {row['diff_high']:.1f}]" if "diff_mean" in row
+                else "")
+        print(f"| {row['env']} | {row['phase']} | {row['method']} | {row['seeds']} | "
+              f"{row['return_mean']:.1f} [{row['return_low']:.1f}, {row['return_high']:.1f}] | {diff} | "
+              + " | ".join(cell(n) for n in diag_names) + " |")
+    return out
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(ClaimsArgs))
