@@ -6,36 +6,47 @@ as flags.
 
 Idea: PPO's trust region (ratio clipping, or a KL penalty) pulls back every
 move away from the old policy, the harder the farther. GTR's penalty is a
-bounded, non-monotonic Gaussian kernel of the divergence D to an anchor
-policy: a strong restoring force near the anchor, and one that vanishes for
-large, sustained moves -- which a non-stationary task (dynamics or reward
-switching) needs to make.
+bounded, non-monotonic Gaussian kernel of the distance to an anchor policy: a
+strong restoring force near the anchor, and one that vanishes for large,
+sustained moves -- which a non-stationary task (dynamics or reward switching)
+needs to make.
 
     D_k(s)   = KL(pi_k(.|s) || pi(.|s))          (--divergence kl)
              | (log pi(u|s) - log pi_k(u|s))^2   (--divergence sq_log_ratio, at the sampled u)
-    kernel   = sum_k w_k exp(-D_k^2 / (2 sigma^2))     w_k ~ anchor_decay^k, k = 0 the newest
+    rho_k^2  = 2 D_k (kl) | D_k (sq_log_ratio)   a squared distance: KL ~ 1/2 d^T F d for a small change d
+    kernel   = sum_k w_k exp(-rho_k^2 / (2 sigma^2))   w_k ~ anchor_decay^k, k = 0 the newest
     penalty  = beta sigma^2 (1 - kernel)                in [0, beta sigma^2]   (--penalty-scale sigma_sq)
              | beta (1 - kernel)                        in [0, beta]           (--penalty-scale unit)
     L_pi     = -E[r A]  (--surrogate unclipped)  |  PPO's clipped surrogate (--surrogate clipped)
                + E[penalty]
 
-With one anchor the penalty's gradient in D is beta D exp(-D^2 / 2 sigma^2)
-(divided by sigma^2 for the unit scale): largest at D = sigma, vanishing
-beyond a few sigma.
+With one anchor the penalty is beta KL near it (a KL penalty: the force beta
+rho is linear in the distance), its force peaks at rho = sigma and vanishes
+beyond a few sigma; as sigma -> infinity it is the KL penalty beta KL
+everywhere. `--kernel-form squared` is the earlier reconstruction,
+exp(-D^2 / (2 sigma^2)): since D is already a squared distance it is quartic
+in the policy change and its force near the anchor is cubic -- no local
+stability -- kept as a flag for comparison.
 
-The two scales differ in their limits, and the reconstruction cannot say which
-the paper meant. ALGORITHMS.md's formula (sigma_sq, the default) is bounded by
-beta sigma^2 and tends to beta D^2 / 2 as sigma -> infinity: a quadratic trust
-region, so it is the bare surrogate only as sigma -> 0. With `--penalty-scale
-unit` the kernel's flattening as sigma -> infinity means what a trust region
-of infinite width should: no penalty, L_pi is the bare surrogate (the
-acceptance test of the GTR issue), and as sigma -> 0 the penalty is the
-constant beta, whose gradient is 0 -- again the bare surrogate.
+The two penalty scales differ in their limits, and the paper's text we could
+read (abstract and introduction) cannot say which it meant. With `--penalty-scale
+unit` an infinitely wide kernel means no penalty: L_pi is the bare surrogate
+(and as sigma -> 0 the penalty is the constant beta, whose gradient is 0).
 
-Anchors (the Mixture Gaussian Anchor): the last K behaviour policies, i.e.
-the policy at the start of each of the last K updates, each with the
-observation statistics it acted with. With K = 1 the anchor is PPO's old
-policy. Everything else -- rollout, GAE, value loss, entropy, minibatches --
+Anchors (the Mixture Gaussian Anchor, "adapts to recent policy trajectories,
+reducing variance induced by stale references"): snapshots of the behaviour
+policy taken every `anchor_period` updates, the last K of them kept, each with
+the observation statistics it acted with. An anchor persists for
+`anchor_period` updates, so the distance from it accumulates over sustained
+updates -- which "progressively relaxing under sustained high-advantage
+updates" needs; with K = 1 and period 1 the anchor is PPO's old policy,
+refreshed every update, and the distance restarts at 0 each update. Two
+readings of "mixture": a mixture of kernels, one per anchor
+(`--anchor-reference kernel_mixture`, the default: each anchor keeps its own
+basin), or ONE reference distribution, the Gaussian moment-matched to the
+anchors' weighted mixture (`moment_matched`). Defaults K = 4, period 8: a
+reference that spans the last ~32 updates, refreshed often enough not to be
+stale. Everything else -- rollout, GAE, value loss, entropy, minibatches --
 is PPO's, imported.
 """
 
@@ -63,20 +74,31 @@ LOOP = "on_policy"
 class Config(ppo.Config):
     """PPO's hyperparameters (Playground's DMC defaults) plus GTR's trust region. Reconstruction defaults."""
 
-    sigma: float = field(0.05, "> 0")
-    """Kernel width, in units of D: the divergence at which the restoring force peaks."""
+    sigma: float = field(0.3, "> 0")
+    """Kernel width, in units of the distance rho (rho^2 = 2 KL, or (log r)^2): the restoring force peaks at
+    rho = sigma (--kernel-form distance); for --kernel-form squared, in units of D."""
     beta: float = field(20.0, ">= 0")
-    """Penalty scale; the penalty is at most beta * sigma^2."""
+    """Penalty scale: near the anchor the penalty is beta * KL (beta * rho^2 / 2); it is at most beta * sigma^2."""
     divergence: Literal["kl", "sq_log_ratio"] = "kl"
     """D: per-state KL(anchor || policy), or the squared log-ratio at the sampled action."""
+    kernel_form: Literal["distance", "squared"] = "distance"
+    """distance: exp(-rho^2 / (2 sigma^2)), a Gaussian in the distance rho (exp(-D / sigma^2) for KL), with a
+    force linear in the policy change near the anchor; squared: exp(-D^2 / (2 sigma^2)), a Gaussian in D itself
+    (quartic in the policy change; the earlier reconstruction)."""
     surrogate: Literal["unclipped", "clipped"] = "unclipped"
     """Policy-gradient term: -E[r A], or PPO's clipped surrogate."""
-    num_anchors: int = field(1, ">= 1", about="K")
-    """K, the anchors of the Mixture Gaussian Anchor (1: a single anchor, the old policy)."""
+    num_anchors: int = field(4, ">= 1", about="K")
+    """K, the anchors of the Mixture Gaussian Anchor: the last K snapshots of the policy (1: a single anchor)."""
+    anchor_period: int = field(8, ">= 1")
+    """Updates between anchor snapshots: an anchor persists for this many updates, so the divergence from it
+    accumulates across updates (1 with K = 1: the anchor is the behaviour policy, refreshed every update)."""
     anchor_decay: float = field(0.5, "(0, 1]")
     """Recency weights w_k proportional to anchor_decay^k (k = 0 the newest); 1 = uniform."""
+    anchor_reference: Literal["kernel_mixture", "moment_matched"] = "kernel_mixture"
+    """kernel_mixture: sum_k w_k kernel(D_k), one kernel per anchor; moment_matched: ONE reference policy, the
+    Gaussian matching the mean and variance of the anchors' w-weighted mixture, and kernel(D to it)."""
     penalty_scale: Literal["sigma_sq", "unit"] = "sigma_sq"
-    """Penalty = beta sigma^2 (1 - kernel) (ALGORITHMS.md; sigma -> inf: beta D^2/2), or beta (1 - kernel)
+    """Penalty = beta sigma^2 (1 - kernel) (sigma -> inf: beta KL, a KL penalty), or beta (1 - kernel)
     (sigma -> inf: no penalty, the bare surrogate)."""
 
     def validate(self) -> None:
@@ -85,6 +107,11 @@ class Config(ppo.Config):
             raise ValueError(f"--divergence must be kl or sq_log_ratio, got {self.divergence!r}")
         if self.surrogate not in ("unclipped", "clipped"):
             raise ValueError(f"--surrogate must be unclipped or clipped, got {self.surrogate!r}")
+        if self.kernel_form not in ("distance", "squared"):
+            raise ValueError(f"--kernel-form must be distance or squared, got {self.kernel_form!r}")
+        if self.anchor_reference not in ("kernel_mixture", "moment_matched"):
+            raise ValueError(f"--anchor-reference must be kernel_mixture or moment_matched, got "
+                             f"{self.anchor_reference!r}")
         if self.penalty_scale not in ("sigma_sq", "unit"):
             raise ValueError(f"--penalty-scale must be sigma_sq or unit, got {self.penalty_scale!r}")
 
@@ -94,26 +121,40 @@ class Config(ppo.Config):
 # ------------------------------------------------------------------------------------------------
 
 
-def kernel(divergence: jax.Array, sigma: float) -> jax.Array:
-    """exp(-D^2 / (2 sigma^2))."""
-    return jnp.exp(-jnp.square(divergence) / (2.0 * sigma**2))
+def exponent(divergence: jax.Array, sigma, form: str = "distance", divergence_kind: str = "kl") -> jax.Array:
+    """x with kernel = exp(-x): rho^2 / (2 sigma^2) in the distance form, D^2 / (2 sigma^2) in the squared one.
+
+    rho^2 is the squared distance D already is, up to a constant: 2 KL (KL ~ 1/2 d^T F d for a small change d)
+    or (log r)^2 for the squared log-ratio.
+    """
+    if form == "squared":
+        return jnp.square(divergence) / (2.0 * sigma**2)
+    rho_sq = 2.0 * divergence if divergence_kind == "kl" else divergence
+    return rho_sq / (2.0 * sigma**2)
 
 
-def mixture_kernel(divergences: jax.Array, weights: jax.Array, sigma: float) -> jax.Array:
-    """sum_k w_k exp(-D_k^2 / (2 sigma^2)); `divergences` [K, ...], `weights` [K] summing to 1."""
+def kernel(divergence: jax.Array, sigma, form: str = "distance", divergence_kind: str = "kl") -> jax.Array:
+    """exp(-rho^2 / (2 sigma^2)) (form "distance"), or exp(-D^2 / (2 sigma^2)) (form "squared")."""
+    return jnp.exp(-exponent(divergence, sigma, form, divergence_kind))
+
+
+def mixture_kernel(divergences: jax.Array, weights: jax.Array, sigma, form: str = "distance",
+                   divergence_kind: str = "kl") -> jax.Array:
+    """sum_k w_k kernel(D_k); `divergences` [K, ...], `weights` [K] summing to 1."""
     weights = weights.reshape(weights.shape + (1,) * (divergences.ndim - 1))
-    return jnp.sum(weights * kernel(divergences, sigma), axis=0)
+    return jnp.sum(weights * kernel(divergences, sigma, form, divergence_kind), axis=0)
 
 
-def penalty(divergences: jax.Array, weights: jax.Array, sigma: float, beta: float,
-            scale: str = "sigma_sq") -> jax.Array:
+def penalty(divergences: jax.Array, weights: jax.Array, sigma, beta, scale: str = "sigma_sq",
+            form: str = "distance", divergence_kind: str = "kl") -> jax.Array:
     """beta sigma^2 (1 - sum_k w_k kernel_k): 0 at the anchors, at most beta sigma^2 (scale "unit": beta (1 - ...)).
 
-    Written as beta sigma^2 sum_k w_k (-expm1(-D_k^2 / 2 sigma^2)) (the weights sum
-    to 1): 1 - exp(-x) in float32 is 0 for x below ~6e-8, which would make the
-    large-sigma limit (beta D^2 / 2) vanish.
+    In the distance form with one anchor it is beta sigma^2 (1 - exp(-rho^2 / 2 sigma^2)): beta rho^2 / 2
+    (= beta KL) near the anchor, so the restoring force beta rho is linear in the distance, peaks at rho =
+    sigma and vanishes beyond a few sigma. Written as sum_k w_k (-expm1(-x_k)) (the weights sum to 1):
+    1 - exp(-x) in float32 is 0 for x below ~6e-8, which would make the large-sigma limit vanish.
     """
-    gap = -jnp.expm1(-jnp.square(divergences) / (2.0 * sigma**2))
+    gap = -jnp.expm1(-exponent(divergences, sigma, form, divergence_kind))
     weights = weights.reshape(weights.shape + (1,) * (divergences.ndim - 1))
     height = beta * sigma**2 if scale == "sigma_sq" else beta
     return height * jnp.sum(weights * gap, axis=0)
@@ -187,6 +228,16 @@ def divergences(config: Config, anchors_dist: dist_lib.TanhGaussian, terms: ppo.
     return jnp.square(log_prob[None] - anchor_log_prob)
 
 
+def moment_matched(anchors_dist: dist_lib.TanhGaussian, weights: jax.Array) -> dist_lib.TanhGaussian:
+    """The one Gaussian (pre-tanh) with the mean and variance of the mixture sum_k w_k N(mu_k, s_k^2): leaves [1, ...]."""
+    w = weights.reshape(weights.shape + (1,) * (anchors_dist.loc.ndim - 1))
+    mean = jnp.sum(w * anchors_dist.loc, axis=0)
+    second_moment = jnp.sum(w * (jnp.square(anchors_dist.scale) + jnp.square(anchors_dist.loc)), axis=0)
+    scale = jnp.sqrt(jnp.maximum(second_moment - jnp.square(mean), 0.0))
+    # The mixture's variance is at least the smallest anchor's; the floor only guards float cancellation.
+    return dist_lib.TanhGaussian(mean[None], jnp.maximum(scale, jnp.min(anchors_dist.scale, axis=0))[None])
+
+
 def objective(terms: ppo.PolicyTerms, state: ppo.PPOState, anchors: Anchors) -> tuple[jax.Array, dict]:
     """GTR's policy loss on one minibatch: the surrogate plus the Gaussian-kernel penalty."""
     config = state.config
@@ -195,22 +246,33 @@ def objective(terms: ppo.PolicyTerms, state: ppo.PPOState, anchors: Anchors) -> 
     else:
         surrogate = -jnp.mean(jnp.exp(terms.log_ratio) * terms.advantages)
     anchors_dist = jax.lax.stop_gradient(anchor_dists(state, anchors, terms.minibatch.obs))
-    d = divergences(config, anchors_dist, terms)                                     # [K, B, T]
     weights = recency_weights(config.num_anchors, config.anchor_decay, anchors.filled)
-    kernel_value = mixture_kernel(d, weights, config.sigma)
-    penalty_value = penalty(d, weights, config.sigma, config.beta, config.penalty_scale)
+    if config.anchor_reference == "moment_matched":
+        anchors_dist, weights = moment_matched(anchors_dist, weights), jnp.ones(1)
+    d = divergences(config, anchors_dist, terms)                                     # [K or 1, B, T]
+    shape = dict(form=config.kernel_form, divergence_kind=config.divergence)
+    kernel_value = mixture_kernel(d, weights, config.sigma, **shape)
+    penalty_value = penalty(d, weights, config.sigma, config.beta, config.penalty_scale, **shape)
     metrics = {"gtr/divergence": jnp.mean(d[0]), "gtr/kernel": jnp.mean(kernel_value),
                "gtr/penalty": jnp.mean(penalty_value),
-               "gtr/beyond_sigma": jnp.mean((d[0] > config.sigma).astype(jnp.float32)),
+               "gtr/beyond_sigma": jnp.mean((exponent(d[0], config.sigma, **shape) > 0.5).astype(jnp.float32)),
                "gtr/surrogate": surrogate}
     return surrogate + jnp.mean(penalty_value), metrics
 
 
+def refresh_anchors(state: GTRState) -> Anchors:
+    """Every anchor_period updates (from the first), the behaviour policy becomes the newest anchor; otherwise
+    the anchors stay, and the divergence from them accumulates over the updates in between."""
+    due = state.ppo.updates % state.ppo.config.anchor_period == 0
+    pushed = push_anchor(state.anchors, state.ppo.params.policy, state.ppo.obs_stats)
+    return jax.tree.map(lambda new, old: jnp.where(due, new, old), pushed, state.anchors)
+
+
 def train_step(state: GTRState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array,
                sync_axes: tuple[str, ...] = ()) -> tuple[GTRState, JaxEnvState, dict]:
-    """PPO's rollout and update with GTR's policy objective; the behaviour policy becomes the newest anchor."""
+    """PPO's rollout and update with GTR's policy objective against the (periodically refreshed) anchors."""
     collect_key, update_key = jax.random.split(key)
-    anchors = push_anchor(state.anchors, state.ppo.params.policy, state.ppo.obs_stats)
+    anchors = refresh_anchors(state)
     env_state, batch, episode_stats = ppo.collect(state.ppo, env, env_state, collect_key, sync_axes)
     policy_objective = functools.partial(objective, state=state.ppo, anchors=anchors)
     new_ppo, metrics = ppo.update(state.ppo, batch, update_key, policy_objective)

@@ -105,6 +105,9 @@ class Config:
     """Rewards are multiplied by this before GAE."""
     normalize_observations: bool = True
     """Normalize observations with running mean/std (updated before each update's epochs)."""
+    obs_norm_decay: float = field(1.0, "(0, 1]")
+    """Forget the observation statistics: before each update the seen observations' weight is multiplied by
+    this (memory ~ steps_per_update / (1 - decay) observations; 1: never forget, as Brax). For switching tasks."""
     normalize_advantage: bool = True
     """Standardize advantages within each minibatch."""
     max_grad_norm: float = field(0.0, ">= 0")
@@ -471,7 +474,8 @@ def update(state: PPOState, batch: Batch, key: jax.Array, policy_objective: Poli
     """num_epochs x num_minibatches Adam steps on the PPO loss; metrics are means over all of them."""
     config = state.config
     shape = layout(config)
-    stats = update_stats(state.obs_stats, batch.obs) if config.normalize_observations else state.obs_stats
+    stats = (update_stats(state.obs_stats, batch.obs, config.obs_norm_decay) if config.normalize_observations
+             else state.obs_stats)
     tx = optimizer(config)
 
     precomputed = None
@@ -505,7 +509,19 @@ def update(state: PPOState, batch: Batch, key: jax.Array, policy_objective: Poli
     probe_obs = batch.obs.reshape(-1, batch.obs.shape[-1])[:PROBE_SIZE]     # first steps of the first envs
     new_state = state.replace(params=params, opt_state=opt_state, obs_stats=stats, updates=state.updates + 1,
                               probe_obs=probe_obs)
-    return new_state, jax.tree.map(jnp.mean, metrics)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics["policy/update_kl"] = update_kl(new_state, batch)
+    return new_state, metrics
+
+
+def update_kl(new_state: PPOState, batch: Batch) -> jax.Array:
+    """The outer step's size: mean KL(pi_old || pi_new) over the update's first PROBE_SIZE steps, where pi_old is
+    the behaviour policy and pi_new the policy after all epochs (arXiv 2603.06009 reads plateaus off this).
+    `policy/kl` is instead the mean over minibatches of the KL from pi_old to the policy being trained."""
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])[:PROBE_SIZE]
+    behaviour = jax.tree.map(flat, batch.behaviour)
+    new = policy_dist(new_state, new_state.params, new_state.obs_stats, flat(batch.obs))
+    return jnp.mean(dist_lib.kl_divergence(behaviour, new))
 
 
 def train_step(state: PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array,

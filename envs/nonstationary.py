@@ -7,6 +7,8 @@ Id syntax: a JAX env id, then `?` and `&`-separated options::
     mjx:CheetahRun?switch=gravity&scale=0.5&every=1000000
     mjx:CartpoleBalance?switch=obs_permutation&every=1000000&seed=3
     jax:PointMass?switch=obs_permutation&every=50000
+    jax:PointMass?switch=action_sign&every=400000         # odd phases: the force is -action
+    jax:PointMass?switch=goal_mirror&every=400000&scale=0.5
 
 Options:
 
@@ -16,18 +18,23 @@ Options:
   forward -> backward; WalkerStand / WalkerWalk / WalkerRun: stand -> walk -> run,
   starting from the named one), `obs_permutation` (phase p > 0 sees the
   observation through a fixed random permutation drawn for p; phase 0 the
-  original order).
+  original order), `action_sign` (odd phases apply -action: every optimal action
+  is reversed; any JAX env), `goal_mirror` (jax:PointMass: the goal is (+scale,
+  +scale) in even phases and its mirror (-scale, -scale) in odd ones; the
+  observation does not show it, so the optimal policy reverses on the goal's
+  diagonal and must be relearned from rewards).
 * `every` (required): env steps per seed between switches. With N parallel envs
   stepping in lockstep, each env switches after ceil(every / N) of its own steps.
-* `scale` (dynamics only, default 0.5), `seed` (obs_permutation only, default 0).
+* `scale` (dynamics and goal_mirror, default 0.5), `seed` (obs_permutation only, default 0).
 
 Phase p = clock // ceil(every / N), where `clock` counts an env's steps across
 episodes (`JaxEnvState.clock`); resets keep it, so the schedule is in training
 steps, not episode steps. A step taken at clock c runs in phase(c): its
 dynamics, its reward and the observation it returns (with N envs and
-every = k N, the first k steps of each env are phase 0, the next k phase 1). Evaluation envs start at the training clock. Dynamics
-and reward switches need MuJoCo Playground (`mjx:`); the observation
-permutation works on every JAX env.
+every = k N, the first k steps of each env are phase 0, the next k phase 1).
+Evaluation envs start at the training clock. Dynamics and reward switches
+need MuJoCo Playground (`mjx:`); the observation permutation and the action
+sign work on every JAX env; the goal mirror on jax:PointMass.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from envs import toy
 from envs.core import JaxEnv, UnknownEnvError
 from envs.mjx_cholesky import cholesky_without_lapack
 
 DYNAMICS = ("gravity", "actuator_gain", "mass", "friction")
-SWITCHES = DYNAMICS + ("reward", "obs_permutation")
+SWITCHES = DYNAMICS + ("reward", "obs_permutation", "action_sign", "goal_mirror")
+SCALED = DYNAMICS + ("goal_mirror",)   # the switches that take `scale`
 # Alternative rewards per Playground task, in the order the phases cycle through them.
 REWARD_CYCLES = {
     "CheetahRun": ("forward", "backward"),
@@ -97,8 +106,8 @@ def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
         raise NonStationaryError(f"{env_id}: scale must be a finite number > 0, got {options['scale']}")
     if every < 1:
         raise NonStationaryError(f"{env_id}: every (env steps between switches) must be >= 1, got {every}")
-    if "scale" in options and switch not in DYNAMICS:
-        raise NonStationaryError(f"{env_id}: scale applies to the dynamics switches ({', '.join(DYNAMICS)})")
+    if "scale" in options and switch not in SCALED:
+        raise NonStationaryError(f"{env_id}: scale applies to the switches {', '.join(SCALED)}")
     return base, Schedule(switch, every, scale, seed)
 
 
@@ -123,10 +132,18 @@ def make(base: JaxEnv, base_id: str, schedule: Schedule, num_envs: int) -> JaxEn
     phase_of = phase_schedule(schedule.every, num_envs)
     if schedule.switch == "obs_permutation":
         return _with_obs_permutation(base, schedule, phase_of)
+    if schedule.switch == "action_sign":
+        return _with_action_sign(base, phase_of)
+    if schedule.switch == "goal_mirror":
+        if base_id != toy.POINT_MASS:
+            raise NonStationaryError(f"{base_id}?switch=goal_mirror: the goal mirror is defined for "
+                                     f"{toy.POINT_MASS} only")
+        return _with_goal_mirror(base, schedule, phase_of)
     family, _, name = base_id.partition(":")
     if family != "mjx":
         raise NonStationaryError(f"{base_id}?switch={schedule.switch}: dynamics and reward switches need a "
-                                 "Playground env (mjx:<name>); jax:PointMass supports switch=obs_permutation")
+                                 "Playground env (mjx:<name>); jax:PointMass supports switch=obs_permutation, "
+                                 "action_sign, goal_mirror")
     playground = base.playground
     if schedule.switch == "reward":
         if name not in REWARD_CYCLES:
@@ -160,6 +177,36 @@ def _with_obs_permutation(base: JaxEnv, schedule: Schedule, phase_of) -> JaxEnv:
         return physics, obs[permutation(phase, obs_dim, schedule.seed)], reward, terminated
 
     return _rebuilt(base, physics_reset, physics_step, phase_of)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reversals of the optimal behaviour: the action's sign (any JAX env), PointMass's goal
+# ------------------------------------------------------------------------------------------------
+
+
+def action_sign(phase: jax.Array) -> jax.Array:
+    """+1 in even phases, -1 in odd ones."""
+    return jnp.where(phase % 2 == 1, -1.0, 1.0)
+
+
+def _with_action_sign(base: JaxEnv, phase_of) -> JaxEnv:
+    def physics_step(physics, action, phase):
+        return base._physics_step(physics, action * action_sign(phase), phase)
+
+    return _rebuilt(base, base._physics_reset, physics_step, phase_of)
+
+
+def mirrored_goal(phase: jax.Array, scale: float) -> jax.Array:
+    """(+scale, +scale) in even phases, (-scale, -scale) in odd ones."""
+    return jnp.full(2, scale) * action_sign(phase)
+
+
+def _with_goal_mirror(base: JaxEnv, schedule: Schedule, phase_of) -> JaxEnv:
+    def physics_step(physics, action, phase):
+        physics, obs, _, terminated = base._physics_step(physics, action, phase)
+        return physics, obs, toy.reward_to_goal(physics, mirrored_goal(phase, schedule.scale)), terminated
+
+    return _rebuilt(base, base._physics_reset, physics_step, phase_of)
 
 
 def _rebuilt(base: JaxEnv, physics_reset, physics_step, phase_of) -> JaxEnv:

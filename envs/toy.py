@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from envs.core import EnvSpec, JaxEnv
 
+POINT_MASS = "jax:PointMass"
 _DT = 0.05
 _DAMPING = 0.1  # velocity decay per second; keeps random-action episodes bounded
 
@@ -44,7 +45,7 @@ def make_point_mass(
         position, velocity = physics
         velocity = velocity * (1.0 - _DAMPING * _DT) + _DT * action
         position = position + _DT * velocity
-        reward = -jnp.linalg.norm(position)
+        reward = reward_to_goal((position, velocity), jnp.zeros(2))
         if terminate_outside is None:
             terminated = jnp.zeros((), bool)
         else:
@@ -52,7 +53,7 @@ def make_point_mass(
         return (position, velocity), jnp.concatenate([position, velocity]), reward, terminated
 
     spec = EnvSpec(
-        env_id="jax:PointMass",
+        env_id=POINT_MASS,
         obs_dim=4,
         action_dim=2,
         max_episode_steps=episode_length,
@@ -60,3 +61,9 @@ def make_point_mass(
         can_terminate=terminate_outside is not None,
     )
     return JaxEnv(spec, physics_reset, physics_step)
+
+
+def reward_to_goal(physics, goal: jax.Array) -> jax.Array:
+    """PointMass's reward for holding the mass at `goal`: -|position - goal| (the task's goal is the origin)."""
+    position, _ = physics
+    return -jnp.linalg.norm(position - goal)

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.compare import switch_steps  # noqa: E402
+from experiments.compare import episode_span, switch_steps  # noqa: E402
 from experiments.plot import bootstrap_ci  # noqa: E402
 
 DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm")
@@ -48,14 +48,18 @@ def _fmt(estimate) -> str:
     return f"{estimate.value:.1f} [{estimate.low:.1f}, {estimate.high:.1f}]"
 
 
-def phase_returns(rows: list[dict], switches: list[int], total_steps: int, last: int) -> dict:
+def phase_returns(rows: list[dict], switches: list[int], total_steps: int, last: int,
+                  episode_span: int = 0) -> dict:
     """{(method, phase): {seed: mean of the phase's last `last` evaluation returns}}; a phase is
-    [previous switch, next switch), and its evaluations are those strictly before the next switch."""
+    [previous switch, next switch), and its evaluations are those whose episodes end before the next switch
+    (step < next switch - episode_span: an evaluation started just before a switch plays on the new task)."""
     bounds = [0, *switches, total_steps + 1]
     per = defaultdict(lambda: defaultdict(list))
     for r in rows:
         step = int(r["step"])
         phase = int(np.searchsorted(bounds, step, side="right")) - 1
+        if phase + 1 < len(bounds) - 1 and step >= bounds[phase + 1] - episode_span:
+            continue
         per[(r["method"], phase)][int(r["seed"])].append((step, float(r["return"])))
     out = {}
     for key, seeds in per.items():
@@ -96,7 +100,7 @@ def main(args: ClaimsArgs) -> list[dict]:
     for env_id in dict.fromkeys(r["env"] for r in returns):
         switches = switch_steps(env_id, settings["num_envs"], settings["total_steps"])
         per_phase = phase_returns([r for r in returns if r["env"] == env_id], switches, settings["total_steps"],
-                                  args.last)
+                                  args.last, episode_span(env_id, settings["num_envs"]))
         per_diag = phase_diagnostics([r for r in diagnostics if r["env"] == env_id], switches,
                                      settings["total_steps"])
         methods = list(dict.fromkeys(m for m, _ in per_phase))

@@ -168,6 +168,13 @@ def methods_to_run(methods: tuple[str, ...]) -> list[str]:
     return out
 
 
+def episode_span(env_id: str, num_envs: int) -> int:
+    """Env steps per seed (num_envs in lockstep) during one evaluation episode of `env_id`."""
+    import envs
+
+    return envs.make(nonstationary.split_env_id(env_id)[0]).spec.max_episode_steps * num_envs
+
+
 def switch_steps(env_id: str, num_envs: int, total_steps: int) -> list[int]:
     """The env steps per seed at which the task switches (the first step of each new phase)."""
     _, schedule = nonstationary.split_env_id(env_id)
@@ -234,11 +241,13 @@ def train_and_evaluate(agent, config, env_id: str, args: CompareArgs, switches: 
 
 
 def recovery(steps: list[int], returns: np.ndarray, kls: np.ndarray, switches: list[int], window: int,
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, episode_span: int = 0) -> list[dict]:
     """Per switch and seed, over the evaluations in [switch, switch + window] (an evaluation at step s runs on
     the task of the training clock at s, so the one at the switch is the old policy on the new task):
 
-    * pre_switch_return: mean of the last PRE_SWITCH_EVALUATIONS evaluations before the switch;
+    * pre_switch_return: mean of the last PRE_SWITCH_EVALUATIONS evaluations whose episodes end before the switch
+      (at steps < switch - episode_span, the env steps per seed an evaluation episode spans: an evaluation
+      that starts just before the switch plays most of its episode on the new task);
     * floor_return: the lowest evaluation in the window;
     * steps_to_recover: env steps after the switch until the first evaluation, at or after the floor, that is
       back RECOVERED_FRACTION of the way from the floor to the pre-switch return (0 if the switch cost nothing;
@@ -251,7 +260,7 @@ def recovery(steps: list[int], returns: np.ndarray, kls: np.ndarray, switches: l
     steps_array = np.asarray(steps)
     for switch in switches:
         inside = np.flatnonzero((steps_array >= switch) & (steps_array <= switch + window))
-        before = np.flatnonzero(steps_array < switch)
+        before = np.flatnonzero(steps_array < switch - episode_span)
         if not inside.size or not before.size:
             continue
         for i in range(returns.shape[0]):
@@ -355,7 +364,7 @@ def main(args: CompareArgs) -> dict:
             rows += [{"env": env_id, "method": method, "step": s, "seed": args.seed + i,
                       "return": float(returns[i, j]), "kl_from_pre_switch": float(kls[i, j])}
                      for j, s in enumerate(steps) for i in range(args.num_seeds)]
-            seeds = recovery(steps, returns, kls, switches, args.window, args.seed)
+            seeds = recovery(steps, returns, kls, switches, args.window, args.seed, episode_span(env_id, args.num_envs))
             per_seed += [{"env": env_id, "method": method, **r} for r in seeds]
             table += [{"env": env_id, "method": method, **r} for r in recovery_ci(seeds)]
             for file_name, data in (("returns.csv", rows), ("recovery.csv", per_seed), ("recovery_ci.csv", table),

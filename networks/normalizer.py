@@ -3,6 +3,12 @@
 Updated with whole batches by the parallel form of Welford's algorithm (Chan et
 al. 1979), so that a batch of a million envs costs one reduction. Standard
 deviations are clipped to [1e-6, 1e6] as in Brax's `running_statistics`.
+
+With `decay` < 1 the statistics forget: before each merge the seen
+observations' weight (count and sum of squared deviations) is multiplied by
+`decay`, so they are exponentially weighted moments with a memory of about
+batch / (1 - decay) observations. A non-stationary task that permutes or
+shifts observations needs this; `decay` = 1 is the exact running moment.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ def init_stats(dim: int) -> RunningStats:
     return RunningStats(jnp.zeros((), jnp.float32), jnp.zeros(dim, jnp.float32), jnp.zeros(dim, jnp.float32))
 
 
-def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
-    """Fold a batch `[..., dim]` into the statistics (exact merge of two sample moments)."""
+def update_stats(stats: RunningStats, batch: jax.Array, decay: float | jax.Array = 1.0) -> RunningStats:
+    """Fold a batch `[..., dim]` into the statistics (exact merge of two sample moments, the old ones
+    down-weighted by `decay`)."""
+    stats = RunningStats(stats.count * decay, stats.mean, stats.sum_sq_dev * decay)
     batch = batch.reshape(-1, batch.shape[-1]).astype(jnp.float32)
     batch_count = jnp.float32(batch.shape[0])
     batch_mean = jnp.mean(batch, axis=0)

@@ -46,6 +46,39 @@ def test_obs_permutation_changes_only_the_order_at_the_switch():
     assert np.asarray(state.clock).tolist() == [10, 10]
 
 
+def _point_mass_run(env_id, actions):
+    """Step one PointMass env with `actions` [steps, 2] from the same start; (positions, rewards)."""
+    env = envs.make(env_id, num_envs=1)
+    state = env.reset(jax.random.PRNGKey(3))
+    positions, rewards = [], []
+    for action in actions:
+        state, info = env.step(state, jnp.asarray(action, jnp.float32))
+        positions.append(np.asarray(state.physics[0]))
+        rewards.append(float(info.reward))
+    return np.stack(positions), np.array(rewards)
+
+
+def test_action_sign_reverses_the_optimal_action_exactly_at_the_scheduled_step():
+    """every=5 with one env: clocks 0-4 are phase 0, 5-9 phase 1 (the force is -action), 10- phase 2."""
+    push = np.tile([[0.7, -0.3]], (12, 1))
+    base_pos, base_rew = _point_mass_run("jax:PointMass", push)
+    flipped_pos, flipped_rew = _point_mass_run("jax:PointMass?switch=action_sign&every=5", push)
+    sign = np.array([1.0] * 5 + [-1.0] * 5 + [1.0] * 2)
+    mirrored_pos, mirrored_rew = _point_mass_run("jax:PointMass", push * sign[:, None])
+    np.testing.assert_array_equal(flipped_pos[:5], base_pos[:5])            # phase 0: the task itself
+    assert not np.allclose(flipped_pos[5], base_pos[5])                     # the step at clock 5 is reversed ...
+    np.testing.assert_array_equal(flipped_pos, mirrored_pos)                # ... as if -action had been given
+    np.testing.assert_array_equal(flipped_rew, mirrored_rew)
+
+
+def test_goal_mirror_moves_the_goal_to_the_mirror_position_at_the_switch():
+    push = np.zeros((8, 2))
+    positions, _ = _point_mass_run("jax:PointMass", push)
+    _, rewards = _point_mass_run("jax:PointMass?switch=goal_mirror&every=4&scale=0.3", push)
+    goal = np.array([[0.3, 0.3]] * 4 + [[-0.3, -0.3]] * 4)
+    np.testing.assert_allclose(rewards, -np.linalg.norm(positions - goal, axis=1), rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def cheetah():
     """The stationary CheetahRun trajectory both switch tests compare against (compiled once)."""
@@ -75,6 +108,8 @@ def test_gravity_switch_changes_only_the_dynamics_at_the_switch(cheetah):
     ("mjx:CartpoleBalance?switch=reward&every=10", "has no alternative reward; switch=reward supports"),
     ("jax:PointMass?switch=gravity&every=10", "dynamics and reward switches need a Playground env"),
     ("dmc:cheetah-run?switch=reward&every=10", "ppo trains on JAX envs"),
+    ("mjx:CheetahRun?switch=goal_mirror&every=10", "the goal mirror is defined for jax:PointMass only"),
+    ("jax:PointMass?switch=action_sign&every=10&scale=2", "scale applies to the switches gravity"),
 ])
 def test_bad_schedules_are_clear_errors(tmp_path, env_id, message):
     result = run_inprocess("--agent", "ppo", "--env", env_id, "--run-dir", str(tmp_path / "run"))

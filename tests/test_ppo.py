@@ -230,3 +230,36 @@ def test_per_rollout_advantages_train():
     params, state = _loop_params(OnPolicyLoop(ppo, config, "jax:PointMass", num_seeds=1, seed=0), 2)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
     assert int(state["agent"].updates[0]) == 2
+
+
+def test_update_kl_is_the_outer_steps_kl_and_is_logged():
+    """policy/update_kl = mean KL(behaviour || policy after all epochs) over the update's first PROBE_SIZE steps."""
+    config = ppo.Config(**TINY)
+    env = envs.make("jax:PointMass", num_envs=config.num_envs)
+    state = ppo.init(jax.random.PRNGKey(0), env.spec, config)
+    env_state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), config.num_envs))
+    _, batch, _ = ppo.collect(state, env, env_state, jax.random.PRNGKey(2))
+    new, metrics = ppo.update(state, batch, jax.random.PRNGKey(3))
+    obs = np.asarray(batch.obs).reshape(-1, env.spec.obs_dim)[:ppo.PROBE_SIZE]
+    old_dist = ppo.policy_dist(state, state.params, state.obs_stats, obs)      # the behaviour policy
+    new_dist = ppo.policy_dist(new, new.params, new.obs_stats, obs)
+    expected = float(jnp.mean(dist_lib.kl_divergence(old_dist, new_dist)))
+    assert float(metrics["policy/update_kl"]) == pytest.approx(expected, rel=1e-4) and expected > 0
+
+
+def test_observation_statistics_forget_with_obs_norm_decay():
+    """decay d: the statistics are exponentially weighted moments (old observations weigh d per update)."""
+    from networks.normalizer import init_stats, std, update_stats
+
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(0.0, 1.0, (100, 2)), rng.normal(5.0, 2.0, (100, 2))
+    stats = update_stats(update_stats(init_stats(2), jnp.asarray(first), 0.5), jnp.asarray(second), 0.5)
+    weights = np.r_[np.full(100, 0.5), np.ones(100)][:, None]
+    data = np.r_[first, second]
+    mean = (weights * data).sum(0) / weights.sum()
+    np.testing.assert_allclose(stats.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(std(stats), np.sqrt((weights * (data - mean) ** 2).sum(0) / weights.sum()), rtol=1e-5)
+    exact = update_stats(update_stats(init_stats(2), jnp.asarray(first), 1.0), jnp.asarray(second), 1.0)
+    np.testing.assert_allclose(exact.mean, data.mean(0), rtol=1e-5)            # decay 1: the plain running moments
+    with pytest.raises(ValueError, match=r"--obs-norm-decay must be in \(0, 1\]"):
+        ppo.Config(**TINY, obs_norm_decay=0.0).validate()
