@@ -62,7 +62,7 @@ from flax import struct
 
 from agents import ppo
 from agents.config import field
-from agents.ppo import layout, PRESETS, RUN_DEFAULTS, default_preset  # noqa: F401 (the loop's agent interface)
+from agents.ppo import layout, PRESETS, RUN_DEFAULTS, default_preset, task_preset  # noqa: F401 (the loop's agent interface)
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from networks import distributions as dist_lib
 from networks.normalizer import RunningStats, normalize

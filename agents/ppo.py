@@ -9,7 +9,18 @@ Defaults are Playground's DMC PPO config: 2048 envs, unroll 30, 32 minibatches
 of 1024 trajectories, 16 epochs, gamma 0.995, GAE lambda 0.95, clip 0.3, Adam
 lr 1e-3, entropy 1e-2, rewards x10, running observation normalization, policy
 MLP 4x32 and value MLP 5x256 (swish, lecun-uniform), tanh-Gaussian policy with
-softplus std + 0.001.
+softplus std + 0.001. `--preset playground` adds Playground's per-task changes
+(PLAYGROUND_TASKS: gamma 0.95 on BallInCup and FingerSpin, action repeat 4 and
+4 epochs on PendulumSwingup, 100M steps on Acrobot, Swimmer and WalkerRun).
+Our steps are agent steps (frames / action repeat); Brax counts frames.
+
+Differences from Brax's PPO that remain, on purpose or as flags:
+* advantages: textbook GAE (below). Brax's `compute_gae` drops truncated
+  steps from the loss and differs in the advantages (max |diff| 0.49 on random
+  data, the value targets identical, as measured in the review behind issue 18).
+* evaluation: deterministic, the policy's mode tanh(loc). Brax's evaluator
+  samples by default (`deterministic_eval=False`); ours is the shared
+  evaluator of every agent (experiments/train.py).
 
 One training step (`train_step`), all on the device:
 
@@ -47,6 +58,17 @@ num_minibatches = num_minibatches * num_envs / reference_num_envs, so the
 unrolls per env per update, and the gradient steps per env step, stay those
 of the reference config. Scaling the minibatch size instead (with sqrt lr)
 degrades, per the paper; it is not offered as a recipe.
+
+A scaling study needs a reference with ONE unroll per env per update, or an
+update at 2^20 envs is 16 x 2^20 x 30 = 500M env steps (Playground's layout
+has 16 unrolls). `--preset one_unroll` is Playground's config with 2
+minibatches of 1024 trajectories at 2048 envs: the same minibatch size,
+epochs and gradient steps per env step (32 per 61,440 steps = Playground's
+512 per 983,040), updating 16x as often. With `--scale-envs` at N envs it
+keeps one unroll and takes 2N/2048 minibatches; the `cpu` preset is also one
+unroll per env (4 x 256 trajectories at 1024 envs). `policy/update_kl` (the
+KL from the behaviour policy to the policy after all epochs) is logged every
+update: the outer step's size, which the recipe should shrink with N.
 """
 
 from __future__ import annotations
@@ -544,9 +566,36 @@ PRESETS = {
     # near 800: too short-sighted for the cart-centering term), lr 3e-4 with 16 epochs (lr 1e-3
     # oscillates) and gradient clipping at 1.0; this reaches 997 at 3.4M and ~1000 after. The value
     # MLP is 3x128 (5x256 costs ~20x the FLOPs per sample and dominates a CPU's time).
+    "one_unroll": {"num_minibatches": 2},   # Playground's config with one unroll per env per update (above)
     "cpu": {"num_envs": 1024, "batch_size": 256, "num_minibatches": 4, "num_epochs": 16, "learning_rate": 3e-4,
             "max_grad_norm": 1.0, "value_hidden": (128, 128, 128), "discount": 0.99, "reference_num_envs": 1024},
 }
+
+
+# Playground's per-task changes to its DMC PPO config (mujoco_playground.config.dm_control_suite_params),
+# which `--preset playground` applies for these tasks: Config fields, run.py's total_steps, and the env's
+# action_repeat (added to the env id). Names are matched exactly, or by prefix where they end in "*".
+# Playground's own config tests the name "PendulumSwingUp", which never equals the registered
+# "PendulumSwingup", so Playground's runs of that task train without these two; we apply what it states.
+PLAYGROUND_TASKS = {
+    "AcrobotSwingup*": {"total_steps": 100_000_000},
+    "Swimmer*": {"total_steps": 100_000_000},
+    "WalkerRun": {"total_steps": 100_000_000},
+    "BallInCup": {"discount": 0.95},
+    "FingerSpin": {"discount": 0.95},
+    "PendulumSwingup": {"action_repeat": 4, "num_epochs": 4},
+}
+
+
+def task_preset(preset: str | None, env_id: str) -> dict:
+    """What `preset` changes for the task `env_id` beyond its own flags ({} for most tasks and presets)."""
+    family, _, name = env_id.partition("?")[0].partition(":")
+    if preset != "playground" or family != "mjx":
+        return {}
+    for pattern, changes in PLAYGROUND_TASKS.items():
+        if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+            return dict(changes)
+    return {}
 
 
 def default_preset() -> str:

@@ -58,7 +58,7 @@ import jax
 
 from agents import ppo
 from agents.config import field
-from agents.ppo import layout, RUN_DEFAULTS, default_preset  # noqa: F401 (the loop's agent interface)
+from agents.ppo import layout, RUN_DEFAULTS, default_preset, task_preset  # noqa: F401 (the loop's agent interface)
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from networks import regularizers
 from networks.mlp import MLP, activation, kernel_init

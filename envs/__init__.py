@@ -56,6 +56,7 @@ def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs) -> HostVecEnv 
     mjx: ``impl`` ('jax'), ``action_repeat`` (1), ``episode_length`` (frames,
     Playground's default 1000). jax:PointMass: ``episode_length`` (100),
     ``action_repeat`` (1), ``terminate_outside`` (None).
+    JAX envs also take ``action_repeat`` in the id: ``mjx:PendulumSwingup?action_repeat=4``.
     Raises ``UnknownEnvError`` naming the valid choices for a bad id.
     """
     if num_envs < 1:
@@ -69,6 +70,15 @@ def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs) -> HostVecEnv 
                 f"{env_id}: non-stationary switches run inside jit and need a JAX env (mjx:<name>, jax:PointMass)")
         # num_envs: the parallel envs per seed, so that `every` counts env steps per seed in all.
         return nonstationary.make(make(base_id, **kwargs), base_id, schedule, num_envs)
+    env_id, options = nonstationary.env_options(env_id)
+    if options:
+        if not is_jax_env(env_id):
+            raise nonstationary.NonStationaryError(
+                f"{env_id}: options in the id ({', '.join(options)}) are for JAX envs (mjx:<name>, jax:PointMass)")
+        clash = {k for k in options if k in kwargs and kwargs[k] != options[k]}
+        if clash:
+            raise ValueError(f"{env_id}: {', '.join(sorted(clash))} given both in the id and as an argument")
+        kwargs = {**kwargs, **options}
     family, _, name = env_id.partition(":")
 
     if family == "dmc":

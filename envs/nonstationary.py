@@ -26,6 +26,8 @@ Options:
 * `every` (required): env steps per seed between switches. With N parallel envs
   stepping in lockstep, each env switches after ceil(every / N) of its own steps.
 * `scale` (dynamics and goal_mirror, default 0.5), `seed` (obs_permutation only, default 0).
+* `action_repeat` (any JAX env, with or without a switch): simulator frames per agent step, e.g.
+  `mjx:PendulumSwingup?action_repeat=4` (Playground's PPO setting for that task).
 
 Phase p = clock // ceil(every / N), where `clock` counts an env's steps across
 episodes (`JaxEnvState.clock`); resets keep it, so the schedule is in training
@@ -74,23 +76,49 @@ class Schedule:
     seed: int = 0
 
 
-def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
-    """`mjx:CheetahRun?switch=reward&every=5000000` -> (`mjx:CheetahRun`, Schedule); plain ids -> (id, None)."""
+SWITCH_OPTIONS = ("switch", "every", "scale", "seed")
+ENV_OPTIONS = ("action_repeat",)   # options of the env itself, stationary or not
+
+
+def _options(env_id: str) -> tuple[str, dict[str, str]]:
+    """`base?k=v&...` -> (base, {k: v}); refuses malformed, repeated and unknown options."""
     base, sep, query = env_id.partition("?")
-    if not sep:
-        return env_id, None
+    valid = ", ".join(SWITCH_OPTIONS + ENV_OPTIONS)
     options: dict[str, str] = {}
     for item in filter(None, query.split("&")):
         key, eq, value = item.partition("=")
         if not eq:
-            raise NonStationaryError(f"{env_id}: option {item!r} is not key=value; valid keys: switch, every, "
-                                     "scale, seed")
+            raise NonStationaryError(f"{env_id}: option {item!r} is not key=value; valid keys: {valid}")
         if key in options:
             raise NonStationaryError(f"{env_id}: option {key!r} is given twice ({options[key]!r} and {value!r})")
         options[key] = value
-    unknown = set(options) - {"switch", "every", "scale", "seed"}
+    unknown = set(options) - set(SWITCH_OPTIONS + ENV_OPTIONS)
     if unknown:
-        raise NonStationaryError(f"{env_id}: unknown option(s) {sorted(unknown)}; valid: switch, every, scale, seed")
+        raise NonStationaryError(f"{env_id}: unknown option(s) {sorted(unknown)}; valid: {valid}")
+    return base, options
+
+
+def env_options(env_id: str) -> tuple[str, dict]:
+    """`mjx:PendulumSwingup?action_repeat=4` -> (`mjx:PendulumSwingup`, {"action_repeat": 4}): the env's own
+    options (given in the id so that one string names the env everywhere: training, evaluation, config.json)."""
+    base, options = _options(env_id)
+    kwargs = {}
+    if "action_repeat" in options:
+        kwargs["action_repeat"] = _integer(env_id, "action_repeat", options["action_repeat"])
+        if kwargs["action_repeat"] < 1:
+            raise NonStationaryError(f"{env_id}: action_repeat must be >= 1, got {kwargs['action_repeat']}")
+    return base, kwargs
+
+
+def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
+    """`mjx:CheetahRun?switch=reward&every=5000000` -> (`mjx:CheetahRun`, Schedule); ids without a switch ->
+    (id, None). The env's own options (`action_repeat`) stay on the returned id."""
+    base, all_options = _options(env_id)
+    kept = [f"{k}={v}" for k, v in all_options.items() if k in ENV_OPTIONS]
+    base = base + ("?" + "&".join(kept) if kept else "")
+    options = {k: v for k, v in all_options.items() if k in SWITCH_OPTIONS}
+    if not options:
+        return base, None
     switch = options.get("switch")
     if switch not in SWITCHES:
         raise NonStationaryError(f"{env_id}: switch must be one of {', '.join(SWITCHES)}, got {switch!r}")
@@ -130,6 +158,7 @@ def phase_schedule(every: int, num_envs: int):
 def make(base: JaxEnv, base_id: str, schedule: Schedule, num_envs: int) -> JaxEnv:
     """Wrap `base` (made from `base_id`) so that its task changes on `schedule`."""
     phase_of = phase_schedule(schedule.every, num_envs)
+    base_id = env_options(base_id)[0]
     if schedule.switch == "obs_permutation":
         return _with_obs_permutation(base, schedule, phase_of)
     if schedule.switch == "action_sign":

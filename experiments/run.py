@@ -21,7 +21,7 @@ if __package__ in (None, ""):          # run as a script: make the repository im
 import tyro
 
 import agents
-from envs import UnknownEnvError
+from envs import UnknownEnvError, nonstationary
 from experiments.checkpoint import CheckpointError
 from experiments.train import (DivergenceError, RunArgs, RunError, RunIOError, Stopped, from_saved, read_saved_run,
                                train)
@@ -93,6 +93,7 @@ def parse(argv: list[str]):
     pre.add_argument("--run-dir", default=None)
     pre.add_argument("--resume", action="store_true")
     pre.add_argument("--preset", default=None)
+    pre.add_argument("--env", default=None)
     pre.add_argument("--distributed", action="store_true")
     known, _ = pre.parse_known_args(argv)
     if known.distributed:
@@ -115,6 +116,14 @@ def parse(argv: list[str]):
         raise RunError(f"unknown --preset {preset!r} for {agent_name}; valid: {valid}")
     run_defaults = dataclasses.replace(run_defaults, preset=preset)
     config_defaults = agent.Config(**presets.get(preset, {}))
+    # A preset's per-task changes (PPO's `playground`: Playground's per-task config), as defaults that flags
+    # given on the command line still override; an env option (action_repeat) is added to the env id.
+    task = {} if saved is not None else dict(getattr(agent, "task_preset", lambda *_: {})(
+        preset, known.env or run_defaults.env))
+    task_env_options = {k: task.pop(k) for k in list(task) if k in nonstationary.ENV_OPTIONS}
+    run_fields = {f.name for f in dataclasses.fields(RunArgs)}
+    run_defaults = dataclasses.replace(run_defaults, **{k: v for k, v in task.items() if k in run_fields})
+    config_defaults = dataclasses.replace(config_defaults, **{k: v for k, v in task.items() if k not in run_fields})
     if saved is not None and saved["run"].get("agent") == agent_name:
         run_defaults = dataclasses.replace(from_saved(RunArgs, saved["run"]), resume=False, resume_from=None,
                                            overwrite=False)
@@ -126,9 +135,19 @@ def parse(argv: list[str]):
     ], frozen=True)
     presets_help = f" Presets (--preset): {', '.join(sorted(presets))}." if presets else ""
     parsed = cli(cli_type, argv, f"Train {agent_name} ({agent.__name__}).{presets_help}")
-    if parsed.run.preset is not None and saved is None:
-        print(f"preset: {parsed.run.preset} (flags given on the command line override it)", flush=True)
-    return parsed.run, parsed.agent_config
+    run_args = parsed.run
+    env_options = nonstationary.env_options(nonstationary.split_env_id(run_args.env)[0])[1] if task_env_options else {}
+    missing = {k: v for k, v in task_env_options.items() if k not in env_options}
+    if missing:
+        base, sep, query = run_args.env.partition("?")
+        extra = "&".join(f"{k}={v}" for k, v in missing.items())
+        run_args = dataclasses.replace(run_args, env=f"{base}?{extra}" + (f"&{query}" if query else ""))
+    if run_args.preset is not None and saved is None:
+        print(f"preset: {run_args.preset} (flags given on the command line override it)", flush=True)
+        if task or missing:
+            changes = ", ".join(f"{k}={v}" for k, v in {**task, **missing}.items())
+            print(f"preset {run_args.preset} for this task: {changes} (env: {run_args.env})", flush=True)
+    return run_args, parsed.agent_config
 
 
 def main(argv: list[str] | None = None) -> int:

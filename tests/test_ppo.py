@@ -263,3 +263,33 @@ def test_observation_statistics_forget_with_obs_norm_decay():
     np.testing.assert_allclose(exact.mean, data.mean(0), rtol=1e-5)            # decay 1: the plain running moments
     with pytest.raises(ValueError, match=r"--obs-norm-decay must be in \(0, 1\]"):
         ppo.Config(**TINY, obs_norm_decay=0.0).validate()
+
+
+@pytest.mark.parametrize("env_id, flags, expected", [
+    ("mjx:PendulumSwingup", [], dict(env="mjx:PendulumSwingup?action_repeat=4", num_epochs=4)),
+    ("mjx:BallInCup", [], dict(discount=0.95, total_steps=60_000_000)),
+    ("mjx:FingerSpin", ["--discount", "0.9"], dict(discount=0.9)),                  # a flag still wins
+    ("mjx:AcrobotSwingupSparse", [], dict(total_steps=100_000_000, discount=0.995)),
+    ("mjx:SwimmerSwimmer6", [], dict(total_steps=100_000_000)),
+    ("mjx:WalkerRun", [], dict(total_steps=100_000_000)),
+    ("mjx:PendulumSwingup?action_repeat=1", [], dict(env="mjx:PendulumSwingup?action_repeat=1")),
+    ("mjx:CheetahRun", [], dict(env="mjx:CheetahRun", discount=0.995, num_epochs=16, total_steps=60_000_000)),
+])
+def test_playground_preset_applies_playgrounds_per_task_overrides(env_id, flags, expected):
+    from experiments import run
+
+    run_args, config = run.parse(["--agent", "ppo", "--env", env_id, "--preset", "playground", *flags])
+    for name, value in expected.items():
+        assert getattr(run_args if hasattr(run_args, name) else config, name) == value, name
+    _, cpu = run.parse(["--agent", "ppo", "--env", env_id, "--preset", "cpu"])
+    assert cpu.discount == 0.99 and cpu.num_epochs == 16                            # only the playground preset
+
+
+def test_action_repeat_in_the_env_id():
+    spec = envs.make("jax:PointMass?action_repeat=3").spec
+    assert spec.action_repeat == 3 and spec.env_id == "jax:PointMass"
+    assert envs.make("jax:PointMass?action_repeat=2&switch=action_sign&every=10").spec.action_repeat == 2
+    with pytest.raises(envs.UnknownEnvError, match="action_repeat must be >= 1"):
+        envs.make("jax:PointMass?action_repeat=0")
+    with pytest.raises(envs.UnknownEnvError, match="are for JAX envs"):
+        envs.make("dmc:cheetah-run?action_repeat=2")
