@@ -139,7 +139,7 @@ def test_sigreg_learns_cartpole_balance(tmp_path):
     lambda 0.2). Measured here: 523, 272, 729, 386, 975 at 1M..5M steps: it learns, less steadily than PPO
     (239, 241, 419, 750, 997), so the test asks for the best evaluation, not the last."""
     run_dir = tmp_path / "run"
-    result = run_cli("--agent", "sigreg", "--env", "mjx:CartpoleBalance", "--num-envs", "1024",
+    result = run_cli("--agent", "sigreg", "--network", "shared_trunk", "--env", "mjx:CartpoleBalance", "--num-envs", "1024",
                      "--total-steps", "5000000", "--eval-every", "1000000", "--eval-episodes", "5",
                      "--run-dir", str(run_dir), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,6 +16,7 @@ from tests.cli_utils import run_inprocess
 from tests.test_ppo import TINY, TINY_FLAGS
 
 SMALL = dict(**TINY, trunk_hidden=(16, 16), trunk_dim=8)
+SHARED = dict(**SMALL, network="shared_trunk")   # the paper's network (the default is separate)
 SPEC = envs.make("jax:PointMass").spec
 
 
@@ -29,7 +30,7 @@ def _batch(rng, B=4, T=3):
 
 
 def test_loss_is_ppo_plus_lambda_sigreg_of_the_trunk_representation():
-    config = sigreg.Config(**SMALL, sigreg_coef=0.7)
+    config = sigreg.Config(**SHARED, sigreg_coef=0.7)
     state = sigreg.init(jax.random.PRNGKey(0), SPEC, config)
     batch, key = _batch(np.random.default_rng(0)), jax.random.PRNGKey(3)
     auxiliary = lambda params, obs, k: sigreg.sigreg_loss(params, obs, k, state)
@@ -47,7 +48,7 @@ def test_loss_is_ppo_plus_lambda_sigreg_of_the_trunk_representation():
 
 
 def test_zero_coefficient_is_shared_trunk_ppo():
-    config = sigreg.Config(**SMALL, sigreg_coef=0.0)
+    config = sigreg.Config(**SHARED, sigreg_coef=0.0)
     state = sigreg.init(jax.random.PRNGKey(0), SPEC, config)
     batch, key = _batch(np.random.default_rng(1)), jax.random.PRNGKey(4)
     auxiliary = lambda params, obs, k: sigreg.sigreg_loss(params, obs, k, state)
@@ -70,7 +71,7 @@ def _max_difference(a, b) -> float:
 def test_zero_coefficient_train_step_is_shared_trunk_ppo_exactly():
     """The lambda = 0 arm of compare.py: one whole update (rollout, epochs) with the SIGReg term at weight 0 gives
     bit-identical parameters to PPO's update of the same shared-trunk network without the term."""
-    state = sigreg.init(jax.random.PRNGKey(0), SPEC, sigreg.Config(**SMALL, sigreg_coef=0.0))
+    state = sigreg.init(jax.random.PRNGKey(0), SPEC, sigreg.Config(**SHARED, sigreg_coef=0.0))
     with_term, metrics = _one_train_step(sigreg, state)
     without_term, _ = _one_train_step(ppo, state)
     assert "sigreg/statistic" in metrics
@@ -102,7 +103,7 @@ def test_separate_networks_regularize_one_network_only(regularized, other):
 
 
 def test_trains_vmapped_with_diagnostics():
-    loop = OnPolicyLoop(sigreg, sigreg.Config(**SMALL), "jax:PointMass", num_seeds=2, seed=0)
+    loop = OnPolicyLoop(sigreg, sigreg.Config(**SHARED), "jax:PointMass", num_seeds=2, seed=0)
     state, metrics = loop.run(loop.init(), 0, 2 * loop.granularity)
     assert metrics["sigreg/statistic"].shape == (2,) and np.all(np.isfinite(metrics["sigreg/statistic"]))
     diagnostics = loop.diagnostics(state, 2 * loop.granularity)
@@ -126,7 +127,7 @@ def test_trains_vmapped_with_diagnostics():
 ])
 def test_bad_sigreg_config(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        dataclasses.replace(sigreg.Config(**SMALL), **change).validate()
+        dataclasses.replace(sigreg.Config(**SHARED), **change).validate()
 
 
 def test_bad_coefficient_from_the_command_line(tmp_path):
