@@ -1,8 +1,10 @@
 """GTR: Gaussian Trust Region Policy Optimization, on top of `agents/ppo.py`.
 
-arXiv 2606.03382. The paper's equations and code were not reachable: this file
-implements the RECONSTRUCTION in ALGORITHMS.md, and exposes the alternatives
-as flags.
+arXiv 2606.03382. The paper's equations and code were not reachable (only its
+abstract and introduction): this file is a RECONSTRUCTION -- ALGORITHMS.md's,
+revised where the review of issue 18 found it contradicts the abstract (a
+kernel in distance, anchors that persist) -- and exposes the alternatives as
+flags. Whether it shows the paper's effect: experiments/results/claims.md.
 
 Idea: PPO's trust region (ratio clipping, or a KL penalty) pulls back every
 move away from the old policy, the harder the farther. GTR's penalty is a
@@ -288,3 +290,8 @@ def train_step(state: GTRState, env: JaxEnv, env_state: JaxEnvState, key: jax.Ar
 def collect(state: GTRState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array, sync_axes=()):
     """PPO's collection with the current policy (used by bench.py)."""
     return ppo.collect(state.ppo, env, env_state, key, sync_axes)
+
+
+def diagnostics(state: GTRState, key: jax.Array) -> dict:
+    """PPO's plasticity and isotropy diagnostics of the policy and value networks."""
+    return ppo.diagnostics(state.ppo, key)

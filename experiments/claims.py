@@ -37,6 +37,8 @@ class ClaimsArgs:
     """The arm every other method is compared with, seed by seed (e.g. sigreg_off, ppo)."""
     last: int = 3
     """Evaluations at the end of each phase averaged into the phase's return."""
+    show: tuple[str, ...] = ("value/srank", "value/dormant_0.1", "value/isotropy_entropy", "value/feature_norm")
+    """The diagnostics printed in the markdown table (claims_summary.csv holds every one)."""
 
 
 def _read(path: Path) -> list[dict]:
@@ -58,6 +60,8 @@ def phase_returns(rows: list[dict], switches: list[int], total_steps: int, last:
     for r in rows:
         step = int(r["step"])
         phase = int(np.searchsorted(bounds, step, side="right")) - 1
+        if phase >= len(bounds) - 1:      # past --total-steps (the loop ends on a whole update): not a phase's
+            continue
         if phase + 1 < len(bounds) - 1 and step >= bounds[phase + 1] - episode_span:
             continue
         per[(r["method"], phase)][int(r["seed"])].append((step, float(r["return"])))
@@ -68,14 +72,14 @@ def phase_returns(rows: list[dict], switches: list[int], total_steps: int, last:
 
 
 def phase_diagnostics(rows: list[dict], switches: list[int], total_steps: int) -> dict:
-    """{(method, phase, name): {seed: value at the phase's last evaluation}} for names ending in DIAGNOSTICS."""
+    """{(method, phase, name): {seed: value at the phase's last evaluation}} for names like network/<DIAGNOSTIC>..."""
     bounds = [0, *switches, total_steps + 1]
     latest = {}
     for r in rows:
         step = int(r["step"])
         phase = int(np.searchsorted(bounds, step, side="right")) - 1
         for name, value in r.items():
-            if value in ("", None) or not any(name.endswith(d) for d in DIAGNOSTICS):
+            if value in ("", None) or not name.split("/")[-1].startswith(DIAGNOSTICS):
                 continue
             key = (r["method"], phase, name, int(r["seed"]))
             if key not in latest or latest[key][0] < step:
@@ -133,7 +137,7 @@ def main(args: ClaimsArgs) -> list[dict]:
         writer.writeheader()
         writer.writerows(out)
     temporary.replace(run_dir / "claims_summary.csv")
-    diag_names = [k[:-5] for k in fields if k.endswith("_mean") and k not in ("return_mean", "diff_mean")]
+    diag_names = [k[:-5] for k in fields if k.endswith("_mean") and k[:-5] in args.show]
     print("| env | phase | method | seeds | return (last %d evals) | minus %s | %s |"
           % (args.last, args.reference or "-", " | ".join(diag_names)))
     print("|" + "---|" * (6 + len(diag_names)))
