@@ -9,11 +9,15 @@ inactive.
 
     g_i = mean_j |dL_Q/dW_ji|             incoming weights of neuron i (LayerNorm: |dL_Q/dgamma_i|)
     s_i = g_i / (mean_k g_k + 1e-9)       normalized by its layer's mean
-    inactive_i  <=>  s_i <= tau           (--threshold tau, --mask threshold; or the bottom --percentage %, or both: hybrid)
+    inactive_i  <=>  s_i <= tau           (--mask threshold; --mask percentage: the bottom --percentage %;
+                                           hybrid: s_i <= tau capped at the bottom p%, as the authors' GradientReDo;
+                                           union: either)
 
 Every `reset_every` critic updates (default 1000) the TD loss's gradients on a
 fresh replay batch score the critics' hidden neurons; inactive ones get new
-incoming weights and bias from the layer's own initializer. Outgoing weights
+incoming weights He-uniform, U(+-sqrt(6 / fan_in)), and biases U(+-1/sqrt(fan_in)),
+as the authors re-initialize (`--reinit layer` draws from the layer's own
+initializer with zero bias instead). Outgoing weights
 are kept; the output layer never resets; the target critics keep following by
 Polyak averaging. `--score redo` swaps in ReDo (Sokar et al. 2023, arXiv
 2302.12902): scores from mean |activation|, and the reset also zeroes the
@@ -31,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -54,19 +59,25 @@ class Config(sac.Config):
     """Critic updates between two resets."""
     score: Literal["grama", "redo"] = "grama"
     """Neuron score: gradient magnitude (GraMa) or activation magnitude (ReDo, with ReDo's reset)."""
-    mask: Literal["threshold", "percentage", "hybrid"] = "threshold"
-    """Reset neurons with score <= threshold, the bottom `percentage` % of each layer, or either."""
+    mask: Literal["threshold", "percentage", "hybrid", "union"] = "threshold"
+    """Reset neurons with score <= threshold, the bottom `percentage` % of each layer, both (hybrid: the
+    threshold capped at percentage %, the authors'), or either (union)."""
     threshold: float = field(0.1, "[0, 1]", about="the score threshold tau")
     """tau, the score threshold, in [0, 1] (not SAC's --tau, the Polyak rate)."""
     percentage: float = field(10.0, "(0, 100]")
-    """Bottom percentage of each layer for --mask percentage/hybrid, in (0, 100]."""
+    """Bottom percentage of each layer for --mask percentage/hybrid/union, in (0, 100]."""
+    reinit: Literal["he_uniform", "layer"] = "he_uniform"
+    """Reset neurons' incoming weights: He-uniform with U(+-1/sqrt(fan_in)) biases (the authors'), or the layer's
+    own initializer with zero biases."""
 
     def validate(self) -> None:
         super().validate()
         if self.score not in ("grama", "redo"):
             raise ValueError(f"--score must be grama or redo, got {self.score!r}")
-        if self.mask not in ("threshold", "percentage", "hybrid"):
-            raise ValueError(f"--mask must be threshold, percentage or hybrid, got {self.mask!r}")
+        if self.mask not in plasticity.MASK_MODES:
+            raise ValueError(f"--mask must be one of {', '.join(plasticity.MASK_MODES)}, got {self.mask!r}")
+        if self.reinit not in ("he_uniform", "layer"):
+            raise ValueError(f"--reinit must be he_uniform or layer, got {self.reinit!r}")
 
 
 @struct.dataclass
@@ -106,8 +117,13 @@ def reset_critics(state: ReGraMaState, key: jax.Array) -> ReGraMaState:
                                     config.percentage)
     redo = config.score == "redo"
     params = base.critic.params
-    mlp, changed = plasticity.reset_neurons(k_init, sac.critic_mlp(params["params"]), masks,
-                                            kernel_init=kernel_init(config.initializer), zero_outgoing=redo)
+    if config.reinit == "he_uniform":
+        inits = dict(kernel_init=nn.initializers.he_uniform(), bias_init=plasticity.fan_in_uniform_bias,
+                     bias_init_takes_fan_in=True)
+    else:
+        inits = dict(kernel_init=kernel_init(config.initializer))
+    mlp, changed = plasticity.reset_neurons(k_init, sac.critic_mlp(params["params"]), masks, zero_outgoing=redo,
+                                            **inits)
     params = {"params": {"critics": {"MLP_0": mlp}}}
     opt_state = base.critic.opt_state
     if redo:

@@ -263,14 +263,16 @@ ACTOR_METRICS = ("actor/loss", "actor/entropy", "alpha")
 
 
 def update_actor(state: SACState, obs: jax.Array, key: jax.Array) -> tuple[SACState, dict]:
-    """One actor step, then (with autotune) one alpha step on the same log-probabilities."""
+    """One actor step, then (with autotune) one alpha step on log-probabilities of a FRESH sample from the
+    updated actor (CleanRL draws one after the actor step)."""
     config = state.config
     _, actor_opt, alpha_opt = optimizers(config)
     (loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params, state, obs, key)
     state = state.replace(actor=apply_gradients(state.actor, grads, actor_opt))
     if config.autotune:
         target_entropy = -config.target_entropy_scale * state.spec.action_dim
-        grad_alpha = jax.grad(alpha_loss)(state.log_alpha, log_prob, target_entropy)
+        _, fresh_log_prob = policy(state, state.actor.params, obs, jax.random.fold_in(key, 1))
+        grad_alpha = jax.grad(alpha_loss)(state.log_alpha, fresh_log_prob, target_entropy)
         step, alpha_opt_state = alpha_opt.update(grad_alpha, state.alpha_opt_state)
         state = state.replace(log_alpha=optax.apply_updates(state.log_alpha, step), alpha_opt_state=alpha_opt_state)
     return state, {"actor/loss": loss, "actor/entropy": -jnp.mean(log_prob), "alpha": state.alpha}

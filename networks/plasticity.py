@@ -46,7 +46,9 @@ Masks (`neuron_masks`)
 - "threshold":  s_i <= tau
 - "percentage": the floor(p/100 * width) lowest-scored neurons of each layer
   (ties broken by lower index first)
-- "hybrid":     the UNION of the two: s_i <= tau OR among the bottom p%.
+- "hybrid":     the threshold CAPPED at p%: s_i <= tau AND among the bottom p% (at most p% of a
+  layer resets; the GraMa authors' GradientReDo hybrid)
+- "union":      s_i <= tau OR among the bottom p% (at least p% resets; this module's earlier "hybrid")
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ Params = Mapping[str, Any]
 Initializer = Callable[..., jax.Array]
 
 EPS = 1e-9
-MASK_MODES = ("threshold", "percentage", "hybrid")
+MASK_MODES = ("threshold", "percentage", "hybrid", "union")
+_NEEDS_TAU = ("threshold", "hybrid", "union")
+_NEEDS_PERCENTAGE = ("percentage", "hybrid", "union")
 DIAGNOSTIC_TAUS = (0.0, 0.025, 0.1)
 
 # ----------------------------------------------------------------------------- layers
@@ -269,29 +273,32 @@ def bottom_percentage(scores: jax.Array, percentage: Any) -> jax.Array:
 
 def neuron_masks(scores: Mapping[str, jax.Array], mode: str = "threshold", tau: Any = None,
                  percentage: Any = None) -> dict[str, jax.Array]:
-    """Bool masks (True = reset) per layer from scores: mode threshold | percentage | hybrid.
+    """Bool masks (True = reset) per layer from scores: mode threshold | percentage | hybrid | union.
 
     threshold: s <= tau (tau in [0, 1]); percentage: bottom p% of each layer
-    (p in (0, 100]); hybrid: the union of both (needs tau and percentage).
+    (p in (0, 100]); hybrid: both at once, i.e. the threshold capped at p%;
+    union: either (hybrid and union need tau and percentage).
     """
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mode!r}; valid: {', '.join(MASK_MODES)}")
-    if mode in ("threshold", "hybrid"):
+    if mode in _NEEDS_TAU:
         if tau is None:
             raise ValueError(f"mode {mode!r} needs a threshold tau in [0, 1]")
         check_tau(tau)
-    if mode in ("percentage", "hybrid"):
+    if mode in _NEEDS_PERCENTAGE:
         if percentage is None:
             raise ValueError(f"mode {mode!r} needs a percentage in (0, 100]")
         check_percentage(percentage)
     masks = {}
     for name, s in scores.items():
-        m = jnp.zeros(s.shape, bool)
-        if mode in ("threshold", "hybrid"):
-            m = m | (s <= tau)
-        if mode in ("percentage", "hybrid"):
-            m = m | bottom_percentage(s, percentage)
-        masks[name] = m
+        if mode == "threshold":
+            masks[name] = s <= tau
+        elif mode == "percentage":
+            masks[name] = bottom_percentage(s, percentage)
+        elif mode == "hybrid":
+            masks[name] = (s <= tau) & bottom_percentage(s, percentage)
+        else:
+            masks[name] = (s <= tau) | bottom_percentage(s, percentage)
     return masks
 
 
@@ -307,9 +314,16 @@ def _draw(init: Initializer, key: jax.Array, shape: tuple[int, ...], dtype, core
     return jax.vmap(lambda k: init(k, inner, dtype))(keys).reshape(shape)
 
 
+def fan_in_uniform_bias(fan_in: int) -> Initializer:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's nn.Linear bias initialization."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 def reset_neurons(key: jax.Array, params: Params, masks: Mapping[str, jax.Array], *,
                   kernel_init: Initializer = mlp_kernel_init("xavier_uniform"),
-                  bias_init: Initializer = nn.initializers.zeros,
+                  bias_init: Initializer | Callable[[int], Initializer] = nn.initializers.zeros,
+                  bias_init_takes_fan_in: bool = False,
                   zero_outgoing: bool = False,
                   order: Sequence[str] | None = None) -> tuple[dict, dict]:
     """Re-initialize the masked neurons of one network; returns (new params, changed).
@@ -318,7 +332,8 @@ def reset_neurons(key: jax.Array, params: Params, masks: Mapping[str, jax.Array]
     fresh draw of `kernel_init` (the layer's own initializer; the default is
     networks/mlp.py's MLP default, xavier-uniform at the ReLU gain; use
     `mlp_initializer(mlp)` or `nn.initializers.lecun_normal()` for plain nn.Dense)
-    and bias i is `bias_init` (zeros). LayerNorm: scale_i = 1, bias_i = 0.
+    and bias i is `bias_init` (zeros; with `bias_init_takes_fan_in`, `bias_init(fan_in)` is the initializer,
+    e.g. `fan_in_uniform_bias`). LayerNorm: scale_i = 1, bias_i = 0.
     With `zero_outgoing` (ReDo), row i of the next Dense layer's kernel is set to 0.
     `changed` has the structure of params: bool arrays, True where an entry was
     reset (use it with `reset_optimizer_moments`). Masking the output layer is an error.
@@ -350,7 +365,8 @@ def reset_neurons(key: jax.Array, params: Params, masks: Mapping[str, jax.Array]
             changed[name]["kernel"] = changed[name]["kernel"] | col
             if "bias" in layer:
                 bias = layer["bias"]
-                layer["bias"] = jnp.where(m, _draw(bias_init, bkey, bias.shape, bias.dtype, core=1), bias)
+                init_bias = bias_init(kernel.shape[-2]) if bias_init_takes_fan_in else bias_init
+                layer["bias"] = jnp.where(m, _draw(init_bias, bkey, bias.shape, bias.dtype, core=1), bias)
                 changed[name]["bias"] = changed[name]["bias"] | m
         else:
             for field, value in (("scale", 1.0), ("bias", 0.0)):

@@ -439,3 +439,11 @@ def test_config_round_trips_through_model_json(tmp_path):
     saved = json.loads((path / "model.json").read_text())["config"]
     assert E.EnsembleConfig(**saved) == SMALL_NEUBAY
     assert math.isinf(float(E.load(path, SMALL_NEUBAY, S, A).holdout_mse[0]))  # untrained: inf
+
+
+def test_ravl_holds_out_20_percent_uncapped_and_neubay_decays_5e_5():
+    from agents import neubay, ravl
+
+    assert ravl.model_config(ravl.Config()).max_holdout is None
+    assert ravl.model_config(ravl.Config()).holdout_fraction == 0.2
+    assert neubay.model_config(neubay.Config()).adamw_weight_decay == 5e-5

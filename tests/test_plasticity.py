@@ -237,8 +237,30 @@ def test_percentage_threshold_and_hybrid_masks():
 
     h = {"h": jnp.array([0.05, 0.5, 3.0, 0.45])}
     np.testing.assert_array_equal(neuron_masks(h, "threshold", tau=0.1)["h"], [True, False, False, False])
-    np.testing.assert_array_equal(neuron_masks(h, "hybrid", tau=0.1, percentage=50)["h"], [True, False, False, True])
-    np.testing.assert_array_equal(neuron_masks(h, "hybrid", tau=0.5, percentage=25)["h"], [True, True, False, True])
+    # hybrid: the threshold capped at p% (the authors' GradientReDo): at most floor(p% x width) resets
+    np.testing.assert_array_equal(neuron_masks(h, "hybrid", tau=0.1, percentage=50)["h"], [True, False, False, False])
+    np.testing.assert_array_equal(neuron_masks(h, "hybrid", tau=0.5, percentage=25)["h"], [True, False, False, False])
+    np.testing.assert_array_equal(neuron_masks(h, "hybrid", tau=0.5, percentage=50)["h"], [True, False, False, True])
+    # union: either rule (at least p%)
+    np.testing.assert_array_equal(neuron_masks(h, "union", tau=0.1, percentage=50)["h"], [True, False, False, True])
+    np.testing.assert_array_equal(neuron_masks(h, "union", tau=0.5, percentage=25)["h"], [True, True, False, True])
+
+
+def test_he_uniform_reinit_has_the_authors_moments():
+    """ReGraMa's re-initialization: kernels U(+-sqrt(6 / fan_in)) (variance 2 / fan_in), biases
+    U(+-1 / sqrt(fan_in)) (variance 1 / (3 fan_in)); measured over a 512 x 2048 layer reset entirely."""
+    from networks.plasticity import fan_in_uniform_bias
+
+    fan_in, width = 512, 2048
+    params = {"Dense_0": {"kernel": jnp.zeros((fan_in, width)), "bias": jnp.zeros(width)},
+              "Dense_1": {"kernel": jnp.zeros((width, 1)), "bias": jnp.zeros(1)}}
+    new, _ = reset_neurons(jax.random.key(0), params, {"Dense_0": jnp.ones(width, bool)},
+                           kernel_init=jax.nn.initializers.he_uniform(), bias_init=fan_in_uniform_bias,
+                           bias_init_takes_fan_in=True)
+    kernel, bias = np.asarray(new["Dense_0"]["kernel"]), np.asarray(new["Dense_0"]["bias"])
+    assert np.abs(kernel).max() <= np.sqrt(6 / fan_in) and np.abs(bias).max() <= 1 / np.sqrt(fan_in)
+    assert kernel.var() == pytest.approx(2 / fan_in, rel=0.01) and abs(kernel.mean()) < 1e-3
+    assert bias.var() == pytest.approx(1 / (3 * fan_in), rel=0.08)
 
 
 def test_dormant_ratio_srank_and_feature_norm_by_hand():
@@ -305,7 +327,7 @@ def test_jit_and_vmap_over_seeds_equal_separate_runs():
     (dict(mode="hybrid", tau=0.1, percentage=-5), r"percentage must be in \(0, 100\]"),
     (dict(mode="hybrid", tau=0.1), r"needs a percentage in \(0, 100\]"),
     (dict(mode="threshold"), r"needs a threshold tau in \[0, 1\]"),
-    (dict(mode="bottom", tau=0.1), "valid: threshold, percentage, hybrid"),
+    (dict(mode="bottom", tau=0.1), "valid: threshold, percentage, hybrid, union"),
 ])
 def test_bad_inputs_raise_with_the_valid_range(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -184,3 +184,21 @@ def test_unknown_score_is_rejected_by_the_parser(tmp_path):
     assert result.returncode == 2
     assert "--score" in result.stderr and "'grama'" in result.stderr and "'redo'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_alpha_step_uses_a_fresh_sample_from_the_updated_actor(monkeypatch):
+    """CleanRL's order: the actor steps, then log pi of a NEW action from the updated actor drives alpha."""
+    spec = envs.make("jax:PointMass").spec
+    config = sac.Config(**SMALL)
+    state = sac.init(jax.random.PRNGKey(0), spec, config, capacity=16)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (8, spec.obs_dim))
+    key = jax.random.PRNGKey(5)
+    seen = []
+    original = sac.alpha_loss
+    monkeypatch.setattr(sac, "alpha_loss", lambda log_alpha, log_prob, h: seen.append(log_prob) or
+                        original(log_alpha, log_prob, h))
+    new, _ = sac.update_actor(state, obs, key)
+    _, fresh = sac.policy(new, new.actor.params, obs, jax.random.fold_in(key, 1))
+    _, stale = sac.policy(state, state.actor.params, obs, key)      # the sample the actor step used
+    np.testing.assert_allclose(seen[-1], fresh, rtol=1e-6)
+    assert not np.allclose(fresh, stale)
