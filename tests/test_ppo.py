@@ -214,7 +214,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     (["--env", "jax:PointMass", "--num-minibatches", "0"], "--num-minibatches must be >= 1"),
     (["--env", "mjx:CartpoleBalanc"], "valid Playground DM Control suite names are mjx:AcrobotSwingup"),
     (["--env", "dmc:cartpole-balance"], "ppo trains on JAX envs"),
-    (["--env", "jax:PointMass", "--preset", "gpu"], "unknown --preset 'gpu' for ppo; valid: cpu, playground"),
+    (["--env", "jax:PointMass", "--preset", "gpu"], "unknown --preset 'gpu' for ppo; valid: cpu, one_unroll, playground"),
     (["--env", "jax:PointMass", "--num-envs", str(2**30), "--scale-envs"], "GiB; --num-envs"),
 ])
 def test_bad_ppo_input_is_a_clear_error_and_writes_nothing(tmp_path, flags, message):
