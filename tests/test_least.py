@@ -1,4 +1,5 @@
-"""LEAST (reconstruction): the stop rule on a scripted Q-function and scripted gradient statistics, stops stored
+"""LEAST: the paper's rule (median of B_Q per index, the B_G weight, the entropy-aware K) and the first
+reconstruction (--rule margin) on a scripted Q-function and scripted statistics, stops stored
 as truncations that bootstrap, seeds that stop independently, envs that truncate on a stop, bad input."""
 
 import dataclasses
@@ -40,16 +41,81 @@ def _step(state, q):
     return least.store(state, transition), bool(stop)
 
 
-def test_rule_stops_exactly_after_patience_steps_below_the_threshold(monkeypatch):
-    """History 0..9: 10% quantile 0.9, IQR 4.5; margin_coef 0.2 and gradient EMAs 2 / 1 give margin 1.8, so the
-    threshold is -0.9. With patience 3: q = -1 three times in a row stops on the third; a q above the threshold
-    in between restarts the count."""
+def test_paper_rule_median_and_learning_potential_by_hand(monkeypatch):
+    """B_Q holds Q = 0..9 at every index (median 4.5); B_G holds TD loss 1 everywhere except index 0, where it
+    is 3. Then G_0 = 3 and G = (3 + 1 x 99) / 100 = 1.02: w_0 = 1.02 / 4.02 and the threshold at index 0 is
+    w_0 x 4.5 = 1.1418; at index 1, G_1 = 1, w_1 = 1.02 / 2.02, threshold 2.2723. Without the weight the
+    threshold is the median itself."""
     scripted(monkeypatch)
-    config = least.Config(**SMALL, quantile=0.1, patience=3, warmup=0, margin_coef=0.2, history=20,
-                          min_history=5, history_values="recorded")
+    config = least.Config(**SMALL, patience=1, warmup=0, history=20, history_size="fixed", min_history=5)
+    state = _state(config)
+    losses = jnp.where(jnp.isnan(state.history.values), jnp.nan, 1.0).at[0, :10].set(3.0)
+    state = state.replace(history=state.history.replace(losses=losses))
+    decision = least.rule(state, jnp.float32(1.0))
+    assert float(decision["median"]) == pytest.approx(4.5)
+    assert float(decision["weight"]) == pytest.approx(1.02 / 4.02, rel=1e-5)
+    assert float(decision["threshold"]) == pytest.approx(4.5 * 1.02 / 4.02, rel=1e-5)
+    assert bool(decision["stop"]) and not bool(least.rule(state, jnp.float32(1.2))["stop"])
+    at_one = least.rule(state.replace(episode_step=jnp.int32(1)), jnp.float32(2.0))
+    assert float(at_one["threshold"]) == pytest.approx(4.5 * 1.02 / 2.02, rel=1e-5) and bool(at_one["stop"])
+    bare = dataclasses.replace(config, learning_potential=False)
+    assert float(least.rule(state.replace(config=bare), jnp.float32(1.0))["threshold"]) == pytest.approx(4.5)
+    # A negative median is relaxed the same way: eps - (1 - w)|eps|.
+    negative = state.replace(history=state.history.replace(values=state.history.values - 10.0))
+    w = 1.02 / 4.02
+    assert float(least.rule(negative, jnp.float32(0.0))["threshold"]) == pytest.approx(-5.5 - (1 - w) * 5.5,
+                                                                                       rel=1e-5)
+
+
+def test_the_median_is_over_the_k_most_recent_episodes(monkeypatch):
+    """Index 0 has 30 records in a ring of 40: Q = 100 for the 20 oldest, 0..9 for the 10 newest. With K = 10 the
+    median is 4.5; with K = 30 it is 100. TD3's exploration noise 0.1 gives h = 0.1 sqrt(2 pi e) / 2 and the
+    entropy-aware K = 10 + round(30 (1 - h)) = 34; a near-uniform policy (h = 1) gives K_min = 10."""
+    scripted(monkeypatch)
+    config = least.Config(**SMALL, patience=1, warmup=0, history=40, history_floor=10, min_history=5,
+                          learning_potential=False)
+    state = least.init(jax.random.PRNGKey(0), SPEC, config)
+    values = jnp.full((SPEC.max_episode_steps, 40), jnp.nan).at[0, :20].set(100.0).at[0, 20:30].set(jnp.arange(10.0))
+    state = state.replace(history=state.history.replace(
+        values=values, count=jnp.zeros(SPEC.max_episode_steps, jnp.int32).at[0].set(30)))
+    h = 0.1 * np.sqrt(2 * np.pi * np.e) / 2
+    assert int(least.history_size(state)) == 10 + round(30 * (1 - h)) == 34
+    uniform = state.replace(entropy=jnp.float32(np.log(2.0)))
+    assert int(least.history_size(uniform)) == 10
+    assert float(least.rule(uniform, jnp.float32(0.0))["median"]) == pytest.approx(4.5)
+    fixed = state.replace(config=dataclasses.replace(config, history_size="fixed", history=40))
+    assert float(least.rule(fixed, jnp.float32(0.0))["median"]) == pytest.approx(100.0)
+
+
+def test_recording_starts_at_learning_starts_and_records_the_td_loss():
+    """Before --learning-starts (the default warm-up) nothing is recorded and nothing stops; after, each step
+    writes Q_i = min_j Q_j(s_i, a_i) and L_i = (Q_i - y_i)^2 with y_i TD3's target (the same key)."""
+    config = least.Config(**SMALL, history=20, history_size="fixed")
+    state = least.init(jax.random.PRNGKey(0), SPEC, config)
+    obs, action = jnp.ones(SPEC.obs_dim), 0.5 * jnp.ones(SPEC.action_dim)
+    transition = replay.Transition(obs, action, jnp.float32(1.0), 2 * obs, jnp.bool_(False), jnp.bool_(False))
+    early = least.store(state, transition)
+    assert int(early.history.count[0]) == 0 and bool(jnp.all(jnp.isnan(early.history.values)))
+    late = state.replace(base=state.base.replace(env_steps=jnp.int32(config.learning_starts)))
+    stored = least.store(late, transition)
+    q = float(least.q_value(late, obs, action))
+    batch = replay.TransitionBatch(obs[None], action[None], jnp.ones(1), 2 * obs[None], jnp.zeros(1))
+    key = jax.random.fold_in(jax.random.PRNGKey(0x1EA57), late.counters["env_steps"])
+    y = float(td3.critic_target(late.base, batch, key)[0])
+    assert int(stored.history.count[0]) == 1
+    assert float(stored.history.values[0, 0]) == pytest.approx(q, rel=1e-6)
+    assert float(stored.history.losses[0, 0]) == pytest.approx((q - y) ** 2, rel=1e-5)
+
+
+def test_margin_rule_stops_exactly_after_patience_steps_below_the_threshold(monkeypatch):
+    """--rule margin (the first reconstruction). History 0..9: 10% quantile 0.9, IQR 4.5; margin_coef 0.2 and
+    gradient EMAs 2 / 1 give margin 1.8, so the threshold is -0.9. With patience 3: q = -1 three times in a row
+    stops on the third; a q above the threshold in between restarts the count."""
+    scripted(monkeypatch)
+    config = least.Config(**SMALL, rule="margin", quantile=0.1, patience=3, warmup=0, margin_coef=0.2, history=20,
+                          history_size="fixed", min_history=5, history_values="recorded")
     state = _state(config).replace(grad_short=jnp.float32(2.0), grad_long=jnp.float32(1.0))
     decision = least.rule(state, jnp.float32(-1.0))
-    assert float(decision["margin"]) == pytest.approx(1.8, rel=1e-5)
     assert float(decision["threshold"]) == pytest.approx(-0.9, rel=1e-5)
     stops = []
     for q in (-1.0, -1.0, 0.0, -1.0, -1.0, -1.0):
@@ -92,7 +158,7 @@ def test_a_stop_is_a_truncation_that_bootstraps():
     """An eager rule on PointMass (no terminal states): every episode it ends is stored as truncated, never
     terminated, so TD3's target keeps gamma * Q'(s', a')."""
     config = least.Config(**SMALL, quantile=0.9, patience=1, warmup=50, min_history=1, history=5,
-                          margin_coef=0.0)
+                          history_size="fixed", learning_potential=False)
     loop = DeviceLoop(least, config, "jax:PointMass", num_seeds=2, seed=0, replay_transitions=2000)
     state, metrics = loop.run(loop.init(), 0, 400)
     agent = state["agent"]
@@ -134,6 +200,8 @@ def test_envs_end_an_episode_on_stop_as_a_truncation():
     (["--quantile", "0"], "--quantile must be in (0, 1), got 0.0"),
     (["--patience", "0"], "--patience must be >= 1, got 0"),
     (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--history-floor", "60"], "--history-floor must be in [1, --history=50], got 60"),
+    (["--min-history", "20"], "--min-history must be in [1, 10] (the smallest K), got 20"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     run_dir = tmp_path / "run"
