@@ -6,9 +6,11 @@ For each env, phase (the stretch between two task switches) and method: the mean
 phase's last `--last` evaluations, and the chosen diagnostics at the phase's last evaluation, each as the mean
 over seeds with a 95% percentile-bootstrap CI (experiments/plot.bootstrap_ci). Every method is also compared
 with the reference arm seed by seed (the arms share seeds, so the difference is paired): the mean difference
-and its CI. recovery_ci.csv (written by compare.py) holds steps-to-recover and the KL from the pre-switch policy.
+and its CI, and so is every diagnostic (`<name>_diff_mean/low/high`). recovery_ci.csv (written by compare.py) holds
+steps-to-recover and the KL from the pre-switch policy. A stationary env id is one phase (phase 0).
+experiments/arm_claims.py builds such a directory from separate run.py directories (off-policy arms).
 
-Writes `claims_summary.csv` into the directory and prints a markdown table.
+Writes `claims_summary.csv` (or `--output`) into the directory and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.compare import episode_span, switch_steps  # noqa: E402
 from experiments.plot import bootstrap_ci  # noqa: E402
 
-DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm")
+DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm", "grama_inactive")
 
 
 @dataclasses.dataclass
@@ -39,6 +41,8 @@ class ClaimsArgs:
     """Evaluations at the end of each phase averaged into the phase's return."""
     show: tuple[str, ...] = ("value/srank", "value/dormant_0.1", "value/isotropy_entropy", "value/feature_norm")
     """The diagnostics printed in the markdown table (claims_summary.csv holds every one)."""
+    output: str = "claims_summary.csv"
+    """The file written into the directory."""
 
 
 def _read(path: Path) -> list[dict]:
@@ -48,6 +52,15 @@ def _read(path: Path) -> list[dict]:
 
 def _fmt(estimate) -> str:
     return f"{estimate.value:.1f} [{estimate.low:.1f}, {estimate.high:.1f}]"
+
+
+def phases_of(env_id: str, num_envs: int, total_steps: int) -> list[int]:
+    """The switch steps of `env_id` (experiments/compare.switch_steps); none for a stationary env."""
+    from envs import nonstationary
+
+    if nonstationary.split_env_id(env_id)[1] is None:
+        return []
+    return switch_steps(env_id, num_envs, total_steps)
 
 
 def phase_returns(rows: list[dict], switches: list[int], total_steps: int, last: int,
@@ -102,7 +115,7 @@ def main(args: ClaimsArgs) -> list[dict]:
     diagnostics = _read(run_dir / "diagnostics.csv") if (run_dir / "diagnostics.csv").exists() else []
     out = []
     for env_id in dict.fromkeys(r["env"] for r in returns):
-        switches = switch_steps(env_id, settings["num_envs"], settings["total_steps"])
+        switches = phases_of(env_id, settings["num_envs"], settings["total_steps"])
         per_phase = phase_returns([r for r in returns if r["env"] == env_id], switches, settings["total_steps"],
                                   args.last, episode_span(env_id, settings["num_envs"]))
         per_diag = phase_diagnostics([r for r in diagnostics if r["env"] == env_id], switches,
@@ -129,14 +142,20 @@ def main(args: ClaimsArgs) -> list[dict]:
                         estimate = bootstrap_ci(np.array([values[s] for s in sorted(values)]))
                         row.update({f"{name}_mean": estimate.value, f"{name}_low": estimate.low,
                                     f"{name}_high": estimate.high})
+                        reference = per_diag.get((args.reference, phase, name), {}) if args.reference else {}
+                        shared = sorted(set(values) & set(reference))
+                        if method != args.reference and shared:
+                            difference = bootstrap_ci(np.array([values[s] - reference[s] for s in shared]))
+                            row.update({f"{name}_diff_mean": difference.value, f"{name}_diff_low": difference.low,
+                                        f"{name}_diff_high": difference.high})
                 out.append(row)
     fields = list(dict.fromkeys(k for row in out for k in row))
-    temporary = run_dir / "claims_summary.csv.tmp"
+    temporary = run_dir / (args.output + ".tmp")
     with open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(out)
-    temporary.replace(run_dir / "claims_summary.csv")
+    temporary.replace(run_dir / args.output)
     diag_names = [k[:-5] for k in fields if k.endswith("_mean") and k[:-5] in args.show]
     print("| env | phase | method | seeds | return (last %d evals) | minus %s | %s |"
           % (args.last, args.reference or "-", " | ".join(diag_names)))
