@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.compare import episode_span, switch_steps  # noqa: E402
 from experiments.plot import bootstrap_ci  # noqa: E402
 
-DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm", "grama_inactive")
+DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm", "grama_inactive",
+               # LEAST's episode statistics (least/*), cumulative: their value at the phase's last evaluation
+               "stops", "episodes", "mean_episode_length", "mean_stopped_length", "budget_saved")
 
 
 @dataclasses.dataclass
