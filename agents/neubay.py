@@ -13,16 +13,28 @@ is to cut a trajectory where the members disagree more than they ever do on the 
     threshold     u_max = quantile_q { u(s, a) : (s, a) in the dataset },  q = 1.0 (the largest)
                   u = `--disagreement` over the kept members, default "std": sqrt(mean_d Var_m mu_m,d(s, a))
                   in standardized output units (NEUBAY's "epi_mean")
-    rollout       every `rollout_every` updates, `rollout_batch` trajectories; each one
-                    1. draws one kept member m and keeps it for its whole length (a posterior sample),
-                    2. reads a real prefix of P = `prefix_length` transitions from one dataset episode and
-                       runs the actor's recurrent core over it (warm-up: the agent knows the history),
-                    3. from the prefix's true next state, for k = 1..H (H = `horizon`, default the
-                       episode length): a_t ~ pi(.|h_t),  (s_{t+1}, r_t) ~ p_m(.|s_t, a_t);
+    rollout       a round of `rollout_batch` trajectories whenever the previous round's share of updates is
+                  spent: ceil(utd x sum_i (t_i + h_i)) updates, utd = 0.05 (the authors' train.utd; t_i + h_i
+                  the trajectory's real history and imagined steps, their data_size); `--rollout-every k`
+                  instead rolls out every k updates (the previous rule, k = 1000). Each trajectory
+                    1. uses ONE kept member for its whole length (a posterior sample): trajectory i the
+                       member of rank i // B, B = rollout_batch / K (the authors' layout; `--member-mapping
+                       sample` draws one uniformly instead),
+                    2. starts at a step t drawn uniformly over the dataset's episode steps, t in [0, T] (T the
+                       episode's length, its end included, where nothing is imagined: the authors'
+                       HistorySampler). The real history s_0 .. s_{t-1} is the window's prefix, the last
+                       P = `prefix_length` transitions of it when t > P; when t < P it is LEFT-PADDED to P
+                       with zeros marked `valid` False and `reset` True (the authors' padded_start), and s_0
+                       carries a reset too, so the recurrent core sees exactly the real prefix. The actor's
+                       core is run over the prefix (warm-up: the agent knows the history);
+                       `--rollout-starts after_prefix` starts only after P real non-terminal transitions
+                       (t >= P, the previous rule),
+                    3. from s_t, for k = 1..H (H = `horizon`, default the episode length):
+                       a_t ~ pi(.|h_t),  (s_{t+1}, r_t) ~ p_m(.|s_t, a_t);
                        terminated = the task's known termination function (envs/true_dynamics.py);
                        the trajectory ends after a terminal step, after the first step with u(s_t, a_t) >
                        u_max (that step is kept and bootstraps: a truncation), at the env's time limit
-                       (episode time of the prefix + k = max_episode_steps), or after H steps
+                       (t + k = max_episode_steps), or after H steps
     reward        r_t - c u(s_t, a_t) / mean_data(u), c = `reward_penalty` = 0 (no penalty by default)
     agent         recurrent SAC on histories: x_t = [s_t, a_{t-1}, r_{t-1}] (zeros for a_{-1}, r_{-1} at an
                   episode start) -> Linear -> LayerNorm -> leaky ReLU -> recurrent core (LRU default, GRU
@@ -38,16 +50,16 @@ is to cut a trajectory where the members disagree more than they ever do on the 
                   over the valid steps of the batch only (NEUBAY's weighting; real_weight = 0.05)
 
 Sequences ("tapes"). Each rollout is stored as one fixed-length window of W = P + H transitions in a FIFO
-device buffer of `buffer_size` windows: the P real prefix steps (flag `real`) followed by the imagined steps,
-with a `valid` mask (False after the trajectory ended) and `terminated` flags. An update samples
-`batch_size` windows and runs every network over the whole window from the zero state, so the real prefix
-is also the burn-in: the state at the first imagined step is exactly the one the actor acted from in the
-rollout (up to the parameters having moved since). The real prefix steps are trained on too (they are the
-"real" share of the batch, as the history part of NEUBAY's tapes is). A window never crosses an episode:
-prefixes are dataset windows inside one episode whose last transition is not terminal
-(`prefix_starts`, from replay.datasets.sequence_starts), and every window starts its own history. `check`
-rejects a prefix_length that no episode of the dataset holds (longer than the longest episode, not counting
-a final terminal transition), before anything is written.
+device buffer of `buffer_size` windows: the P prefix steps (real ones flagged `real`, the left padding
+neither real nor valid) followed by the imagined steps, with a `valid` mask (False in the padding and after
+the trajectory ended), `terminated` flags and `reset` flags (W + 1, one per input x_t). An update samples
+`batch_size` windows and runs every network over the whole window from the zero state with those resets,
+so the real prefix is also the burn-in: the state at the first imagined step is exactly the one the actor
+acted from in the rollout (up to the parameters having moved since). The real prefix steps are trained on
+too (they are the "real" share of the batch, as the history part of NEUBAY's tapes is). A window never
+crosses an episode: its history is rows of the starting step's own episode (`rollout_positions`); with
+`--rollout-starts after_prefix` they are dataset windows of P rows inside one episode whose last
+transition is not terminal (`prefix_starts`), and `check` rejects a prefix_length that no episode holds.
 Bootstrapping: y_t uses h_{t+1} of the same window, which exists for every stored step (the window holds
 W + 1 observations); `terminated` zeroes it, a truncation (uncertainty, horizon, time limit) does not.
 
@@ -57,12 +69,21 @@ episode's first step. `act(state, obs, key, explore)`, the stateless contract th
 with, is the policy at an episode's FIRST step (zero history) applied to `obs`: a memoryless
 approximation. A loop that evaluates history-dependent agents should call `initial_carry` / `act_step`.
 
-Departures from the paper's code, all deliberate: prefixes have a fixed length P (NEUBAY uses the whole
-history up to a uniformly drawn step) so that windows have a static shape; rollouts are generated inside
-the jitted update every `rollout_every` updates (NEUBAY: an update-to-data ratio of 0.05 gradient steps per
-collected transition); members are drawn uniformly from the kept ones (NEUBAY assigns trajectory i to member
-i mod K); the buffer keeps the latest `buffer_size` rollouts (NEUBAY keeps up to 40M transitions);
-learning rates are constant (NEUBAY decays the actor's with a cosine schedule to 0 over training).
+Initialization (`--init neubay`, the authors' Equinox defaults): every Linear's weights and biases
+U(+-1/sqrt(fan_in)) (the embedding, the heads' hidden layers, the actor's output layer), the critic heads'
+last layer U(+-sqrt(0.01 / fan_in)) with a zero bias (their `final_linear`, scale 0.01); the actor's log-std
+is clipped hard to [-5, 2] (`--log-std clip`). `--init default --log-std tanh` are the previous choices (zero
+biases, last layers like the hidden ones, log sigma squashed by tanh into [-5, 2]).
+
+Departures from the paper's code, all deliberate: the history in a window is at most P steps (NEUBAY
+feeds the whole history up to the drawn step) so that windows have a static shape; rollouts are generated
+inside the jitted update, and with the authors' schedule the round's code is traced into every update and
+masked (the flag is per seed: under vmap a lax.cond would run both branches anyway), which costs the
+warm-up over rollout_batch x P prefix steps at every update; the buffer keeps the latest `buffer_size`
+rollouts (NEUBAY keeps up to 40M transitions); the batch is `batch_size` windows (NEUBAY: one tape of 2048
+steps); learning rates are constant (NEUBAY decays the actor's with a cosine schedule to 0 over
+training); the heads' LayerNorms have no learned scale or shift (Equinox's have); the recurrent blocks'
+Linear biases start at 0 (Equinox: U(+-1/sqrt(fan_in))).
 
 World model cost: training is one vmapped program for all members (ensemble.train, one jitted epoch per
 call). Measured with the default 128 members x 4 x 200 on this project's 2-core CPU while it was shared
@@ -94,8 +115,8 @@ from agents.config import check_fields, field
 from envs import EnvSpec
 from networks import distributions as dist_lib
 from networks import ensemble as ensemble_lib
-from networks.actor_critic import GaussianActor, QEnsemble
-from networks.mlp import kernel_init
+from networks.actor_critic import GaussianActor, QEnsemble, init_scheme
+from networks.mlp import Linear
 from networks.recurrent import CORE_KINDS, make_core
 from networks.training import Trained, apply_gradients, polyak, trained
 from replay import datasets as datasets_lib
@@ -128,13 +149,26 @@ class Config:
 
     # -- rollouts -----------------------------------------------------------------------------------------
     prefix_length: int = field(32, ">= 1")
-    """Real transitions of one dataset episode that start each rollout and warm up the recurrent state."""
+    """P: the real history each rollout starts from and warms the recurrent state up on (the last min(t, P)
+    transitions before the starting step t, left-padded to P)."""
+    rollout_starts: Literal["any", "after_prefix"] = "any"
+    """Starting steps: "any" step t of a dataset episode, uniform over t in [0, T] (T its length, the end
+    included), the authors'; "after_prefix": only t >= P, after P real transitions none of which is terminal
+    (the previous rule)."""
+    member_mapping: Literal["block", "sample"] = "block"
+    """Member of trajectory i: "block", the kept member of rank i // (rollout_batch / K) (the authors' layout;
+    K = --model-keep, ranked by holdout MSE); "sample": drawn uniformly from the kept, with replacement."""
+    utd: float = field(0.05, "(0, 1024]")
+    """Updates per stored transition (with --rollout-every None): after each round of rollout_batch
+    trajectories, the next comes after ceil(utd x sum_i (t_i + h_i)) updates, t_i the real history and h_i the
+    imagined steps of trajectory i (the authors' train.utd 0.05 and data_size)."""
     horizon: int | None = field(None, ">= 1")
     """Model steps per rollout (None: the env's episode length; capped at it)."""
     rollout_batch: int = field(100, ">= 1")
     """Trajectories per rollout round (NEUBAY: 100 in parallel)."""
-    rollout_every: int = field(1_000, ">= 1")
-    """Updates between rollout rounds (the first round runs before the first update)."""
+    rollout_every: int | None = field(None, ">= 1")
+    """Updates between rollout rounds, fixed (the previous default: 1000); None: the authors' schedule from --utd.
+    Either way the first round runs before the first update."""
     buffer_size: int = field(2_000, ">= 1")
     """Rollouts (windows of prefix_length + horizon steps) the FIFO buffer keeps."""
 
@@ -173,9 +207,20 @@ class Config:
     """H_target = -target_entropy_scale * action_dim."""
     max_grad_norm: float = field(1000.0, "> 0")
     """Global gradient-norm clip of the actor and the critic (NaN gradients are zeroed first)."""
+    init: Literal["neubay", "default", "edac"] = "neubay"
+    """Initialization of the heads and the embeddings (networks/actor_critic.py INIT_SCHEMES): "neubay" (the
+    authors' Equinox defaults: biases U(+-1/sqrt(fan_in)); the critic heads' last layer U(+-0.1/sqrt(fan_in))
+    with a zero bias), "default" (zero biases; the last layers like the hidden ones) or "edac"."""
+    log_std: Literal["clip", "tanh"] = "clip"
+    """The actor's log-std: clipped hard to [-5, 2] (the authors') or squashed into it by tanh."""
 
     def validate(self) -> None:
         check_fields(self)
+        for name, valid in (("rollout_starts", ("any", "after_prefix")), ("member_mapping", ("block", "sample")),
+                            ("init", ("neubay", "default", "edac")), ("log_std", ("clip", "tanh"))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, "
+                                 f"got {getattr(self, name)!r}")
         if self.model_keep > self.model_members:
             raise ValueError(f"--model-keep must be in [1, --model-members={self.model_members}] (members kept "
                              f"out of those trained), got {self.model_keep}")
@@ -225,9 +270,10 @@ class HistoryEncoder(nn.Module):
     num_layers: int = 2
     hidden: int = 256
     lru_state_dim: int = 128
+    scheme: str = "default"
 
     def setup(self):
-        self.embed_linear = nn.Dense(self.hidden, kernel_init=kernel_init("pytorch_default"))
+        self.embed_linear = Linear(self.hidden, "pytorch_default", init_scheme(self.scheme)["hidden_bias"])
         self.embed_norm = nn.LayerNorm(epsilon=1e-5)
         options = {"state_dim": self.lru_state_dim} if self.kind == "lru" else {}
         self.core = make_core(self.kind, self.num_layers, self.hidden, **options).module
@@ -245,7 +291,7 @@ class HistoryEncoder(nn.Module):
 
 
 def _encoder(config: Config) -> HistoryEncoder:
-    return HistoryEncoder(config.core, config.core_layers, config.core_hidden, config.lru_state_dim)
+    return HistoryEncoder(config.core, config.core_layers, config.core_hidden, config.lru_state_dim, config.init)
 
 
 class RecurrentActor(nn.Module):
@@ -254,10 +300,11 @@ class RecurrentActor(nn.Module):
     action_dim: int
     encoder: HistoryEncoder
     head_hidden: tuple[int, ...] = (256, 256)
+    log_std_mode: str = "clip"
 
     def setup(self):
         self.head = GaussianActor(self.action_dim, self.head_hidden, "leaky_relu", -5.0, 2.0, True,
-                                  "pytorch_default")
+                                  "pytorch_default", self.encoder.scheme, self.log_std_mode)
 
     def __call__(self, xs, state, resets=None):
         ys, state = self.encoder(xs, state, resets)
@@ -279,7 +326,8 @@ class RecurrentCritic(nn.Module):
     head_hidden: tuple[int, ...] = (256, 256)
 
     def setup(self):
-        self.heads = QEnsemble(self.num_critics, self.head_hidden, "leaky_relu", True, "pytorch_default")
+        self.heads = QEnsemble(self.num_critics, self.head_hidden, "leaky_relu", True, "pytorch_default",
+                               self.encoder.scheme)
 
     def features(self, xs, state, resets=None):
         return self.encoder(xs, state, resets)
@@ -291,14 +339,14 @@ class RecurrentCritic(nn.Module):
         """[..., hidden], [..., A] -> [..., N]."""
         return self.heads(features, action)
 
-    def __call__(self, xs, state, action):
+    def __call__(self, xs, state, action, resets=None):
         """Q at the first action.shape[-2] steps of the sequence xs: [*batch, T_a, N]."""
-        ys, _ = self.encoder(xs, state)
+        ys, _ = self.encoder(xs, state, resets)
         return self.heads(ys[..., : action.shape[-2], :], action)
 
 
 def actor_network(config: Config, spec: EnvSpec) -> RecurrentActor:
-    return RecurrentActor(spec.action_dim, _encoder(config), tuple(config.head_hidden))
+    return RecurrentActor(spec.action_dim, _encoder(config), tuple(config.head_hidden), config.log_std)
 
 
 def critic_network(config: Config) -> RecurrentCritic:
@@ -346,7 +394,9 @@ class Tape:
     penalty: jax.Array       # [..., W]         c u_t / mean_data(u), subtracted in the target only
     terminated: jax.Array    # [..., W] bool    s_{t+1} is terminal (no bootstrap)
     valid: jax.Array         # [..., W] bool    the transition exists (False after the trajectory ended)
-    real: jax.Array          # [..., W] bool    from the dataset (the prefix)
+    real: jax.Array          # [..., W] bool    from the dataset (the prefix; not its left padding)
+    reset: jax.Array         # [..., W + 1] bool the core's state is zeroed before input x_t (the left padding
+                             #                  and the episode's first step s_0 when it is in the window)
     prev_action: jax.Array   # [..., A]         a_{-1}: the dataset's, zeros at an episode start
     prev_reward: jax.Array   # [...]            r_{-1}
 
@@ -368,17 +418,20 @@ class TapeBuffer:
 def empty_buffer(capacity: int, length: int, obs_dim: int, action_dim: int) -> TapeBuffer:
     zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((capacity, *shape), dtype)
     tapes = Tape(zeros(length + 1, obs_dim), zeros(length, action_dim), zeros(length), zeros(length),
-                 zeros(length, dtype=bool), zeros(length, dtype=bool), zeros(length, dtype=bool), zeros(action_dim),
-                 zeros())
+                 zeros(length, dtype=bool), zeros(length, dtype=bool), zeros(length, dtype=bool),
+                 zeros(length + 1, dtype=bool), zeros(action_dim), zeros())
     return TapeBuffer(tapes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def store(buffer: TapeBuffer, tape: Tape) -> TapeBuffer:
-    """Write a batch of windows [B, ...] at the insert position (FIFO)."""
+def store(buffer: TapeBuffer, tape: Tape, write: jax.Array | bool = True) -> TapeBuffer:
+    """Write a batch of windows [B, ...] at the insert position (FIFO); nothing changes where `write` is False
+    (a traced flag: the authors' schedule decides per seed, so under vmap this is a select over the B slots)."""
     capacity, batch = buffer.tapes.reward.shape[0], tape.reward.shape[0]
     slots = (buffer.insert + jnp.arange(batch)) % capacity
-    tapes = jax.tree.map(lambda old, new: old.at[slots].set(new), buffer.tapes, tape)
-    return TapeBuffer(tapes, jnp.minimum(buffer.size + batch, capacity), (buffer.insert + batch) % capacity)
+    write = jnp.asarray(write, bool)
+    tapes = jax.tree.map(lambda old, new: old.at[slots].set(jnp.where(write, new, old[slots])), buffer.tapes, tape)
+    added = jnp.where(write, batch, 0)
+    return TapeBuffer(tapes, jnp.minimum(buffer.size + added, capacity), (buffer.insert + added) % capacity)
 
 
 def sample_tapes(buffer: TapeBuffer, key: jax.Array, batch_size: int) -> Tape:
@@ -399,14 +452,50 @@ def prefix_starts(dataset, length: int) -> np.ndarray:
     return starts[~terminal[starts + length - 1]]
 
 
+def episode_steps(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(first [N] bool: the row starts an episode, step [N] int: its index in its episode)."""
+    first = np.zeros(dataset.num_transitions, bool)
+    episode_starts = datasets_lib.episode_starts(dataset)
+    first[episode_starts] = True
+    return first, np.arange(dataset.num_transitions) - episode_starts[np.cumsum(first) - 1]
+
+
+def rollout_positions(dataset, config: Config) -> dict:
+    """Where rollouts may start, one entry per position (numpy arrays of one length):
+
+    row        one past the last dataset row of the history: the history is rows [row - t, row) of one episode
+    time       t, the episode step the model starts at (= the real history's length)
+    from_next  s_t is next_observations[row - 1] (True) or observations[row] (False)
+    alive      the episode goes on at s_t (False at an episode's end: terminal or timeout, no model step)
+
+    "any" (the authors' HistorySampler, start_from_s0=False): every step t = 0 .. T - 1 of every episode at
+    its row (s_t = observations[row]) and the end t = T (s_T = the last next_observation, not alive), so t is
+    uniform in [0, T] within an episode and positions are uniform over the dataset's T + 1 per episode.
+    "after_prefix": the prefix_starts windows of P rows (t >= P; s_t = the window's last next_observation).
+    """
+    _, step = episode_steps(dataset)
+    p = config.prefix_length
+    if config.rollout_starts == "after_prefix":
+        starts = prefix_starts(dataset, p)
+        rows = starts + p
+        return {"row": rows, "time": step[rows - 1] + 1, "from_next": np.ones(rows.size, bool),
+                "alive": np.ones(rows.size, bool)}
+    ends = datasets_lib.episode_ends(dataset)
+    n = dataset.num_transitions
+    return {"row": np.concatenate([np.arange(n), ends + 1]), "time": np.concatenate([step, step[ends] + 1]),
+            "from_next": np.concatenate([np.zeros(n, bool), np.ones(ends.size, bool)]),
+            "alive": np.concatenate([np.ones(n, bool), np.zeros(ends.size, bool)])}
+
+
 def check(dataset, spec: EnvSpec, config: Config) -> None:
-    """Before anything is written: a known termination rule, a saved model of these shapes, prefixes that fit."""
+    """Before anything is written: a known termination rule, a saved model of these shapes, prefixes that fit
+    (with --rollout-starts after_prefix; "any" left-pads short histories)."""
     from envs import true_dynamics
 
     true_dynamics.termination_fn(spec.env_id)       # raises for a task without a known termination rule
     if config.model_path is not None:
         ensemble_lib.load(config.model_path, model_config(config), spec.obs_dim, spec.action_dim)
-    if prefix_starts(dataset, config.prefix_length).size == 0:
+    if config.rollout_starts == "after_prefix" and prefix_starts(dataset, config.prefix_length).size == 0:
         lengths = datasets_lib.episode_lengths(dataset)
         terminal_end = np.asarray(dataset.terminals)[datasets_lib.episode_ends(dataset)] > 0
         longest = int(np.max(lengths - terminal_end))     # a prefix may not end at a terminal transition
@@ -439,19 +528,21 @@ def build_world(dataset, spec: EnvSpec, config: Config, model: ensemble_lib.Ense
     """Everything the jitted rollouts read: the dataset's arrays, prefix starts, the model, the threshold."""
     u = data_disagreement(model, dataset, config.disagreement)
     threshold = np.inf if config.uncertainty_quantile is None else float(np.quantile(u, config.uncertainty_quantile))
-    starts = prefix_starts(dataset, config.prefix_length)
-    if starts.size == 0:
+    positions = rollout_positions(dataset, config)
+    if positions["row"].size == 0:
         raise ValueError(f"--prefix-length {config.prefix_length}: no prefix fits in the dataset")
-    first = np.zeros(dataset.num_transitions, bool)
+    first, episode_step = episode_steps(dataset)
     episode_starts = datasets_lib.episode_starts(dataset)
-    first[episode_starts] = True
-    episode_step = np.arange(dataset.num_transitions) - episode_starts[np.cumsum(first) - 1]
     obs = jnp.asarray(dataset.observations, jnp.float32)
     return {"obs": obs, "action": jnp.asarray(dataset.actions, jnp.float32),
             "reward": jnp.asarray(dataset.rewards, jnp.float32),
             "next_obs": jnp.asarray(dataset.next_observations, jnp.float32),
+            "terminal": jnp.asarray(np.asarray(dataset.terminals) > 0),
             "first": jnp.asarray(first), "episode_step": jnp.asarray(episode_step, jnp.int32),
-            "prefix_starts": jnp.asarray(starts, jnp.int32), "probe_obs": obs[jnp.asarray(episode_starts[:256])],
+            "start_row": jnp.asarray(positions["row"], jnp.int32),
+            "start_time": jnp.asarray(positions["time"], jnp.int32),
+            "start_from_next": jnp.asarray(positions["from_next"]), "start_alive": jnp.asarray(positions["alive"]),
+            "probe_obs": obs[jnp.asarray(episode_starts[:256])],
             "model": model, "threshold": jnp.asarray(threshold, jnp.float32),
             "mean_disagreement": jnp.asarray(max(float(np.mean(u)), 1e-8), jnp.float32)}
 
@@ -486,7 +577,7 @@ def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Ar
 
 
 ROLLOUT_METRICS = ("rollout/length", "rollout/length_max", "rollout/return", "rollout/terminated",
-                   "rollout/uncertainty_truncated", "rollout/uncertainty")
+                   "rollout/uncertainty_truncated", "rollout/uncertainty", "rollout/start_step", "rollout/data_size")
 
 
 @struct.dataclass
@@ -499,6 +590,7 @@ class NEUBAYState:
     rollout_metrics: dict        # of the last rollout round
     probe_obs: jax.Array         # dataset episode-start observations, for the value diagnostics
     updates: jax.Array
+    rollout_countdown: jax.Array  # int32: updates left before the next rollout round (the authors' schedule)
     config: Config = struct.field(pytree_node=False)
     spec: EnvSpec = struct.field(pytree_node=False)
 
@@ -519,7 +611,7 @@ def init(key: jax.Array, spec: EnvSpec, config: Config, world: dict) -> NEUBAYSt
         log_alpha=log_alpha, alpha_opt_state=optax.adam(config.alpha_lr).init(log_alpha),
         buffer=empty_buffer(config.buffer_size, window_length(config, spec), spec.obs_dim, spec.action_dim),
         rollout_metrics={name: jnp.zeros(()) for name in ROLLOUT_METRICS}, probe_obs=world["probe_obs"],
-        updates=jnp.zeros((), jnp.int32), config=config, spec=spec)
+        updates=jnp.zeros((), jnp.int32), rollout_countdown=jnp.zeros((), jnp.int32), config=config, spec=spec)
 
 
 @struct.dataclass
@@ -564,42 +656,72 @@ def act(state: NEUBAYState, obs: jax.Array, key: jax.Array, explore: bool) -> ja
 
 @struct.dataclass
 class Prefix:
-    obs: jax.Array           # [B, P, S]
+    obs: jax.Array           # [B, P, S]  s_{t-P} .. s_{t-1}, zeros in the left padding
     action: jax.Array        # [B, P, A]
     reward: jax.Array        # [B, P]
-    prev_action: jax.Array   # [B, A]  a_{-1}
+    valid: jax.Array         # [B, P]     a real transition (False in the left padding)
+    terminated: jax.Array    # [B, P]     the dataset's terminal flags (an episode's last transition, at t = T)
+    reset: jax.Array         # [B, P + 1] zero the core's state before window inputs x_0 .. x_P (the padding and s_0)
+    prev_action: jax.Array   # [B, A]  a_{-1} of the window (the dataset's before a full window, else zeros)
     prev_reward: jax.Array   # [B]     r_{-1}
-    next_obs: jax.Array      # [B, S]  s_P, where the model takes over
-    time: jax.Array          # [B]     episode steps taken at s_P
+    next_obs: jax.Array      # [B, S]  s_t, where the model takes over
+    time: jax.Array          # [B]     t: episode steps taken at s_t (the real history's full length)
+    alive: jax.Array         # [B]     the episode goes on at s_t
 
 
-def real_prefix(world: dict, start: jax.Array, length: int) -> Prefix:
-    """The dataset windows [start, start + length) (from `prefix_starts`: inside one episode each)."""
-    rows = start[:, None] + jnp.arange(length)
-    first = world["first"][start]
-    before = jnp.maximum(start - 1, 0)
-    last = start + length - 1
-    return Prefix(obs=world["obs"][rows], action=world["action"][rows], reward=world["reward"][rows],
-                  prev_action=jnp.where(first[:, None], 0.0, world["action"][before]),
-                  prev_reward=jnp.where(first, 0.0, world["reward"][before]),
-                  next_obs=world["next_obs"][last], time=world["episode_step"][last] + 1)
+def real_prefix(world: dict, index: jax.Array, length: int) -> Prefix:
+    """The real history of rollout positions `index` (into world["start_*"]; `rollout_positions`): the last
+    k = min(t, P) transitions before s_t, placed at window steps P - k .. P - 1 and LEFT-PADDED with zeros
+    (valid False, reset True, as the authors' padded_start), so that a core run over the window from the zero
+    state sees exactly the real history; the reset at the episode's s_0 (window step P - t when t <= P) starts
+    it afresh there, and a_{-1}, r_{-1} at s_0 are zeros."""
+    n = world["obs"].shape[0]
+    row, t = world["start_row"][index], world["start_time"][index]
+    j = jnp.arange(length)
+    rows = jnp.clip(row[:, None] - length + j, 0, n - 1)                            # [B, P]
+    valid = j[None, :] >= (length - jnp.minimum(t, length))[:, None]
+    pad = lambda x: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, 0.0)
+    before = jnp.clip(row - length - 1, 0, n - 1)
+    full = t > length                                                                # history longer than the window
+    current = jnp.where(world["start_from_next"][index][:, None], world["next_obs"][jnp.clip(row - 1, 0, n - 1)],
+                        world["obs"][jnp.clip(row, 0, n - 1)])
+    return Prefix(obs=pad(world["obs"][rows]), action=pad(world["action"][rows]), reward=pad(world["reward"][rows]),
+                  valid=valid, terminated=valid & world["terminal"][rows],
+                  reset=jnp.arange(length + 1)[None, :] <= (length - t)[:, None],
+                  prev_action=jnp.where(full[:, None], world["action"][before], 0.0),
+                  prev_reward=jnp.where(full, world["reward"][before], 0.0),
+                  next_obs=current, time=t, alive=world["start_alive"][index])
 
 
 def warm_up(state: NEUBAYState, actor_params: dict, prefix: Prefix) -> tuple:
-    """The actor's core state after the prefix: the core run over x_0 .. x_{P-1} from the zero state."""
+    """The actor's core state after the prefix: the core run over x_0 .. x_{P-1} from the zero state, with the
+    prefix's resets (so the left padding leaves no trace)."""
     prev_actions = jnp.concatenate([prefix.prev_action[:, None], prefix.action[:, :-1]], axis=1)
     prev_rewards = jnp.concatenate([prefix.prev_reward[:, None], prefix.reward[:, :-1]], axis=1)
     xs = history_inputs(prefix.obs, prev_actions, prev_rewards)
     _, core = actor_network(state.config, state.spec).apply(
-        actor_params, xs, initial_core_state(state.config, xs.shape[:1]), method=lambda m, x, s: m.encoder(x, s))
+        actor_params, xs, initial_core_state(state.config, xs.shape[:1]), prefix.reset[:, :-1],
+        method=lambda m, x, s, r: m.encoder(x, s, r))
     return core
 
 
-def imagine(state: NEUBAYState, world: dict, key: jax.Array) -> tuple[Tape, dict]:
-    """`rollout_batch` windows: a real prefix, then up to H steps in ONE kept member per trajectory.
+def assign_members(config: Config, model: ensemble_lib.EnsembleState, key: jax.Array, batch: int) -> jax.Array:
+    """The member [batch] of each trajectory: "block", trajectory i -> the kept member of rank (i K) // batch,
+    i.e. i // B for B = batch / K trajectories per member (the authors' reshape to [K, B]; K divides batch
+    there, here uneven blocks differ by one); "sample", uniform over the kept, with replacement."""
+    kept = model.elites
+    if config.member_mapping == "block":
+        return kept[jnp.asarray(np.arange(batch) * kept.shape[0] // batch, jnp.int32)]
+    return kept[jax.random.randint(key, (batch,), 0, kept.shape[0])]
 
-    Returns the windows [B, ...] and {"member": [B], metrics...}. The loop stops early once every
-    trajectory has ended (under vmap: once every seed's have)."""
+
+def imagine(state: NEUBAYState, world: dict, key: jax.Array, active: jax.Array | bool = True) -> tuple[Tape, dict]:
+    """`rollout_batch` windows: a real (left-padded) history, then up to H steps in ONE kept member per
+    trajectory. Trajectories start only where `active` (a traced flag; False: every trajectory is dead from
+    the start and the loop below does not run for it).
+
+    Returns the windows [B, ...] and {"member": [B], "data_size": sum_i (t_i + h_i), metrics...}. The loop
+    stops early once every trajectory has ended (under vmap: once every seed's have)."""
     from envs import true_dynamics
 
     config, spec = state.config, state.spec
@@ -607,15 +729,16 @@ def imagine(state: NEUBAYState, world: dict, key: jax.Array) -> tuple[Tape, dict
     model, actor = world["model"], actor_network(config, spec)
     terminated_fn = true_dynamics.termination_fn(spec.env_id)
     k_member, k_start, k_steps = jax.random.split(key, 3)
-    member = model.elites[jax.random.randint(k_member, (batch,), 0, model.elites.shape[0])]
-    start = world["prefix_starts"][jax.random.randint(k_start, (batch,), 0, world["prefix_starts"].shape[0])]
-    prefix = real_prefix(world, start, config.prefix_length)
+    member = assign_members(config, model, k_member, batch)
+    index = jax.random.randint(k_start, (batch,), 0, world["start_row"].shape[0])
+    prefix = real_prefix(world, index, config.prefix_length)
     core = warm_up(state, state.actor.params, prefix)
 
     def step(carry):
         t, obs, prev_action, prev_reward, core, alive, out, key = carry
         key, k_action, k_model = jax.random.split(key, 3)
-        dist, core = actor.apply(state.actor.params, history_inputs(obs, prev_action, prev_reward), core,
+        reset = (t == 0) & prefix.reset[:, -1]             # the model starts at an episode's s_0
+        dist, core = actor.apply(state.actor.params, history_inputs(obs, prev_action, prev_reward), core, reset,
                                  method="step")
         action = jnp.tanh(dist_lib.sample_pre_tanh(dist, k_action))
         next_obs, reward, u = model_step(model, obs, action, member, k_model, config.disagreement)
@@ -636,36 +759,43 @@ def imagine(state: NEUBAYState, world: dict, key: jax.Array) -> tuple[Tape, dict
     zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((batch, horizon, *shape), dtype)
     out = {"next_obs": zeros(spec.obs_dim), "action": zeros(spec.action_dim), "reward": zeros(), "penalty": zeros(),
            "terminated": zeros(dtype=bool), "valid": zeros(dtype=bool), "exceeded": zeros(dtype=bool), "u": zeros()}
-    alive = prefix.time < spec.max_episode_steps
+    alive = prefix.alive & (prefix.time < spec.max_episode_steps) & jnp.asarray(active, bool)
     carry = (jnp.zeros((), jnp.int32), prefix.next_obs, prefix.action[:, -1], prefix.reward[:, -1], core, alive, out,
              k_steps)
     carry = jax.lax.while_loop(lambda c: (c[0] < horizon) & jnp.any(c[5]), step, carry)
     out = carry[6]
 
     p = config.prefix_length
-    ones_p, zeros_p = jnp.ones((batch, p), bool), jnp.zeros((batch, p), bool)
     tape = Tape(obs=jnp.concatenate([prefix.obs, prefix.next_obs[:, None], out["next_obs"]], axis=1),
                 action=jnp.concatenate([prefix.action, out["action"]], axis=1),
                 reward=jnp.concatenate([prefix.reward, out["reward"]], axis=1),
                 penalty=jnp.concatenate([jnp.zeros((batch, p)), out["penalty"]], axis=1),
-                terminated=jnp.concatenate([zeros_p, out["terminated"]], axis=1),
-                valid=jnp.concatenate([ones_p, out["valid"]], axis=1),
-                real=jnp.concatenate([ones_p, jnp.zeros((batch, horizon), bool)], axis=1),
+                terminated=jnp.concatenate([prefix.terminated, out["terminated"]], axis=1),
+                valid=jnp.concatenate([prefix.valid, out["valid"]], axis=1),
+                real=jnp.concatenate([prefix.valid, jnp.zeros((batch, horizon), bool)], axis=1),
+                reset=jnp.concatenate([prefix.reset, jnp.zeros((batch, horizon), bool)], axis=1),
                 prev_action=prefix.prev_action, prev_reward=prefix.prev_reward)
     lengths = jnp.sum(out["valid"], axis=1)
     steps = jnp.maximum(jnp.sum(lengths), 1)
+    data_size = jnp.sum(prefix.time + lengths)            # the authors' data_size: history + imagined transitions
     metrics = {"rollout/length": jnp.mean(lengths).astype(jnp.float32),
                "rollout/length_max": jnp.max(lengths).astype(jnp.float32),
                "rollout/return": jnp.mean(jnp.sum(out["reward"], axis=1)),
                "rollout/terminated": jnp.mean(jnp.any(out["terminated"], axis=1)),
                "rollout/uncertainty_truncated": jnp.mean(jnp.any(out["exceeded"] & ~out["terminated"], axis=1)),
-               "rollout/uncertainty": jnp.sum(out["u"]) / steps}
-    return tape, {"member": member, **{k: v.astype(jnp.float32) for k, v in metrics.items()}}
+               "rollout/uncertainty": jnp.sum(out["u"]) / steps,
+               "rollout/start_step": jnp.mean(prefix.time.astype(jnp.float32)),
+               "rollout/data_size": data_size}
+    return tape, {"member": member, "data_size": data_size, **{k: v.astype(jnp.float32) for k, v in metrics.items()}}
 
 
-def add_rollouts(state: NEUBAYState, world: dict, key: jax.Array) -> NEUBAYState:
-    tape, info = imagine(state, world, key)
-    return state.replace(buffer=store(state.buffer, tape), rollout_metrics={k: info[k] for k in ROLLOUT_METRICS})
+def add_rollouts(state: NEUBAYState, world: dict, key: jax.Array, active: jax.Array | bool = True
+                 ) -> tuple[NEUBAYState, jax.Array]:
+    """One rollout round into the buffer (only where `active`); returns (state, the round's data_size)."""
+    tape, info = imagine(state, world, key, active)
+    active = jnp.asarray(active, bool)
+    metrics = {k: jnp.where(active, info[k], state.rollout_metrics[k]) for k in ROLLOUT_METRICS}
+    return state.replace(buffer=store(state.buffer, tape, active), rollout_metrics=metrics), info["data_size"]
 
 
 # ----------------------------------------------------------------------------
@@ -686,11 +816,11 @@ def critic_target(state: NEUBAYState, tape: Tape, xs: jax.Array, key: jax.Array)
     config = state.config
     k_action, k_heads = jax.random.split(key)
     zero = initial_core_state(config, xs.shape[:1])
-    dist, _ = actor_network(config, state.spec).apply(state.actor.params, xs, zero)
+    dist, _ = actor_network(config, state.spec).apply(state.actor.params, xs, zero, tape.reset)
     u = dist_lib.sample_pre_tanh(dist, k_action)
     next_action, next_log_prob = jnp.tanh(u)[:, 1:], dist_lib.log_prob(dist, u)[:, 1:]
     critic = critic_network(config)
-    features, _ = critic.apply(state.critic.target_params, xs, zero, method="features")
+    features, _ = critic.apply(state.critic.target_params, xs, zero, tape.reset, method="features")
     q = critic.apply(state.critic.target_params, features[:, 1:], next_action, method="q")        # [B, W, N]
     heads = jax.random.choice(k_heads, config.num_critics, (config.sampled_critics,), replace=False)
     soft_value = jnp.min(q[..., heads], axis=-1) - state.alpha * next_log_prob
@@ -701,7 +831,7 @@ def critic_loss(critic_params: dict, state: NEUBAYState, tape: Tape, xs: jax.Arr
                 target: jax.Array) -> tuple[jax.Array, dict]:
     """mix(mean_j huber(Q_j(h_t, a_t) - y_t))."""
     zero = initial_core_state(state.config, xs.shape[:1])
-    q = critic_network(state.config).apply(critic_params, xs, zero, tape.action)                  # [B, W, N]
+    q = critic_network(state.config).apply(critic_params, xs, zero, tape.action, tape.reset)      # [B, W, N]
     per_step = jnp.mean(optax.huber_loss(q, target[..., None]), axis=-1)
     loss = mixed_mean(per_step, tape, state.config.real_weight)
     imagined = tape.valid & ~tape.real
@@ -714,7 +844,7 @@ def actor_loss(actor_params: dict, state: NEUBAYState, tape: Tape, xs: jax.Array
                key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """mix(alpha log pi(a|h_t) - mean_j Q_j(h_t, a)), a ~ pi reparameterized; also returns log pi."""
     zero = initial_core_state(state.config, xs.shape[:1])
-    dist, _ = actor_network(state.config, state.spec).apply(actor_params, xs[:, :-1], zero)
+    dist, _ = actor_network(state.config, state.spec).apply(actor_params, xs[:, :-1], zero, tape.reset[:, :-1])
     u = dist_lib.sample_pre_tanh(dist, key)
     log_prob = dist_lib.log_prob(dist, u)
     q = critic_network(state.config).apply(state.critic.params, features[:, :-1], jnp.tanh(u), method="q")
@@ -722,13 +852,28 @@ def actor_loss(actor_params: dict, state: NEUBAYState, tape: Tape, xs: jax.Array
     return loss, log_prob
 
 
+def rollout_schedule(state: NEUBAYState, world: dict, key: jax.Array, step: jax.Array) -> NEUBAYState:
+    """A rollout round when one is due. Fixed (--rollout-every k): before updates 1, k + 1, 2k + 1, ...; `step`
+    is unbatched (shared by the seeds), so this is a real branch under vmap. The authors' (--rollout-every
+    None): when this seed's countdown has run out, then ceil(utd x data_size) updates until the next round; the
+    flag is per seed, so under vmap the round's code runs at every update, masked (the imagined steps' loop only
+    while some seed is rolling out; the warm-up over the prefixes and the masked write always)."""
+    config = state.config
+    if config.rollout_every is not None:
+        return jax.lax.cond((step - 1) % config.rollout_every == 0, lambda s: add_rollouts(s, world, key)[0],
+                            lambda s: s, state)
+    due = state.rollout_countdown <= 0
+    state, data_size = add_rollouts(state, world, key, due)
+    updates = jnp.maximum(jnp.ceil(config.utd * data_size.astype(jnp.float32)), 1.0).astype(jnp.int32)
+    return state.replace(rollout_countdown=jnp.where(due, updates, state.rollout_countdown) - 1)
+
+
 def update(state: NEUBAYState, world: dict, key: jax.Array, step: jax.Array) -> tuple[NEUBAYState, dict]:
-    """Update `step` (from 1): a rollout round when due, then one critic, one actor and one alpha step."""
+    """Update `step` (from 1): a rollout round when due (`rollout_schedule`), then one critic, one actor and one
+    alpha step."""
     config = state.config
     k_roll, k_sample, k_target, k_actor = jax.random.split(key, 4)
-    # `step` is unbatched (shared by the seeds), so this is a real branch under vmap.
-    state = jax.lax.cond((step - 1) % config.rollout_every == 0, lambda s: add_rollouts(s, world, k_roll),
-                         lambda s: s, state)
+    state = rollout_schedule(state, world, k_roll, step)
     tape = sample_tapes(state.buffer, k_sample, config.batch_size)
     xs = tape_inputs(tape)
     optimizer = network_optimizer(config)
@@ -739,7 +884,7 @@ def update(state: NEUBAYState, world: dict, key: jax.Array, step: jax.Array) -> 
     state = state.replace(critic=polyak(apply_gradients(state.critic, grads, optimizer), config.tau))
 
     features, _ = critic_network(config).apply(state.critic.params, xs, initial_core_state(config, xs.shape[:1]),
-                                               method="features")
+                                               tape.reset, method="features")
     features = jax.lax.stop_gradient(features)
     (loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params, state, tape, xs,
                                                                           features, k_actor)

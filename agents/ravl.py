@@ -21,7 +21,34 @@ ensemble of critics with gradient diversity (An et al. 2021, arXiv 2110.01548).
                   its spread (and the min over it) grows off the data
                   (With ONE action dimension the normalized gradients are +-1, so ES is piecewise
                   constant and its gradient vanishes: on InvertedPendulum eta = 1 learns like eta = 0.)
-    actor, alpha  SAC's (agents/sac.py), every update
+    actor, alpha  SAC's (agents/sac.py), every update; in the authors' order (`--update-order edac`): first
+                  alpha, L_alpha = mean -log alpha (log pi(a|s) + H_target) at a fresh sample of the current
+                  actor, then the actor (with the new alpha, the critics before their step), then the
+                  critics (their target from the updated actor and alpha), then the Polyak step
+    networks      EDAC's initialization (`--init edac`): hidden biases 0.1, the critics' last layer U(+-3e-3),
+                  the actor's mean and log-std heads U(+-1e-3); log sigma clipped hard to [-5, 2]
+                  (`--log-std clip`; networks/actor_critic.py)
+
+The world model is trained as the authors train it (train_dynamics_model.py; networks/ensemble.py
+RAVL_CONFIG): a random 20% of the data held out, no cap; early stopping (5 epochs in which no member's
+holdout MSE falls by 1%) counts only after `--model-min-epochs` 350 epochs; the first such plateau
+before that cuts the learning rate x`--model-plateau-lr-factor` 0.3, once; at most `--model-max-epochs`
+2000 epochs; standardized inputs clipped at +-`--model-input-clip` 10.
+
+Where this file follows the authors' code (anyasims/edge-of-reach, agent_training/agent.py and
+train_ravl_agent.py) and where it deliberately does not:
+
+- real samples per batch: int(real_ratio x batch) = int(12.8) = 12 of 256, as the authors (the previous
+  round() gave 13);
+- update order and alpha loss: the authors' by default; `--update-order sac` (critic, Polyak, actor, alpha
+  on a fresh sample from the updated actor: agents/sac.py's order) and `--alpha-loss alpha` (CleanRL's
+  mean -alpha (...), whose gradient carries an extra factor alpha) are the previous choices;
+- initialization and log-std: the authors' (EDAC's) by default; `--init default --log-std tanh` are SAC's
+  (zero biases, log sigma squashed by tanh into [-5, 2]: sigma ~ 0.22 at a raw 0 instead of 1);
+- the tanh log-Jacobian: exact here (2 (log 2 - u - softplus(-2u))); the authors' log(1 - tanh(u)^2 + 1e-6);
+- the dynamics' input statistics: from the training split here; the authors' filter sees all the data
+  (observations[0] and every next_observation). Each member's bootstrap resample is drawn once (the
+  authors: once, too, then the members' rows are permuted among them every epoch).
 
 Everything after the world model -- rollouts, batches, updates -- is one jitted
 step, vmapped over seeds; the seeds share the world model (trained once, saved
@@ -74,6 +101,15 @@ class Config(sac.Config):
     """Hidden widths of each critic."""
     actor_hidden: tuple[int, ...] = field((256, 256, 256), ">= 1")
     """Hidden widths of the actor."""
+    init: Literal["edac", "default", "neubay"] = "edac"
+    """Initialization of the critics and the actor: "edac" (the authors': hidden biases 0.1, the critics' last
+    layer U(+-3e-3), the actor's heads U(+-1e-3)) or SAC's "default" (zero biases)."""
+    log_std: Literal["clip", "tanh"] = "clip"
+    """The actor's log-std: clipped hard to [log_std_min, log_std_max] (the authors') or squashed by tanh (SAC's)."""
+    update_order: Literal["edac", "sac"] = "edac"
+    """"edac": alpha, actor, critics, Polyak (the authors'); "sac": critics, Polyak, actor, alpha (agents/sac.py)."""
+    alpha_loss: Literal["log_alpha", "alpha"] = "log_alpha"
+    """L_alpha = mean -log alpha (log pi + H_target) (the authors') or mean -alpha (log pi + H_target) (CleanRL's)."""
     eta: float = field(1.0, ">= 0")
     """Weight of EDAC's gradient-diversity term (0: SAC-N)."""
     real_ratio: float = field(0.05, "[0, 1]")
@@ -97,28 +133,42 @@ class Config(sac.Config):
     """Members rollouts sample from (lowest holdout MSE)."""
     model_hidden: tuple[int, ...] = field((200, 200, 200, 200), ">= 1")
     """Hidden widths of each member."""
-    model_max_epochs: int | None = field(None, ">= 1")
-    """Cap on the model's training epochs (None: until holdout early stopping)."""
+    model_max_epochs: int | None = field(2000, ">= 1")
+    """Cap on the model's training epochs (the authors' 2000; None: until early stopping). Wins over the minimum."""
+    model_min_epochs: int = field(350, ">= 0")
+    """Early stopping stops the model's training only after more than this many epochs (the authors' 350; 0: at
+    the first plateau, MBPO's rule)."""
+    model_plateau_lr_factor: float | None = field(0.3, "> 0")
+    """The first plateau before --model-min-epochs multiplies the model's learning rate by this, once (the
+    authors' 0.3; None: never)."""
+    model_input_clip: float | None = field(10.0, "> 0")
+    """The model's standardized inputs are clipped to +-this (the authors' 10; None: no clip)."""
 
     def validate(self) -> None:
         super().validate()
         if self.dynamics not in ("learned", "true"):
             raise ValueError(f"--dynamics must be learned or true, got {self.dynamics!r}")
+        if self.update_order not in ("edac", "sac"):
+            raise ValueError(f"--update-order must be edac or sac, got {self.update_order!r}")
+        if self.alpha_loss not in ("log_alpha", "alpha"):
+            raise ValueError(f"--alpha-loss must be log_alpha or alpha, got {self.alpha_loss!r}")
         if self.num_critics < 2 and self.eta > 0:
             raise ValueError("--eta > 0 needs --num-critics >= 2 (the diversity of one critic is undefined)")
         model_config(self).validate()
 
 
 def model_config(config: Config) -> ensemble_lib.EnsembleConfig:
-    """MBPO's ensemble at the flags' sizes; other depths than 4 get per-layer weight decays spread evenly over
-    MBPO's range 2.5e-5 .. 1e-4."""
+    """RAVL_CONFIG (MBPO's ensemble, the authors' schedule) at the flags' sizes and schedule; other depths than 4
+    get per-layer weight decays spread evenly over MBPO's range 2.5e-5 .. 1e-4."""
     depth = len(config.model_hidden)
     decays = ensemble_lib.RAVL_CONFIG.weight_decays
     if depth + 1 != len(decays):
         decays = tuple(float(d) for d in np.linspace(decays[0], decays[-1], depth + 1))
     return dataclasses.replace(ensemble_lib.RAVL_CONFIG, num_members=config.model_members,
                                num_elites=config.model_elites, hidden=tuple(config.model_hidden),
-                               weight_decays=decays, max_epochs=config.model_max_epochs)
+                               weight_decays=decays, max_epochs=config.model_max_epochs,
+                               min_epochs=config.model_min_epochs, plateau_lr_factor=config.model_plateau_lr_factor,
+                               input_clip=config.model_input_clip)
 
 
 # ----------------------------------------------------------------------------
@@ -157,8 +207,9 @@ def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Ar
         model = ensemble_lib.load(path, model_config(config), spec.obs_dim, spec.action_dim)
     else:
         model = ensemble_lib.init(key, spec.obs_dim, spec.action_dim, model_config(config))
-        log = lambda r: print(f"  dynamics epoch {r['epoch']}: holdout mse {r['holdout_mse']:.4g}",
-                              file=sys.stderr, flush=True) if r["epoch"] % 10 == 0 else None
+        log = lambda r: print(f"  dynamics epoch {r['epoch']}: holdout mse {r['holdout_mse']:.4g} lr {r['lr']:.3g} "
+                              f"({r['time_s']:.0f} s)", file=sys.stderr, flush=True) \
+            if r["epoch"] % 10 == 0 or r["lr_lowered"] else None
         model, _ = ensemble_lib.train(model, {"observations": dataset.observations, "actions": dataset.actions,
                                               "next_observations": dataset.next_observations,
                                               "rewards": dataset.rewards}, key, log_fn=log)
@@ -270,7 +321,7 @@ def critic_loss(critic_params: dict, state: sac.SACState, batch: replay.Transiti
 
 def mixed_batch(state: RAVLState, world: dict, key: jax.Array) -> replay.TransitionBatch:
     config = state.sac.config
-    real = int(round(config.batch_size * config.real_ratio))
+    real = int(config.batch_size * config.real_ratio)      # the authors' int(): 12 of 256 at 5%
     k_real, k_model = jax.random.split(key)
     parts = []
     if real > 0:
@@ -282,7 +333,8 @@ def mixed_batch(state: RAVLState, world: dict, key: jax.Array) -> replay.Transit
 
 
 def update(state: RAVLState, world: dict, key: jax.Array, step: jax.Array) -> tuple[RAVLState, dict]:
-    """Update `step` (from 1): a rollout round when due, then one critic and one actor/alpha step."""
+    """Update `step` (from 1): a rollout round when due, then one alpha, one actor and one critic step (in
+    `update_order`) on the same mixed batch."""
     config = state.sac.config
     k_roll, k_batch, k_target, k_actor = jax.random.split(key, 4)
     # `step` is unbatched (shared by the seeds), so this is a real branch under vmap.
@@ -290,13 +342,26 @@ def update(state: RAVLState, world: dict, key: jax.Array, step: jax.Array) -> tu
                             lambda s: model_rollouts(s, world, k_roll),
                             lambda s: (s, jnp.zeros((), jnp.int32)), state)
     batch = mixed_batch(state, world, k_batch)
-    base = state.sac
+    alpha_loss_fn = sac.log_alpha_loss if config.alpha_loss == "log_alpha" else sac.alpha_loss
     critic_opt, _, _ = sac.optimizers(config)
-    target = jax.lax.stop_gradient(sac.critic_target(base, batch, k_target))
-    grads, metrics = jax.grad(critic_loss, has_aux=True)(base.critic.params, base, batch, target, config.eta)
-    critic = apply_gradients(base.critic, grads, critic_opt)
-    base = base.replace(critic=polyak(critic, config.tau), updates=base.updates + 1)
-    base, actor_metrics = sac.update_actor(base, batch.obs, k_actor)
+
+    def critic_step(base):
+        target = jax.lax.stop_gradient(sac.critic_target(base, batch, k_target))
+        grads, metrics = jax.grad(critic_loss, has_aux=True)(base.critic.params, base, batch, target, config.eta)
+        critic = apply_gradients(base.critic, grads, critic_opt)
+        return base.replace(critic=polyak(critic, config.tau), updates=base.updates + 1), metrics
+
+    base = state.sac
+    if config.update_order == "edac":
+        # The authors' Agent.update: alpha (a fresh no-grad sample of the current actor), actor, critic, target.
+        base = sac.alpha_step(base, batch.obs, jax.random.fold_in(k_actor, 1), alpha_loss_fn)
+        base, actor_loss, log_prob = sac.actor_step(base, batch.obs, k_actor)
+        base, metrics = critic_step(base)
+    else:
+        base, metrics = critic_step(base)
+        base, actor_loss, log_prob = sac.actor_step(base, batch.obs, k_actor)
+        base = sac.alpha_step(base, batch.obs, jax.random.fold_in(k_actor, 1), alpha_loss_fn)
+    actor_metrics = {"actor/loss": actor_loss, "actor/entropy": -jnp.mean(log_prob), "alpha": base.alpha}
     return state.replace(sac=base), {**metrics, **actor_metrics,
                                      "model_buffer/size": state.model_buffer.size.astype(jnp.float32)}
 

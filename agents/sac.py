@@ -34,11 +34,17 @@ import replay
 from agents.config import check_fields, field
 from envs import EnvSpec
 from networks import distributions as dist_lib
-from networks.actor_critic import GaussianActor, QEnsemble
 from networks import plasticity
+from networks.actor_critic import INIT_SCHEMES, LOG_STD_MODES, GaussianActor, QEnsemble
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
 from networks.regularizers import sigreg
-from networks.training import Trained, apply_gradients, polyak, scheduled_updates, trained
+from networks.training import (
+    Trained,
+    apply_gradients,
+    polyak,
+    scheduled_updates,
+    trained,
+)
 
 LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
 
@@ -91,6 +97,12 @@ class Config:
     """Lower end of the actor's log-std range."""
     log_std_max: float = field(2.0, "finite")
     """Upper end of the actor's log-std range."""
+    log_std: Literal["tanh", "clip"] = "tanh"
+    """How the actor's raw log-std head maps into [log_std_min, log_std_max]: a tanh squash (CleanRL) or a hard
+    clip (EDAC; networks/actor_critic.py)."""
+    init: Literal["default", "edac", "neubay"] = "default"
+    """Bias and last-layer initialization of the critics and the actor (networks/actor_critic.py INIT_SCHEMES):
+    "default" (zero biases), "edac" (hidden biases 0.1, last layers U(+-3e-3) / U(+-1e-3)) or "neubay"."""
 
     sigreg_coef: float = field(0.0, ">= 0")
     """Weight of SIGReg (networks/regularizers.py, the RL variant) on each critic's last hidden pre-activation,
@@ -102,6 +114,10 @@ class Config:
             raise ValueError(f"--activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.activation!r}")
         if self.initializer not in KERNEL_INITS:
             raise ValueError(f"--initializer must be one of {', '.join(KERNEL_INITS)}, got {self.initializer!r}")
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"--init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        if self.log_std not in LOG_STD_MODES:
+            raise ValueError(f"--log-std must be one of {', '.join(LOG_STD_MODES)}, got {self.log_std!r}")
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"--log-std-min must be < --log-std-max, got {self.log_std_min}, {self.log_std_max}")
 
@@ -112,13 +128,15 @@ class Config:
 
 
 def critic_network(config: Config) -> QEnsemble:
+    # getattr: TD3 builds its critics here from its own Config, which has no `init`.
     return QEnsemble(config.num_critics, config.critic_hidden, config.activation, config.layer_norm,
-                     config.initializer)
+                     config.initializer, getattr(config, "init", "default"))
 
 
 def actor_network(config: Config, spec: EnvSpec) -> GaussianActor:
     return GaussianActor(spec.action_dim, config.actor_hidden, config.activation, config.log_std_min,
-                         config.log_std_max, config.layer_norm, config.initializer)
+                         config.log_std_max, config.layer_norm, config.initializer, getattr(config, "init", "default"),
+                         getattr(config, "log_std", "tanh"))
 
 
 def optimizers(config: Config) -> tuple[optax.GradientTransformation, ...]:
@@ -245,6 +263,12 @@ def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float)
     return jnp.mean(-jnp.exp(log_alpha) * (jax.lax.stop_gradient(log_prob) + target_entropy))
 
 
+def log_alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float) -> jax.Array:
+    """mean -log alpha (log pi + H_target): the same direction, the gradient without the factor alpha (EDAC's and
+    RAVL's form, also SpinningUp's)."""
+    return jnp.mean(-log_alpha * (jax.lax.stop_gradient(log_prob) + target_entropy))
+
+
 # ----------------------------------------------------------------------------
 # Updates
 # ----------------------------------------------------------------------------
@@ -262,19 +286,32 @@ def update_critic(state: SACState, batch: replay.TransitionBatch, key: jax.Array
 ACTOR_METRICS = ("actor/loss", "actor/entropy", "alpha")
 
 
+def actor_step(state: SACState, obs: jax.Array, key: jax.Array) -> tuple[SACState, jax.Array, jax.Array]:
+    """One actor step on `actor_loss`; returns (state, loss, log pi of the sample it used)."""
+    _, actor_opt, _ = optimizers(state.config)
+    (loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params, state, obs, key)
+    return state.replace(actor=apply_gradients(state.actor, grads, actor_opt)), loss, log_prob
+
+
+def alpha_step(state: SACState, obs: jax.Array, key: jax.Array, loss_fn=alpha_loss) -> SACState:
+    """With autotune, one step of log alpha on `loss_fn` (alpha_loss or log_alpha_loss) at the log-probabilities
+    of a FRESH sample (drawn with `key`) from the current actor; without, nothing."""
+    config = state.config
+    if not config.autotune:
+        return state
+    _, _, alpha_opt = optimizers(config)
+    target_entropy = -config.target_entropy_scale * state.spec.action_dim
+    _, fresh_log_prob = policy(state, state.actor.params, obs, key)
+    grad_alpha = jax.grad(loss_fn)(state.log_alpha, fresh_log_prob, target_entropy)
+    step, alpha_opt_state = alpha_opt.update(grad_alpha, state.alpha_opt_state)
+    return state.replace(log_alpha=optax.apply_updates(state.log_alpha, step), alpha_opt_state=alpha_opt_state)
+
+
 def update_actor(state: SACState, obs: jax.Array, key: jax.Array) -> tuple[SACState, dict]:
     """One actor step, then (with autotune) one alpha step on log-probabilities of a FRESH sample from the
     updated actor (CleanRL draws one after the actor step)."""
-    config = state.config
-    _, actor_opt, alpha_opt = optimizers(config)
-    (loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params, state, obs, key)
-    state = state.replace(actor=apply_gradients(state.actor, grads, actor_opt))
-    if config.autotune:
-        target_entropy = -config.target_entropy_scale * state.spec.action_dim
-        _, fresh_log_prob = policy(state, state.actor.params, obs, jax.random.fold_in(key, 1))
-        grad_alpha = jax.grad(alpha_loss)(state.log_alpha, fresh_log_prob, target_entropy)
-        step, alpha_opt_state = alpha_opt.update(grad_alpha, state.alpha_opt_state)
-        state = state.replace(log_alpha=optax.apply_updates(state.log_alpha, step), alpha_opt_state=alpha_opt_state)
+    state, loss, log_prob = actor_step(state, obs, key)
+    state = alpha_step(state, obs, jax.random.fold_in(key, 1))
     return state, {"actor/loss": loss, "actor/entropy": -jnp.mean(log_prob), "alpha": state.alpha}
 
 

@@ -49,9 +49,17 @@ Training (`train`), MBPO's procedure:
   minibatches, all members updated in the same jitted step (one `lax.scan`);
 - after each epoch the holdout MSE of each member (in the network's output units);
   member m "improves" when mse_m < (1 - 0.01) best_m, and then its parameters are
-  snapshotted as its best; training stops after `patience` (5) consecutive epochs in
-  which no member improved (MBPO's rule; MBPO's code counts one more epoch), or at
-  `max_epochs`. Each member ends at its best snapshot;
+  snapshotted as its best. A PLATEAU is `patience` (5) consecutive epochs in which no
+  member improved. Training stops at the first plateau (MBPO's rule; MBPO's code counts
+  one more epoch) -- unless `min_epochs` is set: then a plateau stops training only once
+  more than `min_epochs` epochs are done, and with `plateau_lr_factor` the FIRST plateau
+  before that multiplies the learning rate by the factor, once, and starts the patience
+  count afresh (RAVL's train_dynamics_model.py: min_epochs 350, a StepLR x0.3 applied once,
+  the improvement window reset; its stop test is `i >= min_epochs` on the 0-based epoch i,
+  so the earliest stop is after min_epochs + 1 epochs, and so it is here). Later plateaus
+  before the minimum change nothing; training goes on, and stops at the first epoch past
+  the minimum that ends a plateau. `max_epochs` caps it all (RAVL 2000; it wins over
+  min_epochs). Each member ends at its best snapshot;
 - elites: the `num_elites` members with the lowest holdout MSE (MBPO: 5 of 7; NEUBAY
   keeps the best 100 of 128).
 
@@ -68,6 +76,10 @@ Where the sources differ, the choices here (each a config field):
 - `kernel_init`: "truncated_normal" is MBPO's N(0, 1 / (4 fan_in)) truncated at
   two standard deviations; "pytorch_default" (U(+-1/sqrt(fan_in))) is NEUBAY's
   (equinox's) Linear init. Biases start at 0 in both.
+- `input_clip`: the standardized inputs are clipped to [-c, c] (RAVL's MeanStdevFilter,
+  c = 10, in training and in rollouts); None (MBPO here, NEUBAY) does not clip. RAVL's
+  filter takes its statistics from all the data (its observations from
+  `observations[0]` and all `next_observations`); here they come from the training split.
 
 Everything except `train`, `save` and `load` is a pure function of arrays that jits
 and vmaps; the config travels with the state as static data, so `predict(state, obs,
@@ -140,6 +152,7 @@ class EnsembleConfig:
       kernel_init:        "truncated_normal" (MBPO), or a name of networks.mlp.kernel_init
                           ("pytorch_default" = NEUBAY's equinox init).
       init_max_logvar, init_min_logvar: initial (or fixed) soft bounds of the log-variance (0.5, -10).
+      input_clip:         clip the standardized inputs to [-input_clip, input_clip] (None: no clip; RAVL 10).
       logvar_bound_coef:  c_bound of the term c_bound * sum(l_max - l_min) (0.01; unused when fixed).
 
     Fit:
@@ -147,8 +160,12 @@ class EnsembleConfig:
       max_holdout:        cap on the holdout size (1000, MBPO's MOPO-style / NEUBAY's; None: no cap).
       bootstrap:          each member trains on its own bootstrap resample (MBPO) or on all the
                           training rows in its own order (NEUBAY).
-      max_epochs:         hard limit on epochs (None: until early stopping, as MBPO and NEUBAY).
-      patience:           stop after this many consecutive epochs with no member improving (5).
+      max_epochs:         hard limit on epochs (None: until early stopping, as MBPO and NEUBAY; RAVL 2000).
+      min_epochs:         a plateau stops training only after more than this many epochs (0: at once, MBPO
+                          and NEUBAY; RAVL 350).
+      plateau_lr_factor:  the first plateau before min_epochs multiplies the learning rate by this, once
+                          (None: never; RAVL 0.3).
+      patience:           a plateau is this many consecutive epochs with no member improving (5).
       improvement_threshold: a member improves when its holdout MSE falls below
                           (1 - threshold) x its best so far (0.01).
     """
@@ -173,8 +190,11 @@ class EnsembleConfig:
     max_holdout: int | None = 1000
     bootstrap: bool = True
     max_epochs: int | None = None
+    min_epochs: int = 0
+    plateau_lr_factor: float | None = None
     patience: int = 5
     improvement_threshold: float = 0.01
+    input_clip: float | None = None
 
     def __post_init__(self):
         # Lists (from JSON or a CLI) become tuples, so the config stays hashable (it is static under jit).
@@ -221,6 +241,12 @@ class EnsembleConfig:
             fail(f"max_holdout must be >= 1 or None, got {self.max_holdout}")
         if self.max_epochs is not None and self.max_epochs < 1:
             fail(f"max_epochs must be >= 1 or None, got {self.max_epochs}")
+        if self.min_epochs < 0:
+            fail(f"min_epochs must be >= 0, got {self.min_epochs}")
+        if self.plateau_lr_factor is not None and not self.plateau_lr_factor > 0:
+            fail(f"plateau_lr_factor must be > 0 or None, got {self.plateau_lr_factor}")
+        if self.input_clip is not None and not self.input_clip > 0:
+            fail(f"input_clip must be > 0 or None, got {self.input_clip}")
         if self.patience < 1:
             fail(f"patience must be >= 1, got {self.patience}")
         if self.improvement_threshold < 0:
@@ -228,8 +254,11 @@ class EnsembleConfig:
         return self
 
 
-# RAVL's dynamics model (MBPO's): the defaults, with the authors' uncapped 20% holdout.
-RAVL_CONFIG = EnsembleConfig(max_holdout=None)
+# RAVL's dynamics model (MBPO's): the defaults, with the authors' uncapped 20% holdout, their schedule (early
+# stopping only after 350 epochs, the lr x0.3 once at the first plateau before that, at most 2000 epochs) and
+# their inputs clipped at +-10 after standardization (anyasims/edge-of-reach, train_dynamics_model.py, ensemble.py).
+RAVL_CONFIG = EnsembleConfig(max_holdout=None, min_epochs=350, plateau_lr_factor=0.3, max_epochs=2000,
+                             input_clip=10.0)
 # NEUBAY's world-model posterior: 128 members trained, the best 100 kept; LayerNorm + leaky ReLU,
 # standardized targets, fixed log-variance bounds, AdamW; no bootstrap (per-member shuffles).
 NEUBAY_CONFIG = EnsembleConfig(
@@ -415,9 +444,11 @@ def loss(params: dict, config: EnsembleConfig, inputs: jax.Array, targets: jax.A
 
 
 def normalize_inputs(state: EnsembleState, obs: jax.Array, action: jax.Array) -> jax.Array:
-    """x = ((s, a) - mu_x) / sigma_x, [..., S + A]."""
+    """x = ((s, a) - mu_x) / sigma_x, [..., S + A], clipped to +-input_clip when set (RAVL)."""
     x = jnp.concatenate([obs, action], axis=-1)
-    return (x - state.input_mean) / state.input_std
+    x = (x - state.input_mean) / state.input_std
+    clip = state.config.input_clip
+    return x if clip is None else jnp.clip(x, -clip, clip)
 
 
 def normalize_targets(state: EnsembleState, obs: jax.Array, next_obs: jax.Array, reward: jax.Array) -> jax.Array:
@@ -580,11 +611,14 @@ def _where_members(mask: jax.Array, new: Any, old: Any) -> Any:
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _epoch(params, opt_state, best_params, best_mse, x_train, y_train, x_holdout, y_holdout, rows, key,
-           config: EnsembleConfig):
+           lr_scale, config: EnsembleConfig):
     """One epoch for all members (one lax.scan over minibatches), then the holdout check.
 
     rows [M, n]: member m's training rows (its bootstrap resample, or 0..n-1); each member shuffles
     its own at every epoch. ceil(n / batch) minibatches; the last wraps around to the epoch's start.
+    lr_scale (traced): the optimizer's updates are multiplied by it, i.e. the learning rate is
+    lr_scale x config.lr (Adam's and AdamW's steps, decay included, are linear in the lr; the moments
+    are kept, as torch's StepLR keeps them).
     """
     m, n = rows.shape
     batch = config.batch_size
@@ -598,6 +632,7 @@ def _epoch(params, opt_state, best_params, best_mse, x_train, y_train, x_holdout
         params, opt_state = carry
         (value, _), grads = jax.value_and_grad(loss, has_aux=True)(params, config, x_train[idx], y_train[idx])
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: lr_scale * u, updates)
         return (optax.apply_updates(params, updates), opt_state), value
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
@@ -662,14 +697,17 @@ def train(state: EnsembleState, data: Mapping[str, Any], key: jax.Array, *, max_
     data: "observations" [N, S], "actions" [N, A], "next_observations" [N, S], "rewards" [N] (D4RL names;
     terminals are not modelled: RAVL and NEUBAY use known termination functions). Host loop over epochs,
     each epoch one jitted program for all members (see `_epoch` and the module docstring for the
-    procedure). `max_epochs` overrides config.max_epochs; `log_fn(record)` is called after each epoch.
+    procedure, and for the schedule: min_epochs, plateau_lr_factor). `max_epochs` overrides
+    config.max_epochs; `log_fn(record)` is called after each epoch.
     Training continues from the state's parameters and optimizer state (MBPO retrains the same model);
     the normalizers are refitted on the new training split. The returned parameters are each member's
     best snapshot; the optimizer state is the last epoch's.
 
     Each record: epoch, train_loss (the loss per member, averaged over the epoch's minibatches),
     holdout_mse (members' mean) and holdout_mse_per_member, best_holdout_mse (members' mean of their
-    best), num_improved, epochs_since_improvement, num_train, num_holdout, time_s (since the start).
+    best), num_improved, epochs_since_improvement, lr (the learning rate of this epoch), lr_lowered (True
+    on the epoch whose plateau lowered the rate for the next ones), num_train, num_holdout, time_s (since
+    the start).
     """
     config = state.config
     obs, action, next_obs, reward = _dataset_arrays(data, state.obs_dim, state.action_dim)
@@ -694,10 +732,11 @@ def train(state: EnsembleState, data: Mapping[str, Any], key: jax.Array, *, max_
     limit = config.max_epochs if max_epochs is None else max_epochs
     history: list[dict] = []
     epoch, since_improvement, start = 0, 0, time.perf_counter()
+    lr_scale, lowered = 1.0, False
     while limit is None or epoch < limit:
         params, opt_state, best_params, best_mse, metrics = _epoch(
             params, opt_state, best_params, best_mse, x_train, y_train, x_holdout, y_holdout, rows,
-            jax.random.fold_in(k_epochs, epoch), config)
+            jax.random.fold_in(k_epochs, epoch), jnp.float32(lr_scale), config)
         epoch += 1
         num_improved = int(metrics["num_improved"])
         since_improvement = 0 if num_improved else since_improvement + 1
@@ -705,11 +744,17 @@ def train(state: EnsembleState, data: Mapping[str, Any], key: jax.Array, *, max_
         record = {"epoch": epoch, "train_loss": float(metrics["train_loss"]), "holdout_mse": float(mse.mean()),
                   "holdout_mse_per_member": mse, "best_holdout_mse": float(jnp.mean(best_mse)),
                   "num_improved": num_improved, "epochs_since_improvement": since_improvement,
+                  "lr": config.lr * lr_scale, "lr_lowered": False,
                   "num_train": n_train, "num_holdout": num_holdout, "time_s": time.perf_counter() - start}
+        plateau = since_improvement >= config.patience
+        stop = plateau and epoch > config.min_epochs      # the authors' `i >= min_epochs`, i = epoch - 1
+        if plateau and not stop and config.plateau_lr_factor is not None and not lowered:
+            lr_scale, lowered, since_improvement = lr_scale * config.plateau_lr_factor, True, 0
+            record["lr_lowered"] = True
         history.append(record)
         if log_fn is not None:
             log_fn(record)
-        if since_improvement >= config.patience:
+        if stop:
             break
     state = state.replace(params=best_params, opt_state=opt_state)
     return select_elites(state, best_mse), history

@@ -7,7 +7,7 @@ its update over seeds with `jax.vmap(init)(keys)`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -57,10 +57,65 @@ def kernel_init(name: str, gain: float = RELU_GAIN) -> nn.initializers.Initializ
     raise ValueError(f"unknown kernel init {name!r}; valid: {', '.join(KERNEL_INITS)}")
 
 
+def uniform_init(bound: float) -> nn.initializers.Initializer:
+    """U(-bound, bound)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def param_init(spec: str, fan_in: int, gain: float = RELU_GAIN) -> nn.initializers.Initializer:
+    """An initializer of a Linear's kernel or bias by name, for a layer with `fan_in` inputs:
+
+        "zeros"             0
+        "const:c"           c everywhere (EDAC's hidden biases: "const:0.1")
+        "uniform:b"         U(-b, b) (EDAC's last layers: "uniform:3e-3", "uniform:1e-3")
+        "fan_in:s"          U(+-sqrt(s / fan_in)) ("fan_in:1" = PyTorch's / Equinox's default bias; NEUBAY's
+                            last critic layer "fan_in:0.01")
+        a KERNEL_INITS name (kernels), see `kernel_init`
+    """
+    if spec == "zeros":
+        return nn.initializers.zeros
+    kind, _, value = spec.partition(":")
+    if kind == "const" and value:
+        return nn.initializers.constant(float(value))
+    if kind == "uniform" and value:
+        return uniform_init(float(value))
+    if kind == "fan_in" and value:
+        return uniform_init(math.sqrt(float(value) / fan_in))
+    if spec in KERNEL_INITS:
+        return kernel_init(spec, gain)
+    raise ValueError(f"unknown initializer {spec!r}; valid: zeros, const:<c>, uniform:<b>, fan_in:<s>, "
+                     f"{', '.join(KERNEL_INITS)}")
+
+
 def dense(features: int, gain: float = RELU_GAIN, name: str | None = None,
-          init: str = "xavier_uniform") -> nn.Dense:
-    """A Linear layer with zero bias and xavier-uniform (gain `gain`) or lecun-uniform weights."""
-    return nn.Dense(features, kernel_init=kernel_init(init, gain), bias_init=nn.initializers.zeros, name=name)
+          init: str = "xavier_uniform", bias_init: str = "zeros", fan_in: int | None = None) -> nn.Dense:
+    """A Linear layer with xavier-uniform (gain `gain`), lecun-uniform or PyTorch-default weights (or any
+    `param_init` name) and a zero bias (or `bias_init`, a `param_init` name; "fan_in:s" needs `fan_in`)."""
+    def make(spec):
+        if spec.startswith("fan_in:") and fan_in is None:
+            raise ValueError(f"initializer {spec!r} needs the layer's fan_in")
+        return param_init(spec, fan_in or 1, gain)
+
+    return nn.Dense(features, kernel_init=make(init), bias_init=make(bias_init), name=name)
+
+
+class Linear(nn.Module):
+    """`nn.Dense` (parameters "kernel" [in, out] and "bias" [out], drawn in that order) whose initializers are
+    `param_init` names, so a bias can depend on the layer's fan_in ("fan_in:1": Equinox's / PyTorch's default)."""
+
+    features: int
+    kernel_init: str = "pytorch_default"
+    bias_init: str = "zeros"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", param_init(self.kernel_init, fan_in), (fan_in, self.features), jnp.float32)
+        bias = self.param("bias", param_init(self.bias_init, fan_in), (self.features,), jnp.float32)
+        return x @ kernel + bias
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -74,6 +129,9 @@ class MLP(nn.Module):
     """Linear -> [LayerNorm] -> act, repeated for each hidden width, then a Linear output.
 
     With `hidden=(512, 512)` this is MR.Q's BaseMLP: Linear-LN-act-Linear-LN-act-Linear.
+    Every kernel starts from `initializer`, every bias at 0, unless (names of `param_init`)
+    `bias_init` sets the hidden layers' biases and `out_kernel_init` / `out_bias_init` the
+    output layer's (EDAC's and NEUBAY's schemes, networks/actor_critic.py INIT_SCHEMES).
     """
 
     hidden: Sequence[int]
@@ -82,12 +140,16 @@ class MLP(nn.Module):
     use_layer_norm: bool = True
     gain: float = RELU_GAIN
     initializer: str = "xavier_uniform"
+    bias_init: str = "zeros"
+    out_kernel_init: str | None = None
+    out_bias_init: str = "zeros"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = activation(self.act)
         for i, width in enumerate(self.hidden):
-            x = dense(width, self.gain, name=f"hidden_{i}", init=self.initializer)(x)
+            x = dense(width, self.gain, name=f"hidden_{i}", init=self.initializer, bias_init=self.bias_init,
+                      fan_in=x.shape[-1])(x)
             if self.use_layer_norm:
                 x = layer_norm(x)
             self.sow("intermediates", f"preactivation_{i}", x)     # the input of the nonlinearity
@@ -95,7 +157,8 @@ class MLP(nn.Module):
             # Post-activation features, for plasticity diagnostics (ReDo scores, dormant ratio, srank):
             # collected only when the caller applies with mutable=["intermediates"], else a no-op.
             self.sow("intermediates", f"features_{i}", x)
-        return dense(self.out_dim, self.gain, name="out", init=self.initializer)(x)
+        return dense(self.out_dim, self.gain, name="out", init=self.out_kernel_init or self.initializer,
+                     bias_init=self.out_bias_init, fan_in=x.shape[-1])(x)
 
 
 def ensemble(module_cls: type[nn.Module], size: int, out_axis: int = -1) -> type[nn.Module]:

@@ -75,6 +75,9 @@ def leaves_equal(a, b):
     ({"init_min_logvar": 1.0}, "init_min_logvar"),
     ({"holdout_fraction": 0.0}, "holdout_fraction"),
     ({"patience": 0}, "patience"),
+    ({"min_epochs": -1}, "min_epochs"),
+    ({"plateau_lr_factor": 0.0}, "plateau_lr_factor"),
+    ({"input_clip": 0.0}, "input_clip"),
     ({"kernel_init": "ones"}, "unknown kernel_init"),
 ])
 def test_config_validation(change, message):
@@ -447,3 +450,113 @@ def test_ravl_holds_out_20_percent_uncapped_and_neubay_decays_5e_5():
     assert ravl.model_config(ravl.Config()).max_holdout is None
     assert ravl.model_config(ravl.Config()).holdout_fraction == 0.2
     assert neubay.model_config(neubay.Config()).adamw_weight_decay == 5e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# RAVL's schedule: a minimum of epochs, one learning-rate cut at the first plateau before it, a cap
+
+
+def scripted_train(monkeypatch, config, improving_epochs, max_epochs=None):
+    """E.train with `_epoch` replaced by a script: some member improves at the epochs in `improving_epochs`
+    (1-based), none at the others. Returns (history, the lr_scale each epoch was called with)."""
+    scales = []
+
+    def fake_epoch(params, opt_state, best_params, best_mse, *args):
+        lr_scale = args[-2]                     # (x_train, y_train, x_holdout, y_holdout, rows, key, lr_scale, config)
+        scales.append(float(lr_scale))
+        improved = len(scales) in improving_epochs
+        metrics = {"train_loss": jnp.float32(0.0), "holdout_mse": jnp.ones(config.num_members),
+                   "num_improved": jnp.int32(1 if improved else 0)}
+        return params, opt_state, best_params, best_mse, metrics
+
+    # Only the host-side schedule runs: nothing here compiles for the config (it is static in the jitted parts).
+    monkeypatch.setattr(E, "_epoch", fake_epoch)
+    monkeypatch.setattr(E, "fit_normalizers", lambda state, *arrays: state)
+    monkeypatch.setattr(E, "_member_mse", lambda params, config, x, y: jnp.ones(config.num_members))
+    _, history = E.train(SCRIPTED_STATE.replace(config=config), make_data(200), jax.random.PRNGKey(1),
+                         max_epochs=max_epochs)
+    return history, scales
+
+
+SCRIPTED_STATE = E.init(jax.random.PRNGKey(0), S, A, SMALL)
+
+
+def test_training_cannot_stop_before_min_epochs_and_cuts_the_lr_once(monkeypatch):
+    """Improvement at epochs 1-3, then none: the first plateau (epochs 4-8) comes before min_epochs = 20, so the
+    lr drops x0.3 for epoch 9 on and the count restarts; the second plateau (9-13) is before the minimum too and
+    changes nothing; the first epoch past the minimum that ends a plateau is 21 (the authors' i >= min_epochs
+    on the 0-based i = 20)."""
+    config = dataclasses.replace(SMALL, max_epochs=None, min_epochs=20, plateau_lr_factor=0.3)
+    history, scales = scripted_train(monkeypatch, config, {1, 2, 3})
+    assert len(history) == 21
+    assert scales == [1.0] * 8 + [pytest.approx(0.3)] * 13
+    assert [r["epoch"] for r in history if r["lr_lowered"]] == [8]
+    assert [r["lr"] for r in history] == [pytest.approx(1e-3)] * 8 + [pytest.approx(3e-4)] * 13
+    assert [r["epochs_since_improvement"] for r in history][3:] == [1, 2, 3, 4, 5] + list(range(1, 14))
+
+
+def test_min_epochs_without_a_factor_and_the_cap(monkeypatch):
+    # No factor: the plateau before the minimum changes nothing, the lr stays; stop at epoch min_epochs + 1.
+    config = dataclasses.replace(SMALL, max_epochs=None, min_epochs=12, plateau_lr_factor=None)
+    history, scales = scripted_train(monkeypatch, config, {1})
+    assert len(history) == 13 and scales == [1.0] * 13
+    # The cap wins over the minimum (RAVL's 2000, or --model-max-epochs to cut a slow CPU run short).
+    config = dataclasses.replace(SMALL, max_epochs=7, min_epochs=350, plateau_lr_factor=0.3)
+    history, scales = scripted_train(monkeypatch, config, {1})
+    assert len(history) == 7 and scales == [1.0] * 6 + [pytest.approx(0.3)]   # plateau at epoch 6: one cut
+    history, _ = scripted_train(monkeypatch, config, set(), max_epochs=3)
+    assert len(history) == 3
+    # min_epochs = 0 is MBPO's and NEUBAY's rule: the first plateau stops, the factor is never used.
+    config = dataclasses.replace(SMALL, max_epochs=None, min_epochs=0, plateau_lr_factor=0.3)
+    history, scales = scripted_train(monkeypatch, config, {1, 2})
+    assert len(history) == 7 and scales == [1.0] * 7
+
+
+def test_lr_scale_scales_the_parameter_steps():
+    """The cut reaches the optimizer: one epoch from the same state and key with lr_scale 0.3 moves every
+    parameter by 0.3 x the step of lr_scale 1 (Adam's step is linear in the lr)."""
+    state = E.init(jax.random.PRNGKey(0), S, A, SMALL)
+    x = E.normalize_inputs(state, jnp.asarray(DATA["observations"]), jnp.asarray(DATA["actions"]))
+    y = E.normalize_targets(state, jnp.asarray(DATA["observations"]), jnp.asarray(DATA["next_observations"]),
+                            jnp.asarray(DATA["rewards"]))
+    rows = jnp.broadcast_to(jnp.arange(256, dtype=jnp.int32), (SMALL.num_members, 256))
+    mse = jnp.full(SMALL.num_members, jnp.inf)
+    single = dataclasses.replace(SMALL, batch_size=256)      # one minibatch: one Adam step, |step| = lr at step 1
+    moved = {}
+    for scale in (1.0, 0.3):
+        params, *_ = E._epoch(state.params, state.opt_state, state.params, mse, x[:256], y[:256], x[:64], y[:64],
+                              rows, jax.random.PRNGKey(2), jnp.float32(scale), single)
+        moved[scale] = jax.tree.map(lambda a, b: np.asarray(a - b), params, state.params)
+    for a, b in zip(jax.tree.leaves(moved[0.3]), jax.tree.leaves(moved[1.0])):
+        np.testing.assert_allclose(a, 0.3 * b, rtol=1e-4, atol=2e-6)   # ulp of min_logvar = -10
+    assert max(float(np.abs(b).max()) for b in jax.tree.leaves(moved[1.0])) == pytest.approx(SMALL.lr, rel=1e-3)
+
+
+def test_training_on_noise_cuts_the_lr_then_stops_after_the_minimum():
+    """Pure-noise targets never improve by 1%: epochs 1-5 are the first plateau (before min_epochs = 7), the lr
+    is cut x0.3 for epochs 6 on and the count restarts; epochs 6-10 are the next plateau, past the minimum."""
+    rng = np.random.default_rng(4)
+    noise = {**DATA, "next_observations": DATA["observations"] + 10 * rng.normal(size=(N, S)).astype(np.float32),
+             "rewards": 10 * rng.normal(size=N).astype(np.float32)}
+    config = dataclasses.replace(SMALL, max_epochs=None, min_epochs=7, plateau_lr_factor=0.3)
+    _, history = E.train(E.init(jax.random.PRNGKey(0), S, A, config), noise, jax.random.PRNGKey(1))
+    assert [r["epochs_since_improvement"] for r in history] == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    assert [r["lr"] for r in history] == [pytest.approx(1e-3)] * 5 + [pytest.approx(3e-4)] * 5
+
+
+def test_ravl_schedule_and_input_clip_are_the_authors():
+    from agents import neubay, ravl
+
+    for config in (E.RAVL_CONFIG, ravl.model_config(ravl.Config())):
+        assert (config.min_epochs, config.plateau_lr_factor, config.max_epochs, config.input_clip) == (350, 0.3, 2000,
+                                                                                                      10.0)
+    neubay_config = neubay.model_config(neubay.Config())
+    assert (neubay_config.min_epochs, neubay_config.plateau_lr_factor, neubay_config.max_epochs,
+            neubay_config.input_clip) == (0, None, None, None)
+    # Standardized inputs beyond +-10 are clipped (RAVL's MeanStdevFilter); without input_clip they are not.
+    state = E.init(jax.random.PRNGKey(0), 1, 1, dataclasses.replace(SMALL, input_clip=10.0))
+    x = E.normalize_inputs(state, jnp.array([[-30.0], [3.0]]), jnp.array([[12.0], [-10.5]]))
+    np.testing.assert_array_equal(np.asarray(x), [[-10.0, 10.0], [3.0, -10.0]])
+    plain = E.init(jax.random.PRNGKey(0), 1, 1, SMALL)
+    np.testing.assert_array_equal(np.asarray(E.normalize_inputs(plain, jnp.array([[-30.0]]), jnp.array([[12.0]]))),
+                                  [[-30.0, 12.0]])

@@ -27,8 +27,7 @@ from tests.cli_utils import run_cli, run_inprocess, run_main
 # ----------------------------------------------------------------------------
 
 TINY_NEUBAY = ["--model-members", "3", "--model-keep", "2", "--model-hidden", "16", "16", "--model-max-epochs", "2",
-               "--prefix-length", "4", "--horizon", "100", "--rollout-batch", "8", "--rollout-every", "10",
-               "--buffer-size", "16", "--core", "gru", "--core-layers", "1", "--core-hidden", "16",
+               "--prefix-length", "4", "--horizon", "100", "--rollout-batch", "8", "--buffer-size", "16", "--core", "gru", "--core-layers", "1", "--core-hidden", "16",
                "--head-hidden", "16", "--num-critics", "3", "--batch-size", "2"]
 
 
@@ -45,8 +44,9 @@ def pendulum_data(tmp_path_factory):
 
 
 def test_end_to_end_cli(tmp_path, pendulum_data):
-    """2 seeds, a 3-member ensemble trained 2 epochs, rollouts of up to 100 model steps, 30 updates; the GRU core
-    (the LRU default compiles slower; its update is traced below)."""
+    """2 seeds, a 3-member ensemble trained 2 epochs, rollouts of up to 100 model steps from any episode step on the
+    authors' schedule (utd 0.05), 30 updates; the GRU core (the LRU default compiles slower; its update is traced
+    below)."""
     run_dir = tmp_path / "run"
     result = run_cli("--agent", "neubay", "--env", "gym:InvertedPendulum-v5", "--dataset", str(pendulum_data),
                      "--total-steps", "30", "--eval-every", "30", "--log-every", "10", "--eval-episodes", "2",
@@ -65,7 +65,8 @@ def test_end_to_end_cli(tmp_path, pendulum_data):
     (["--model-members", "1", "--model-keep", "1"], "--model-members must be >= 2"),
     (["--model-members", "3", "--model-keep", "4"], "--model-keep must be in [1, --model-members=3]"),
     (["--horizon", "0"], "--horizon must be >= 1"),
-    (["--prefix-length", "5000"], "--prefix-length 5000 is longer than the episodes"),
+    (["--prefix-length", "5000", "--rollout-starts", "after_prefix"], "--prefix-length 5000 is longer than the episodes"),
+    (["--member-mapping", "random"], "--member-mapping"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, pendulum_data, flags, expected):
     run_dir = tmp_path / "run"
@@ -87,6 +88,7 @@ SPEC = EnvSpec(env_id="dmc:cartpole-balance", obs_dim=3, action_dim=1, max_episo
 TINY = neubay.Config(model_members=2, model_keep=2, model_hidden=(8,), prefix_length=3, horizon=12, rollout_batch=16,
                      rollout_every=1, buffer_size=16, core_layers=2, core_hidden=8, lru_state_dim=4, head_hidden=(8,),
                      num_critics=3, batch_size=2)
+TINY_AFTER = dataclasses.replace(TINY, rollout_starts="after_prefix")      # the previous rule: t >= P only
 
 # (length, ends terminal) per episode: timeouts, terminals, and episodes too short for a prefix of 3.
 EPISODES = [(7, False), (2, True), (5, True), (3, False), (4, True), (9, False), (1, False)]
@@ -124,27 +126,81 @@ imagine_scripted = jax.jit(lambda state, world, key: neubay.imagine(state, world
 
 @pytest.fixture(scope="module")
 def tiny():
-    """(dataset, world, state) of TINY on the synthetic episodes with the two signed members."""
+    """(dataset, world, state) of TINY on the synthetic episodes with the two signed members (rollouts from any step)."""
     dataset = episodes_dataset()
     world = neubay.build_world(dataset, SPEC, TINY, signed_model(TINY))
     return dataset, world, neubay.init(jax.random.PRNGKey(1), SPEC, TINY, world)
 
 
+@pytest.fixture(scope="module")
+def tiny_after():
+    """The same with --rollout-starts after_prefix."""
+    dataset = episodes_dataset()
+    world = neubay.build_world(dataset, SPEC, TINY_AFTER, signed_model(TINY_AFTER))
+    return dataset, world, neubay.init(jax.random.PRNGKey(1), SPEC, TINY_AFTER, world)
+
+
+def all_alive(world):
+    """Rollouts may continue from an episode's end too (same shapes: nothing recompiles)."""
+    return {**world, "start_alive": jnp.ones_like(world["start_alive"])}
+
+
 def test_each_trajectory_keeps_one_member(tiny):
+    """Trajectory i uses the kept member of rank i // B, B = 16 / 2 = 8 (the authors' layout), for every step."""
     _, world, state = tiny
-    world = {**world, "threshold": jnp.float32(np.inf)}            # never truncate: every trajectory runs H steps
+    world = {**all_alive(world), "threshold": jnp.float32(np.inf)}   # never truncate: every trajectory runs H steps
     tape, info = imagine(state, world, jax.random.PRNGKey(2))
     p, h = TINY.prefix_length, TINY.horizon
     assert tape.obs.shape == (TINY.rollout_batch, p + h + 1, SPEC.obs_dim)
-    assert bool(jnp.all(tape.valid)) and not bool(jnp.any(tape.terminated))
+    assert bool(jnp.all(tape.valid[:, p:])) and not bool(jnp.any(tape.terminated))
     increments = np.asarray(tape.obs[:, p + 1:] - tape.obs[:, p:-1])             # [B, H, S], imagined steps only
     rewards = np.asarray(tape.reward[:, p:])
     member = np.asarray(info["member"])
+    np.testing.assert_array_equal(member, np.asarray(world["model"].elites)[np.arange(16) // 8])
     assert set(member.tolist()) == {0, 1}                  # both posterior samples occur in the batch
     for b in range(TINY.rollout_batch):
         sign = 1.0 if member[b] == 0 else -1.0
         np.testing.assert_allclose(increments[b], sign, atol=0.05)               # one member, every step
         np.testing.assert_allclose(rewards[b], sign, atol=0.05)
+
+
+def test_member_mapping():
+    """block: trajectory i -> kept rank (i K) // batch = i // B when K divides the batch; sample: uniform draws."""
+    model = signed_model(TINY).replace(elites=jnp.array([1, 0], jnp.int32))   # rank 0 is member 1
+    block = lambda batch, config=TINY: np.asarray(neubay.assign_members(config, model, jax.random.PRNGKey(0), batch))
+    np.testing.assert_array_equal(block(6), [1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(block(5), [1, 1, 1, 0, 0])                     # uneven blocks differ by one
+    kept = ensemble_lib.init(jax.random.PRNGKey(0), 1, 1, ensemble_lib.EnsembleConfig(
+        num_members=8, num_elites=4, hidden=(2,), weight_decays=(0.0, 0.0))).replace(
+        elites=jnp.array([7, 3, 5, 1], jnp.int32))
+    members = np.asarray(neubay.assign_members(TINY, kept, jax.random.PRNGKey(0), 12))
+    np.testing.assert_array_equal(members, np.repeat([7, 3, 5, 1], 3))
+    sample = dataclasses.replace(TINY, member_mapping="sample")
+    drawn = np.asarray(neubay.assign_members(sample, kept, jax.random.PRNGKey(0), 400))
+    assert set(drawn.tolist()) == {7, 3, 5, 1} and not np.array_equal(drawn, np.repeat([7, 3, 5, 1], 100))
+
+
+def test_rollout_positions_cover_every_step_and_the_end(tiny):
+    """"any": each episode of length T contributes the starts t = 0 .. T (T + 1 positions, the authors'
+    HistorySampler), s_t its observation at t (the last next_observation at T, where the episode is over);
+    "after_prefix": only t >= P after P real transitions."""
+    dataset, world, _ = tiny
+    positions = neubay.rollout_positions(dataset, TINY)
+    assert positions["row"].size == dataset.num_transitions + len(EPISODES)
+    prefix = neubay.real_prefix(world, jnp.arange(positions["row"].size), TINY.prefix_length)
+    current = np.asarray(prefix.next_obs)                                        # s_t encodes (episode, t)
+    np.testing.assert_array_equal(current[:, 1], positions["time"])
+    for e, (length, _) in enumerate(EPISODES):
+        mine = current[:, 0] == e
+        assert sorted(positions["time"][mine].tolist()) == list(range(length + 1))
+        assert positions["time"][mine & ~positions["alive"]].tolist() == [length]
+    # The history's last transition keeps the dataset's terminal flag (no bootstrap from a terminal s_T).
+    ends = ~positions["alive"]
+    np.testing.assert_array_equal(np.asarray(prefix.terminated)[ends, -1], [terminal for _, terminal in EPISODES])
+    assert not np.asarray(prefix.terminated)[~ends].any() and not np.asarray(prefix.terminated)[:, :-1].any()
+    after = neubay.rollout_positions(dataset, TINY_AFTER)
+    assert after["time"].min() >= TINY.prefix_length and np.all(after["alive"])
+    np.testing.assert_array_equal(after["row"], neubay.prefix_starts(dataset, TINY.prefix_length) + 3)
 
 
 def scripted_step(model, obs, action, member, key, kind):
@@ -159,6 +215,7 @@ def test_truncation_exactly_at_the_uncertainty_threshold(monkeypatch, tiny):
     every u lets all H = 12 steps run."""
     monkeypatch.setattr(neubay, "model_step", scripted_step)
     _, world, state = tiny
+    world = all_alive(world)
     p = TINY.prefix_length
     for threshold, kept in [(4.0, 5), (4.5, 5), (3.999, 4), (0.5, 1), (100.0, 12)]:
         tape, info = imagine_scripted(state, {**world, "threshold": jnp.float32(threshold)}, jax.random.PRNGKey(2))
@@ -192,15 +249,15 @@ def test_threshold_is_the_quantile_of_the_disagreement_on_the_data(tiny):
 
 
 @pytest.mark.parametrize("core", ["lru", "gru"])
-def test_recurrent_state_carries_over_from_the_prefix(tiny, core):
-    """The actor's state after the prefix (what the rollout acts from) equals the core run over the embedded
+def test_recurrent_state_carries_over_from_the_prefix(tiny_after, core):
+    """The actor's state after a full prefix (what the rollout acts from) equals the core run over the embedded
     prefix inputs x_t = [s_t, a_{t-1}, r_{t-1}] with core.apply, and stepping the history with act_step."""
-    dataset, world, state = tiny
-    config = dataclasses.replace(TINY, core=core)
+    dataset, world, state = tiny_after
+    config = dataclasses.replace(TINY_AFTER, core=core)
     if core != TINY.core:
         state = neubay.init(jax.random.PRNGKey(5), SPEC, config, world)
-    starts = jnp.asarray(world["prefix_starts"])
-    prefix = neubay.real_prefix(world, starts, config.prefix_length)
+    starts = jnp.asarray(neubay.prefix_starts(dataset, config.prefix_length))
+    prefix = neubay.real_prefix(world, jnp.arange(starts.shape[0]), config.prefix_length)
     carried = jax.jit(neubay.warm_up)(state, state.actor.params, prefix)
 
     # By hand from the dataset: the previous action and reward are the dataset's, zeros at an episode start.
@@ -230,8 +287,8 @@ def test_recurrent_state_carries_over_from_the_prefix(tiny, core):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_real_windows_never_cross_episodes(tiny):
-    dataset, world, state = tiny
+def test_real_windows_never_cross_episodes(tiny_after):
+    dataset, world, state = tiny_after
     p = TINY.prefix_length
     starts = neubay.prefix_starts(dataset, p)
     obs, terminals = np.asarray(dataset.observations), np.asarray(dataset.terminals) > 0
@@ -241,7 +298,7 @@ def test_real_windows_never_cross_episodes(tiny):
     # Episode 1 (2 steps, the second terminal) and episode 6 (1 step) hold no prefix of 3.
     assert not set(obs[starts, 0].astype(int)) & {1, 6}
 
-    prefix = neubay.real_prefix(world, jnp.asarray(starts), p)
+    prefix = neubay.real_prefix(world, jnp.arange(starts.size), p)
     pobs = np.asarray(prefix.obs)
     assert np.all(pobs[:, :, 0] == pobs[:, :1, 0])                                 # one episode per window
     np.testing.assert_array_equal(pobs[:, :, 1], pobs[:, :1, 1] + np.arange(p))     # consecutive steps
@@ -265,8 +322,133 @@ def test_update_with_the_default_core_traces(tiny):
     metrics and an unchanged state structure; compiling and running it is the CLI test's job for GRU."""
     _, world, state = tiny
     assert TINY.core == "lru"
-    new_state, metrics = jax.eval_shape(lambda s, k: neubay.update(s, world, k, jnp.asarray(1)), state,
-                                        jax.random.PRNGKey(0))
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    assert {"critic/loss", "actor/loss", "alpha", "buffer/size", *neubay.ROLLOUT_METRICS} <= set(metrics)
-    assert all(m.shape == () for m in metrics.values())
+    for every in (1, None):                     # the fixed schedule and the authors'
+        state = state.replace(config=dataclasses.replace(TINY, rollout_every=every))
+        new_state, metrics = jax.eval_shape(lambda s, k: neubay.update(s, world, k, jnp.asarray(1)), state,
+                                            jax.random.PRNGKey(0))
+        assert jax.tree.structure(new_state) == jax.tree.structure(state)
+        assert {"critic/loss", "actor/loss", "alpha", "buffer/size", *neubay.ROLLOUT_METRICS} <= set(metrics)
+        assert all(m.shape == () for m in metrics.values())
+
+
+def test_left_padded_history_equals_the_core_over_the_real_prefix(tiny):
+    """Starts at t = 0, 1, 2 < P = 3 and t = 5 > P. The prefix holds the last min(t, P) real transitions at window
+    steps P - k .. P - 1, zeros before them (valid False, reset True) and a reset at s_0; the actor's encoder over
+    the padded window x_0 .. x_P with those resets gives, at the real steps and at s_t, exactly the outputs of
+    core.apply over the real prefix alone (from the zero state, no padding)."""
+    dataset, world, state = tiny
+    p = TINY.prefix_length
+    times, rows = np.asarray(world["start_time"]), np.asarray(world["start_row"])
+    ends = np.asarray(world["start_from_next"])
+    episode5 = np.asarray(dataset.observations)[:, 0] == 5                    # 9 steps: t = 0 .. 9 all occur
+    picks = [int(np.flatnonzero((times == t) & ~ends & episode5[np.minimum(rows, len(episode5) - 1)])[0])
+             for t in (0, 1, 2, 5)]
+    prefix = neubay.real_prefix(world, jnp.asarray(picks), p)
+    for b, t in enumerate((0, 1, 2, 5)):
+        k = min(t, p)
+        np.testing.assert_array_equal(np.asarray(prefix.valid[b]), np.arange(p) >= p - k)
+        np.testing.assert_array_equal(np.asarray(prefix.reset[b]), np.arange(p + 1) <= p - t)
+        np.testing.assert_array_equal(np.asarray(prefix.obs[b, :p - k]), 0.0)
+        np.testing.assert_array_equal(np.asarray(prefix.obs[b, p - k:, :2]),
+                                      np.array([[5, s] for s in range(t - k, t)], np.float32).reshape(k, 2))
+        np.testing.assert_array_equal(np.asarray(prefix.next_obs[b, :2]), [5, t])
+    np.testing.assert_allclose(np.asarray(prefix.prev_action[:, 0]), [0, 0, 0, 5 + 1 / 10], rtol=1e-6)  # a_{t-P-1}
+
+    # The window's inputs x_0 .. x_P (as tape_inputs builds them) through the actor's encoder, with the resets.
+    prev_actions = jnp.concatenate([prefix.prev_action[:, None], prefix.action], axis=1)
+    prev_rewards = jnp.concatenate([prefix.prev_reward[:, None], prefix.reward], axis=1)
+    xs = neubay.history_inputs(jnp.concatenate([prefix.obs, prefix.next_obs[:, None]], axis=1), prev_actions,
+                               prev_rewards)
+    actor = neubay.actor_network(TINY, SPEC)
+    encode = lambda x, resets=None: actor.apply(state.actor.params, x, neubay.initial_core_state(TINY, x.shape[:1]),
+                                                resets, method=lambda m, x, s, r: m.encoder(x, s, r))[0]
+    padded = np.asarray(encode(xs, prefix.reset))
+    recurrent = make_core(TINY.core, TINY.core_layers, TINY.core_hidden, state_dim=TINY.lru_state_dim)
+    core_params = {"params": state.actor.params["params"]["encoder"]["core"]}
+    for b, t in enumerate((0, 1, 2, 5)):
+        real = xs[b:b + 1, p - min(t, p):]                                     # the real prefix and s_t only
+        if t <= p:                                                             # it starts the episode: a_{-1} = 0
+            np.testing.assert_array_equal(np.asarray(real[0, 0, SPEC.obs_dim:]), 0.0)
+        embedded = actor.apply(state.actor.params, real, method="embed")
+        alone, _ = recurrent.apply(core_params, embedded, recurrent.initial_state((1,)))
+        np.testing.assert_allclose(padded[b, p - min(t, p):], np.asarray(alone[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_rollouts_start_at_step_zero_from_a_padded_history(tiny):
+    """Every position at t = 0 (the same shapes, nothing recompiles): the window's history is all padding, the
+    model starts at an episode's s_0 with a reset, and the actor over the stored window (as the update runs it)
+    gives at s_0 the policy of an empty history."""
+    _, world, state = tiny
+    p = TINY.prefix_length
+    zero = np.flatnonzero(np.asarray(world["start_time"]) == 0)
+    choose = jnp.asarray(zero[np.arange(world["start_time"].shape[0]) % zero.size])
+    world0 = {**world, **{k: world[k][choose] for k in ("start_row", "start_time", "start_from_next", "start_alive")},
+              "threshold": jnp.float32(np.inf)}
+    tape, info = imagine(state, world0, jax.random.PRNGKey(3))
+    assert not bool(jnp.any(tape.valid[:, :p])) and not bool(jnp.any(tape.real))
+    assert bool(jnp.all(tape.reset[:, :p + 1])) and not bool(jnp.any(tape.reset[:, p + 1:]))
+    assert bool(jnp.all(tape.valid[:, p:]))                                   # H = 12 imagined steps each
+    np.testing.assert_array_equal(np.asarray(tape.obs[:, p, 1]), 0.0)          # s_0 of its episode
+    assert int(info["data_size"]) == TINY.rollout_batch * TINY.horizon and float(info["rollout/start_step"]) == 0
+    xs = neubay.tape_inputs(tape)
+    actor = neubay.actor_network(TINY, SPEC)
+    dist, _ = actor.apply(state.actor.params, xs, neubay.initial_core_state(TINY, xs.shape[:1]), tape.reset)
+    s0 = neubay.history_inputs(tape.obs[:, p], jnp.zeros((16, SPEC.action_dim)), jnp.zeros(16))
+    first, _ = actor.apply(state.actor.params, s0, neubay.initial_core_state(TINY, (16,)), method="step")
+    np.testing.assert_allclose(np.asarray(dist.loc[:, p]), np.asarray(first.loc), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dist.scale[:, p]), np.asarray(first.scale), rtol=1e-5, atol=1e-6)
+
+
+def test_the_authors_rollout_schedule(tiny):
+    """--rollout-every None: a round at the first update, then ceil(0.05 x data_size) updates before the next; the
+    masked round in between writes nothing."""
+    _, world, _ = tiny
+    config = dataclasses.replace(TINY, rollout_every=None, buffer_size=32)
+    assert neubay.Config().rollout_every is None and neubay.Config().utd == 0.05
+    state = neubay.init(jax.random.PRNGKey(1), SPEC, config, world)
+    schedule = jax.jit(neubay.rollout_schedule)
+    state = schedule(state, world, jax.random.PRNGKey(2), jnp.asarray(1))
+    data_size = float(state.rollout_metrics["rollout/data_size"])
+    assert int(state.buffer.size) == 16 and data_size > 16
+    assert int(state.rollout_countdown) == int(np.ceil(0.05 * data_size)) - 1
+    before = state
+    state = schedule(state, world, jax.random.PRNGKey(3), jnp.asarray(2))
+    assert int(state.buffer.size) == 16 and int(state.rollout_countdown) == int(before.rollout_countdown) - 1
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(state.buffer), jax.tree.leaves(before.buffer)))
+    assert float(state.rollout_metrics["rollout/data_size"]) == data_size
+    state = schedule(state.replace(rollout_countdown=jnp.zeros((), jnp.int32)), world, jax.random.PRNGKey(4),
+                     jnp.asarray(3))
+    assert int(state.buffer.size) == 32 and int(state.buffer.insert) == 0
+
+
+def test_neubay_initialization_and_log_std():
+    """--init neubay (the authors' Equinox defaults): biases U(+-1/sqrt(fan_in)) in the embedding and the heads, the
+    critic heads' last layer U(+-sqrt(0.01 / fan_in)) with a zero bias, the actor's output layer U(+-1/sqrt(fan_in));
+    the log-std is clipped. --init default: zero biases."""
+    config = dataclasses.replace(TINY, head_hidden=(64,), core_hidden=32)
+    assert (neubay.Config().init, neubay.Config().log_std) == ("neubay", "clip")
+    xs, core = jnp.zeros((1, 1, neubay.input_dim(SPEC))), neubay.initial_core_state(config, (1,))
+    actor = neubay.actor_network(config, SPEC).init(jax.random.PRNGKey(0), xs, core)["params"]
+    critic = neubay.critic_network(config).init(jax.random.PRNGKey(1), xs, core, jnp.zeros((1, 1, 1)))["params"]
+    assert neubay.actor_network(config, SPEC).log_std_mode == "clip"
+
+    def within(x, bound, filled=0.8):
+        x = np.abs(np.asarray(x))
+        return x.max() <= bound and x.max() > filled * bound
+
+    assert within(actor["encoder"]["embed_linear"]["bias"], 1 / np.sqrt(5))             # fan_in S + A + 1 = 5
+    assert within(critic["encoder"]["embed_linear"]["bias"], 1 / np.sqrt(5))
+    assert within(actor["head"]["MLP_0"]["hidden_0"]["bias"], 1 / np.sqrt(32))
+    assert within(actor["head"]["MLP_0"]["out"]["kernel"], 1 / 8, 0.6) and within(actor["head"]["MLP_0"]["out"]["bias"],
+                                                                                  1 / 8, 0.01)
+    heads = critic["heads"]["critics"]["MLP_0"]
+    assert within(heads["hidden_0"]["bias"], 1 / np.sqrt(33))
+    assert within(heads["out"]["kernel"], np.sqrt(0.01 / 64), 0.9)                       # 192 draws
+    np.testing.assert_array_equal(np.asarray(heads["out"]["bias"]), 0.0)
+    plain = dataclasses.replace(config, init="default")
+    plain_actor = neubay.actor_network(plain, SPEC).init(jax.random.PRNGKey(0), xs, core)["params"]
+    np.testing.assert_array_equal(np.asarray(plain_actor["encoder"]["embed_linear"]["bias"]), 0.0)
+    np.testing.assert_array_equal(np.asarray(plain_actor["head"]["MLP_0"]["out"]["bias"]), 0.0)
+    # Same kernels draw for draw (only the biases and the last layers change).
+    np.testing.assert_array_equal(np.asarray(plain_actor["encoder"]["embed_linear"]["kernel"]),
+                                  np.asarray(actor["encoder"]["embed_linear"]["kernel"]))

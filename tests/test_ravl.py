@@ -1,6 +1,7 @@
 """RAVL and the offline pipeline: EDAC's diversity by hand, rollouts that stop at the termination function,
 the model buffer, collect.py -> run.py end to end, and bad offline inputs."""
 
+import dataclasses
 import json
 
 import h5py
@@ -13,6 +14,7 @@ import envs
 import replay
 from agents import ravl, sac
 from networks import ensemble as ensemble_lib
+from networks.actor_critic import GaussianActor
 from replay import ring as ring_lib
 from tests.cli_utils import run_cli, run_inprocess, run_main
 
@@ -51,7 +53,7 @@ def test_diversity_matches_per_sample_reverse_mode_on_a_nonlinear_ensemble():
     network = sac.critic_network(config)
     total = 0.0
     for b in range(6):
-        q = lambda a, j: network.apply(state.critic.params, obs[b:b + 1], a[None])[0, j]
+        q = lambda a, j, b=b: network.apply(state.critic.params, obs[b:b + 1], a[None])[0, j]
         grads = np.stack([np.asarray(jax.grad(q)(action[b], j)) for j in range(4)])
         unit = grads / np.linalg.norm(grads, axis=1, keepdims=True)
         cos = unit @ unit.T
@@ -195,3 +197,104 @@ def test_saved_model_of_other_shapes_is_refused(tmp_path):
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
     assert str(tmp_path / "model") in error and "members" in error
     assert not run_dir.exists()
+
+
+# ----------------------------------------------------------------------------
+# The authors' choices: EDAC's initialization, the clipped log-std, the batch split, alpha's loss, the order
+# ----------------------------------------------------------------------------
+
+
+def test_edac_initialization_statistics():
+    """--init edac (RAVL's default): every hidden bias 0.1, the critics' last layer (kernel and bias) in
+    U(+-3e-3), the actor's mean/log-std layer in U(+-1e-3); hidden kernels stay U(+-1/sqrt(fan_in)). SAC keeps zero
+    biases and last layers like the hidden ones."""
+    spec = envs.make("jax:PointMass").spec
+    config = ravl.Config(num_critics=4, critic_hidden=(64, 64), actor_hidden=(64, 64), rollout_batch=8)
+    assert (config.init, config.log_std) == ("edac", "clip")
+    assert (sac.Config().init, sac.Config().log_std) == ("default", "tanh")
+    state = sac.init(jax.random.PRNGKey(0), spec, config, capacity=4)
+    critic = state.critic.params["params"]["critics"]["MLP_0"]
+    actor = state.actor.params["params"]["MLP_0"]
+    for layers in (critic, actor):
+        for name in ("hidden_0", "hidden_1"):
+            np.testing.assert_array_equal(np.asarray(layers[name]["bias"]), np.float32(0.1))
+        kernel = np.asarray(layers["hidden_1"]["kernel"])
+        assert np.abs(kernel).max() <= 1 / 8 and np.abs(kernel).max() > 0.9 / 8     # fan_in 64
+    for layer, bound in ((critic["out"], 3e-3), (actor["out"], 1e-3)):
+        kernel, bias = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+        assert kernel.shape[-2] == 64 and np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+        assert np.abs(bias).max() <= bound and np.abs(kernel.mean()) < 0.1 * bound
+        assert np.all(bias != 0)
+    # Uniform on [-b, b]: variance b^2 / 3 (256 critic, 256 actor samples).
+    assert np.var(np.asarray(critic["out"]["kernel"])) == pytest.approx(3e-3 ** 2 / 3, rel=0.25)
+    assert np.var(np.asarray(actor["out"]["kernel"])) == pytest.approx(1e-3 ** 2 / 3, rel=0.25)
+
+    plain = sac.init(jax.random.PRNGKey(0), spec, dataclasses.replace(config, init="default"), capacity=4)
+    plain_critic = plain.critic.params["params"]["critics"]["MLP_0"]
+    np.testing.assert_array_equal(np.asarray(plain_critic["hidden_0"]["bias"]), 0.0)
+    np.testing.assert_array_equal(np.asarray(plain_critic["out"]["bias"]), 0.0)
+    assert np.abs(np.asarray(plain_critic["out"]["kernel"])).max() > 0.9 / 8       # U(+-1/sqrt(64))
+    # The hidden kernels do not depend on the scheme (the same draws).
+    np.testing.assert_array_equal(np.asarray(plain_critic["hidden_1"]["kernel"]), np.asarray(critic["hidden_1"]["kernel"]))
+
+
+@pytest.mark.parametrize("mode, raw, log_std", [("clip", 0.0, 0.0), ("clip", 10.0, 2.0), ("clip", -10.0, -5.0),
+                                                ("clip", 1.5, 1.5), ("tanh", 0.0, -1.5), ("tanh", 10.0, 2.0)])
+def test_log_std_clip_and_tanh(mode, raw, log_std):
+    """log sigma = clip(raw, -5, 2) (EDAC, RAVL, NEUBAY): sigma = 1 at raw 0; the tanh squash gives
+    -5 + 3.5 (tanh(raw) + 1), sigma = exp(-1.5) ~ 0.22 at raw 0."""
+    actor = GaussianActor(1, (4,), log_std_mode=mode)
+    params = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+    out = {"kernel": jnp.zeros((4, 2)), "bias": jnp.array([0.3, raw])}
+    params = {"params": {"MLP_0": {**params["params"]["MLP_0"], "out": out}}}
+    dist = actor.apply(params, jnp.ones((2, 3)))
+    np.testing.assert_allclose(np.asarray(dist.scale), np.exp(log_std), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dist.loc), 0.3, rtol=1e-6)
+
+
+def test_real_samples_per_batch_are_floored_as_the_authors():
+    """int(0.05 x 256) = 12 dataset rows (round() gave 13); int(0.05 x 16) = 0."""
+    spec = envs.make("gym:InvertedPendulum-v5", num_envs=1).spec
+    data = replay.TransitionBatch(jnp.zeros((20, 4)), jnp.zeros((20, 1)), -jnp.ones(20), jnp.zeros((20, 4)),
+                                  jnp.zeros(20))
+    world = {"data": data, "starts": jnp.zeros(1, jnp.int32)}
+    config = ravl.Config(num_critics=2, critic_hidden=(8,), actor_hidden=(8,), rollout_batch=4, rollout_horizon=1,
+                         retain_rounds=1, model_members=2, model_elites=2, model_hidden=(8,))
+    state = ravl.init(jax.random.PRNGKey(1), spec, config, world)
+    model = replay.TransitionBatch(jnp.zeros((4, 4)), jnp.zeros((4, 1)), jnp.ones(4), jnp.zeros((4, 4)), jnp.zeros(4))
+    state = state.replace(model_buffer=ring_lib.add(state.model_buffer, model, jnp.ones(4, bool)))
+    for batch_size, real in ((256, 12), (16, 0), (100, 5)):
+        sized = state.replace(sac=state.sac.replace(config=dataclasses.replace(config, batch_size=batch_size)))
+        batch = ravl.mixed_batch(sized, world, jax.random.PRNGKey(2))
+        assert batch.reward.shape == (batch_size,) and int(jnp.sum(batch.reward < 0)) == real
+
+
+def test_alpha_losses():
+    """The authors' mean -log alpha (log pi + H) has the gradient -(mean log pi + H); CleanRL's -alpha (...) has it
+    times alpha."""
+    log_prob, target, log_alpha = jnp.array([-1.0, 0.5, 2.0]), -2.0, jnp.log(0.3)
+    expected = -(float(jnp.mean(log_prob)) + target)
+    assert float(jax.grad(sac.log_alpha_loss)(log_alpha, log_prob, target)) == pytest.approx(expected, rel=1e-6)
+    assert float(jax.grad(sac.alpha_loss)(log_alpha, log_prob, target)) == pytest.approx(0.3 * expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("order, expected", [("edac", ["alpha", "actor", "critic"]),
+                                             ("sac", ["critic", "actor", "alpha"])])
+def test_update_order(monkeypatch, order, expected):
+    """--update-order edac (the authors' Agent.update): alpha, then the actor, then the critics (whose target uses
+    the updated actor); sac: critics, actor, alpha. Recorded while tracing one update."""
+    spec = envs.make("gym:InvertedPendulum-v5", num_envs=1).spec
+    config = ravl.Config(num_critics=2, critic_hidden=(8,), actor_hidden=(8,), rollout_batch=4, rollout_horizon=1,
+                         retain_rounds=1, batch_size=8, model_members=2, model_elites=2, model_hidden=(8,),
+                         update_order=order)
+    model = ensemble_lib.init(jax.random.PRNGKey(0), spec.obs_dim, spec.action_dim, ravl.model_config(config))
+    data = replay.TransitionBatch(jnp.zeros((20, 4)), jnp.zeros((20, 1)), jnp.zeros(20), jnp.zeros((20, 4)),
+                                  jnp.zeros(20))
+    world = {"data": data, "starts": jnp.zeros(1, jnp.int32), "model": model}
+    state = ravl.init(jax.random.PRNGKey(1), spec, config, world)
+    calls = []
+    for name, attr in (("alpha", "alpha_step"), ("actor", "actor_step"), ("critic", "critic_target")):
+        original = getattr(sac, attr)
+        monkeypatch.setattr(sac, attr, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    jax.eval_shape(lambda s: ravl.update(s, world, jax.random.PRNGKey(2), jnp.asarray(2)), state)
+    assert calls == expected
