@@ -293,9 +293,10 @@ def actor_step(state: SACState, obs: jax.Array, key: jax.Array) -> tuple[SACStat
     return state.replace(actor=apply_gradients(state.actor, grads, actor_opt)), loss, log_prob
 
 
-def alpha_step(state: SACState, obs: jax.Array, key: jax.Array, loss_fn=alpha_loss) -> SACState:
-    """With autotune, one step of log alpha on `loss_fn` (alpha_loss or log_alpha_loss) at the log-probabilities
-    of a FRESH sample (drawn with `key`) from the current actor; without, nothing."""
+def alpha_step(state: SACState, obs: jax.Array, key: jax.Array, loss_fn=None) -> SACState:
+    """With autotune, one step of log alpha on `loss_fn` (alpha_loss, the default, or log_alpha_loss) at the
+    log-probabilities of a FRESH sample (drawn with `key`) from the current actor; without, nothing."""
+    loss_fn = alpha_loss if loss_fn is None else loss_fn      # looked up at call time (tests spy on it)
     config = state.config
     if not config.autotune:
         return state
