@@ -18,7 +18,7 @@ from experiments.on_policy import OnPolicyLoop
 from tests.cli_utils import ROOT, run_main
 from tests.test_ppo import TINY, TINY_FLAGS
 
-LEARNING_RATES = [1e-4, 3e-4, 1e-3]
+LEARNING_RATES = [1e-4, 1e-3]     # two points: each separate run is one more compilation
 
 
 def _params_after(loop, updates=2):
@@ -29,7 +29,7 @@ def _params_after(loop, updates=2):
 
 
 def test_traced_learning_rate_sweep_equals_separate_runs():
-    """3 learning rates x 2 seeds in one program (6 lanes) == three runs of 2 seeds each, parameter by parameter
+    """2 learning rates x 2 seeds in one program (4 lanes) == two runs of 2 seeds each, parameter by parameter
     (up to float reassociation of batched matmuls)."""
     config = ppo.Config(**TINY)
     lanes = [(lr, s) for lr in LEARNING_RATES for s in (0, 1)]

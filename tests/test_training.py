@@ -48,10 +48,18 @@ def _eval_returns(run_dir):
     return {(int(r["step"]), int(r["seed"])): float(r["return"]) for r in _rows(run_dir / "eval.csv")}
 
 
-def test_vmapped_seeds_equal_separate_runs_device_loop(tmp_path):
+TINY_TD3 = ["--agent", "td3", "--learning-starts", "100", "--batch-size", "16", "--critic-hidden", "16", "16",
+            "--actor-hidden", "16", "16"]
+
+
+@pytest.mark.parametrize("agent_flags", [
+    pytest.param(TINY_TD3, id="td3"),
+    pytest.param(TINY_MRQ, id="mrq", marks=pytest.mark.long),    # MR.Q compiles for minutes; the loop is the same
+])
+def test_vmapped_seeds_equal_separate_runs_device_loop(tmp_path, agent_flags):
     """Seed i of one vmapped run == a run with --seed (base + i) alone (same keys, same env seeds)."""
     args = ["--env", "jax:PointMass", "--total-steps", "400", "--eval-every", "200", "--log-every", "200",
-            "--eval-episodes", "2", *TINY_MRQ]
+            "--eval-episodes", "2", *agent_flags]
     together = run_cli(*args, "--seed", "3", "--num-seeds", "2", "--run-dir", str(tmp_path / "together"))
     assert together.returncode == 0, together.stderr[-3000:]
     joint = _eval_returns(tmp_path / "together")
