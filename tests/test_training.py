@@ -74,20 +74,31 @@ def test_vmapped_seeds_equal_separate_runs_device_loop(tmp_path, agent_flags):
     assert joint[(400, 0)] != joint[(400, 1)]     # the seeds really differ
 
 
-def test_vmapped_seeds_equal_separate_runs_host_loop():
+def _tiny_host_agent(name):
+    """(agent module, config, the policy parameters of its state) for the host-loop seed test."""
+    from agents import mrq, td3
+
+    if name == "td3":
+        config = td3.Config(batch_size=32, learning_starts=100, critic_hidden=(32, 32), actor_hidden=(32, 32))
+        return td3, config, lambda agent: agent.actor.params
+    config = mrq.Config(batch_size=32, zs_dim=32, za_dim=16, zsa_dim=32, enc_hidden_dim=32, value_hidden_dim=32,
+                        policy_hidden_dim=32, random_steps=100, target_update_freq=50)
+    return mrq, config, lambda agent: agent.policy.params
+
+
+@pytest.mark.parametrize("name", ["td3", pytest.param("mrq", marks=pytest.mark.long)])   # MR.Q: minutes to compile
+def test_vmapped_seeds_equal_separate_runs_host_loop(name):
     """Same on dm_control: after 100 random steps and 150 updates, the parameters of a seed trained
     alongside another equal those of the seed trained alone (up to float reassociation in batched matmuls;
     returns are not compared because cartpole amplifies 1e-7 action differences)."""
     import jax
 
-    from agents import mrq
     from experiments.off_policy import HostLoop
 
-    config = mrq.Config(batch_size=32, zs_dim=32, za_dim=16, zsa_dim=32, enc_hidden_dim=32, value_hidden_dim=32,
-                        policy_hidden_dim=32, random_steps=100, target_update_freq=50)
+    agent_module, config, policy_params = _tiny_host_agent(name)
 
     def train(seed, num_seeds):
-        loop = HostLoop(mrq, config, "dmc:cartpole-balance", num_seeds, seed, replay_transitions=500)
+        loop = HostLoop(agent_module, config, "dmc:cartpole-balance", num_seeds, seed, replay_transitions=500)
         state, _ = loop.run(loop.init(), 0, 250)
         loop.close()
         return state["agent"]
@@ -95,10 +106,10 @@ def test_vmapped_seeds_equal_separate_runs_host_loop():
     joint = train(seed=5, num_seeds=2)
     for i in range(2):
         alone = train(seed=5 + i, num_seeds=1)
-        for a, b in zip(jax.tree.leaves(joint.policy.params), jax.tree.leaves(alone.policy.params)):
+        for a, b in zip(jax.tree.leaves(policy_params(joint)), jax.tree.leaves(policy_params(alone))):
             np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b[0]), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(np.asarray(joint.replay.obs[i]), np.asarray(alone.replay.obs[0]), atol=1e-3)
-    first = jax.tree.leaves(joint.policy.params)[0]
+    first = jax.tree.leaves(policy_params(joint))[0]
     assert not np.allclose(first[0], first[1])
 
 
