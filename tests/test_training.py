@@ -114,24 +114,25 @@ def test_vmapped_seeds_equal_separate_runs_host_loop(name):
 
 
 def test_nan_in_a_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """A tiny TD3 (it compiles in seconds) whose critic loss turns NaN after step 250: the run stops at the next
+    log (300) naming the metric, and the checkpoint at 200 stays."""
     import jax.numpy as jnp
 
-    from agents import mrq
+    from agents import td3
     from experiments.train import DivergenceError, RunArgs, train
 
-    original = mrq.update_value_and_policy
+    original = td3.update_once
 
-    def poisoned(state, key):
-        state, metrics = original(state, key)
-        broken = jnp.where(state.env_steps > 250, jnp.nan, metrics["value/loss"])
-        return state, {**metrics, "value/loss": broken}
+    def poisoned(state, key, index):
+        state, metrics = original(state, key, index)
+        broken = jnp.where(state.env_steps > 250, jnp.nan, metrics["critic/loss"])
+        return state, {**metrics, "critic/loss": broken}
 
-    monkeypatch.setattr(mrq, "update_value_and_policy", poisoned)
-    config = mrq.Config(batch_size=16, zs_dim=16, za_dim=8, zsa_dim=16, enc_hidden_dim=16, value_hidden_dim=16,
-                        policy_hidden_dim=16, random_steps=100, target_update_freq=20)
-    args = RunArgs(env="jax:PointMass", total_steps=400, eval_every=200, log_every=100, eval_episodes=1,
-                   run_dir=str(tmp_path / "run"), progress=False)
-    with pytest.raises(DivergenceError, match=r"value/loss is nan at step 300"):
+    monkeypatch.setattr(td3, "update_once", poisoned)
+    config = td3.Config(batch_size=16, learning_starts=100, critic_hidden=(16, 16), actor_hidden=(16, 16))
+    args = RunArgs(agent="td3", env="jax:PointMass", total_steps=400, eval_every=200, log_every=100,
+                   eval_episodes=1, run_dir=str(tmp_path / "run"), progress=False)
+    with pytest.raises(DivergenceError, match=r"critic/loss is nan at step 300"):
         train(args, config)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert checkpoints == ["200"]
