@@ -313,7 +313,8 @@ def store(state: LEASTState, transition: replay.Transition) -> LEASTState:
     slot = state.history.count[t] % config.history
     h = state.history
     recording = state.base.env_steps >= warmup_steps(config)
-    write = lambda buffer, value: jnp.where(recording, buffer.at[t, slot].set(value), buffer)
+    # one slot written (or rewritten with itself before the warm-up ends): O(1) per step, not a buffer copy
+    write = lambda buffer, value: buffer.at[t, slot].set(jnp.where(recording, value, buffer[t, slot]))
     history = QHistory(write(h.obs, transition.obs), write(h.action, transition.action), write(h.values, q),
                        write(h.losses, td_loss(state, transition, q)), h.count.at[t].add(recording.astype(jnp.int32)))
 
