@@ -11,7 +11,7 @@ import pytest
 
 import envs
 import replay
-from agents import least, td3
+from agents import least, sac, td3
 from experiments.off_policy import DeviceLoop
 from tests.cli_utils import run_inprocess
 
@@ -217,3 +217,26 @@ def test_unknown_base_is_rejected(tmp_path):
     assert result.returncode == 2 and "'td3'" in result.stderr and "'sac'" in result.stderr
     with pytest.raises(ValueError, match="--base must be one of td3, sac"):
         dataclasses.replace(least.Config(), base="ddpg").validate()
+
+
+def test_sac_base_k_follows_an_ema_of_the_actors_entropy(monkeypatch):
+    """With --base sac, each update that stepped moves the per-dimension entropy h by an EMA (decay 0.99) toward
+    actor/entropy / action_dim; an update that did not step leaves it. PointMass has 2 action dimensions."""
+    config = least.Config(**SMALL, base="sac", history=20, history_floor=10, min_history=5)
+    state = least.init(jax.random.PRNGKey(0), SPEC, config)
+    assert float(state.entropy) == pytest.approx(np.log(2.0))          # a near-uniform policy: K = K_min
+    assert int(least.history_size(state)) == 10
+
+    def scripted_update(base, key, step, stepped):
+        metrics = {"critic/grad_norm": jnp.float32(1.0), "actor/entropy": jnp.float32(-4.0)}
+        return base.replace(updates=base.updates + stepped), metrics
+
+    monkeypatch.setattr(sac, "update", lambda base, key, step: scripted_update(base, key, step, 1))
+    stepped, _ = least.update(state, jax.random.PRNGKey(1), jnp.int32(0))
+    expected = 0.99 * np.log(2.0) + 0.01 * (-2.0)
+    assert float(stepped.entropy) == pytest.approx(expected, rel=1e-6)
+    monkeypatch.setattr(sac, "update", lambda base, key, step: scripted_update(base, key, step, 0))
+    idle, _ = least.update(stepped, jax.random.PRNGKey(2), jnp.int32(1))
+    assert float(idle.entropy) == pytest.approx(expected, rel=1e-6)
+    h = np.exp(expected - np.log(2.0))
+    assert int(least.history_size(idle)) == 10 + round(10 * (1 - h))
