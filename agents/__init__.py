@@ -1,25 +1,19 @@
-"""The agent registry: one module per agent, looked up by name.
+"""The agent registry: one record of pure functions per agent, looked up by name.
 
-Every agent module follows the contract of DESIGN.md: a frozen `Config`
-(with `validate()`), `init(key, spec, config, ...)`, `act(state, obs, key,
-explore)` and `update(...)`, all pure and vmappable over seeds. `LOOP` names
-the training loop in `experiments/` that drives it:
-
-* "off_policy": `store(state, transition)` then `update(state, key, step)`
-  after every environment step (host envs) or inside a scanned device chunk
-  (JAX envs).
-* "offline": `prepare(dataset, spec, config, world_dir, key)` builds the world
-  (dataset, dynamics model) once; `update(state, world, key, step)` is scanned
-  in chunks of gradient steps (experiments/offline.py); `--dataset` is required.
-* "on_policy": `train_step(state, env, env_state, key, sync_axes)` -- a whole
-  rollout and update on a JAX env -- scanned in chunks on the device; the agent
-  also exposes `layout(config)` with `steps_per_update`.
+The contract an agent fulfils is agents/contract.py, in full: an agent file
+ends with `AGENT = OffPolicyAgent(...)`, `OnPolicyAgent(...)` or
+`OfflineAgent(...)`, whose type names the loop that drives it
+(experiments/off_policy.py, on_policy.py, offline.py). The built-in agents
+are imported when first asked for; `register(AGENT)` adds one from anywhere
+(a notebook, a user's file) with no edit here.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
+from agents.contract import Agent, ContractError, OfflineAgent, OffPolicyAgent, OnPolicyAgent  # noqa: F401
 
 AGENTS = {
     "bc": "agents.bc",
@@ -34,14 +28,43 @@ AGENTS = {
     "sigreg": "agents.sigreg",
     "td3": "agents.td3",
 }
+_REGISTERED: dict[str, Agent] = {}
 
 
 class UnknownAgentError(ValueError):
     """An agent name that is not registered; the message lists the valid ones."""
 
 
-def get(name: str) -> ModuleType:
-    """The agent module registered as `name`."""
+def names() -> list[str]:
+    return sorted({*AGENTS, *_REGISTERED})
+
+
+def register(agent: Agent, replace: bool = False) -> Agent:
+    """Add `agent` (an agents/contract.py record) to the registry under `agent.name`; returns it."""
+    if not isinstance(agent, Agent):
+        raise ContractError(f"register() takes an OffPolicyAgent, OnPolicyAgent or OfflineAgent record "
+                            f"(agents/contract.py), got {type(agent).__name__}")
+    if not replace and (agent.name in AGENTS or agent.name in _REGISTERED):
+        raise ContractError(f"agent {agent.name!r} is already registered (pass replace=True to replace it)")
+    _REGISTERED[agent.name] = agent
+    return agent
+
+
+def get(name: str) -> Agent:
+    """The agent record registered as `name`."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     if name not in AGENTS:
-        raise UnknownAgentError(f"unknown agent {name!r}; valid agents: {', '.join(sorted(AGENTS))}")
-    return importlib.import_module(AGENTS[name])
+        raise UnknownAgentError(f"unknown agent {name!r}; valid agents: {', '.join(names())}")
+    return record(importlib.import_module(AGENTS[name]))
+
+
+def record(agent: Agent | ModuleType) -> Agent:
+    """`agent` itself, or the AGENT record of an agent module (so the loops accept either)."""
+    if isinstance(agent, Agent):
+        return agent
+    found = getattr(agent, "AGENT", None)
+    if not isinstance(found, Agent):
+        raise ContractError(f"module {getattr(agent, '__name__', agent)!r} declares no AGENT record "
+                            "(agents/contract.py)")
+    return found

@@ -11,7 +11,6 @@ BC baseline, e.g. in TD3+BC's paper, arXiv 2106.06860): 2 x 256 ReLU, Adam
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -20,16 +19,16 @@ import optax
 from flax import struct
 
 import replay
-from agents.config import check_fields, field
+from agents.contract import OfflineAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks.actor_critic import DeterministicActor
 from networks.training import Trained, apply_gradients, trained
 
-LOOP = "offline"
 RUN_DEFAULTS = {"total_steps": 100_000, "eval_every": 10_000, "log_every": 1_000}
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config:
     batch_size: int = field(256, ">= 1")
     """Dataset transitions per gradient step."""
@@ -45,7 +44,7 @@ class Config:
 @struct.dataclass
 class BCState:
     policy: Trained
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
     spec: EnvSpec = struct.field(pytree_node=False)
 
 
@@ -78,3 +77,6 @@ def update(state: BCState, world: replay.TransitionBatch, key: jax.Array, step: 
     value, grads = jax.value_and_grad(loss)(state.policy.params, state, batch)
     policy = apply_gradients(state.policy, grads, optax.adam(state.config.learning_rate))
     return state.replace(policy=policy), {"bc/loss": value}
+
+
+AGENT = OfflineAgent(name="bc", Config=Config, init=init, act=act, prepare=prepare, update=update, RUN_DEFAULTS=RUN_DEFAULTS)

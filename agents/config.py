@@ -19,6 +19,21 @@ and any value outside the declared range. Relations between fields (e.g.
 `--q-horizon <= --enc-horizon`) stay hand-written in `validate()`.
 `tests/test_validation.py` holds every registered agent to this: each numeric
 field declares a range, and values outside it are refused by the command line.
+
+Hyperparameters are pytree leaves (as in rejax). An agent's `Config` is
+declared with `@hyperparameters` instead of `@dataclasses.dataclass(frozen=True)`:
+it stays a frozen, hashable dataclass (tyro parses it, `validate()` checks it,
+config.json saves it) and is also a pytree whose leaves are its `float`
+fields -- traced under `jit`/`vmap` -- while every other field (ints, bools,
+strings, tuples, `float | None`) is static, part of the tree's structure.
+Agents keep their config in their state as an ordinary pytree node, so a
+sweep of learning rates, coefficients or discounts is a `vmap` over stacked
+configs (experiments/lanes.py): one compiled program for every lane. A float
+the agent branches on in Python, or that sets a shape, is declared static:
+
+    sigreg_coef: float = field(0.0, ">= 0", static=True)    # `if config.sigreg_coef > 0` builds another loss
+
+Sweeping a static field runs one program per value (experiments/sweep.py).
 """
 
 from __future__ import annotations
@@ -74,12 +89,45 @@ def parse_range(text: str) -> Range:
     raise ValueError(f"range {text!r}: expected finite, >= a, > a, <= a, < a or an interval such as [0, 1]")
 
 
-def field(default: Any, valid: str, *, about: str | None = None, **kwargs) -> Any:
+def field(default: Any, valid: str, *, about: str | None = None, static: bool = False, **kwargs) -> Any:
     """A dataclass field with its valid range (`valid`, see the module docstring) and, optionally, a short
-    gloss that error messages put after the flag (`about`)."""
+    gloss that error messages put after the flag (`about`). `static=True` keeps a float field of a
+    `@hyperparameters` config out of the traced leaves (the agent uses it in Python control flow or shapes)."""
     parse_range(valid)          # a malformed range fails at import, not at a user's first bad value
-    metadata = {**kwargs.pop("metadata", {}), "valid": valid, "about": about}
+    metadata = {**kwargs.pop("metadata", {}), "valid": valid, "about": about, "static": static}
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def hyperparameters(cls: type) -> type:
+    """Declare an agent's `Config`: a frozen dataclass that is also a pytree whose leaves are its traced
+    fields (`float`, not declared `static`); every other field is static (see the module docstring).
+    A subclass of a config is declared the same way and gets its own pytree registration."""
+    def __post_init__(self):
+        # A float field given an int (`Config(discount=1)`) would become an int32 leaf under vmap.
+        for name in type(self).traced_fields:
+            value = object.__getattribute__(self, name)
+            if type(value) is int:
+                object.__setattr__(self, name, float(value))
+
+    if "__post_init__" not in cls.__dict__:
+        cls.__post_init__ = __post_init__
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    traced = tuple(f.name for f in fields if hints[f.name] is float and not (f.metadata or {}).get("static"))
+    static = tuple(f.name for f in fields if f.name not in traced)
+    cls.traced_fields = traced
+    cls.static_fields = static
+    import jax
+
+    jax.tree_util.register_dataclass(cls, data_fields=list(traced), meta_fields=list(static))
+    return cls
+
+
+def traced_fields(config: Any) -> tuple[str, ...]:
+    """The fields of a `@hyperparameters` config that are pytree leaves (traced in a sweep); () for any
+    other dataclass."""
+    return getattr(type(config), "traced_fields", ())
 
 
 def flag(name: str) -> str:

@@ -54,7 +54,6 @@ is PPO's, imported.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Literal
 
@@ -63,16 +62,15 @@ import jax.numpy as jnp
 from flax import struct
 
 from agents import ppo
-from agents.config import field
-from agents.ppo import layout, PRESETS, RUN_DEFAULTS, default_preset, task_preset  # noqa: F401 (the loop's agent interface)
+from agents.contract import OnPolicyAgent
+from agents.config import field, hyperparameters
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from networks import distributions as dist_lib
 from networks.normalizer import RunningStats, normalize
 
-LOOP = "on_policy"
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config(ppo.Config):
     """PPO's hyperparameters (Playground's DMC defaults) plus GTR's trust region.
 
@@ -295,3 +293,8 @@ def collect(state: GTRState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array
 def diagnostics(state: GTRState, key: jax.Array) -> dict:
     """PPO's plasticity and isotropy diagnostics of the policy and value networks."""
     return ppo.diagnostics(state.ppo, key)
+
+
+AGENT = OnPolicyAgent(name="gtr", Config=Config, init=init, act=act, train_step=train_step, collect=collect, layout=ppo.layout,
+                      diagnostics=diagnostics, PRESETS=ppo.PRESETS, RUN_DEFAULTS=ppo.RUN_DEFAULTS,
+                      default_preset=ppo.default_preset, task_preset=ppo.task_preset)

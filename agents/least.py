@@ -72,15 +72,15 @@ from flax import struct
 
 import replay
 from agents import sac, td3
-from agents.config import check_fields, field
+from agents.contract import OffPolicyAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 
-LOOP = "off_policy"
 BASES = {"td3": td3, "sac": sac}
 RULES = ("paper", "margin")
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config(td3.Config):
     """The base agent's flags (TD3's defaults) plus the stop rule."""
 
@@ -182,16 +182,16 @@ class LEASTState(struct.PyTreeNode):
     episode_length: jax.Array     # steps of the current episode so far
     counters: dict                # stops, episodes, unstopped_episodes, unstopped_steps, stopped_steps, env_steps
     last: dict                    # threshold, median, weight, history_size of the last decision (for logging)
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
 
 
 COUNTERS = ("stops", "episodes", "unstopped_episodes", "unstopped_steps", "stopped_steps", "env_steps")
 UNIFORM_ENTROPY = math.log(2.0)   # per-dimension entropy of a uniform action on [-1, 1]
 
 
-def gaussian_entropy(std: float) -> float:
+def gaussian_entropy(std) -> jax.Array:
     """Per-dimension entropy of N(0, std^2): 0.5 log(2 pi e std^2) (TD3's exploration noise)."""
-    return 0.5 * math.log(2.0 * math.pi * math.e * max(std, 1e-12) ** 2)
+    return 0.5 * jnp.log(2.0 * math.pi * math.e * jnp.maximum(std, 1e-12) ** 2)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = None) -> LEASTState:
@@ -380,3 +380,7 @@ def diagnostics(state: LEASTState, key: jax.Array) -> dict:
     """The base's critic diagnostics and the episode statistics, at every evaluation."""
     module = BASES[state.config.base]
     return {**module.diagnostics(state.base, key), **statistics(state)}
+
+
+AGENT = OffPolicyAgent(name="least", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics,
+                       early_stop=early_stop)

@@ -36,24 +36,23 @@ loops in `experiments/` jit and vmap them over seeds.
 
 from __future__ import annotations
 
-import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
 import replay
-from agents.config import check_fields, field
+from agents.contract import OffPolicyAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
 from networks.twohot import symexp_bins, two_hot_cross_entropy
 from networks.regularizers import sigreg
 from networks.training import Trained, apply_gradients, hard_copy, trained
 
-LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config:
     """MR.Q hyperparameters; defaults are the paper's."""
 
@@ -145,7 +144,7 @@ class Config:
     bin_upper: float = field(10.0, "finite")
     """Highest bin before symexp."""
 
-    sigreg_coef: float = field(0.0, ">= 0")
+    sigreg_coef: float = field(0.0, ">= 0", static=True)
     """Weight of SIGReg(zs) (networks/regularizers.py, the RL variant) added to the encoder loss: pushes the
     state embedding toward an isotropic Gaussian (arXiv 2602.19373); 0 = MR.Q as published."""
 
@@ -174,7 +173,7 @@ class MRQState:
     env_steps: jax.Array            # transitions stored
     updates: jax.Array              # value/policy updates done
     encoder_metrics: dict           # mean losses of the last encoder burst (for logging)
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
     spec: EnvSpec = struct.field(pytree_node=False)
 
 
@@ -423,3 +422,6 @@ def update(state: MRQState, key: jax.Array, step: jax.Array) -> tuple[MRQState, 
         return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     return jax.lax.cond(update_index >= 0, train, wait, state)
+
+
+AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update)

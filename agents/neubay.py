@@ -111,7 +111,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from agents.config import check_fields, field
+from agents.contract import OfflineAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks import distributions as dist_lib
 from networks import ensemble as ensemble_lib
@@ -121,11 +122,10 @@ from networks.recurrent import CORE_KINDS, make_core
 from networks.training import Trained, apply_gradients, polyak, trained
 from replay import datasets as datasets_lib
 
-LOOP = "offline"
 RUN_DEFAULTS = {"total_steps": 2_000_000, "eval_every": 20_000, "log_every": 1_000}
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config:
     """NEUBAY's hyperparameters; defaults are the paper's (configs/d4rl_loco/base.yaml) unless noted."""
 
@@ -591,7 +591,7 @@ class NEUBAYState:
     probe_obs: jax.Array         # dataset episode-start observations, for the value diagnostics
     updates: jax.Array
     rollout_countdown: jax.Array  # int32: updates left before the next rollout round (the authors' schedule)
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
     spec: EnvSpec = struct.field(pytree_node=False)
 
     @property
@@ -914,3 +914,8 @@ def diagnostics(state: NEUBAYState, key: jax.Array) -> dict:
     features, _ = critic.apply(state.critic.params, x, zero, method="step_features")
     q = critic.apply(state.critic.params, features, action, method="q")
     return {"value/q_start_min": jnp.mean(jnp.min(q, axis=-1)), "value/q_start_mean": jnp.mean(q)}
+
+
+AGENT = OfflineAgent(name="neubay", Config=Config, init=init, act=act, prepare=prepare, update=update, check=check,
+                     diagnostics=diagnostics, initial_carry=initial_carry, act_step=act_step,
+                     RUN_DEFAULTS=RUN_DEFAULTS)

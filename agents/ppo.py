@@ -83,7 +83,8 @@ import optax
 from flax import struct
 
 import envs
-from agents.config import check_fields, field
+from agents.contract import OnPolicyAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from envs.core import any_over
 from networks import distributions as dist_lib
@@ -91,13 +92,12 @@ from networks import plasticity
 from networks.mlp import MLP
 from networks.normalizer import RunningStats, init_stats, normalize, update_stats
 
-LOOP = "on_policy"   # driven by experiments/on_policy.py: chunks of scanned `train_step`s on a JaxEnv
 
 # run.py defaults for this agent (Playground: 60M steps; evaluations every 1M steps here).
 RUN_DEFAULTS = {"total_steps": 60_000_000, "eval_every": 1_000_000, "log_every": 1_000_000}
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config:
     """PPO hyperparameters; defaults are MuJoCo Playground's DM Control config."""
 
@@ -132,7 +132,7 @@ class Config:
     this (memory ~ steps_per_update / (1 - decay) observations; 1: never forget, as Brax). For switching tasks."""
     normalize_advantage: bool = True
     """Standardize advantages within each minibatch."""
-    max_grad_norm: float = field(0.0, ">= 0")
+    max_grad_norm: float = field(0.0, ">= 0", static=True)
     """Clip the global gradient norm to this (0: no clipping, Playground's DMC setting)."""
     kl_coef: float = field(0.0, ">= 0")
     """Add kl_coef * KL(pi_old || pi) to the policy loss (PPO's KL-penalty variant, fixed coefficient; 0: off)."""
@@ -278,7 +278,7 @@ class PPOState(struct.PyTreeNode):
     obs_stats: RunningStats
     updates: jax.Array                        # int32; env steps = updates x steps_per_update
     probe_obs: jax.Array                      # [PROBE_SIZE, obs_dim] observations of the last rollout
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
     spec: EnvSpec = struct.field(pytree_node=False)
 
     @property
@@ -616,3 +616,8 @@ def diagnostics(state: PPOState, key: jax.Array) -> dict:
         values.update(isotropy(representation))
         out.update({f"{name}/{k}": jnp.asarray(v, jnp.float32) for k, v in values.items()})
     return out
+
+
+AGENT = OnPolicyAgent(name="ppo", Config=Config, init=init, act=act, train_step=train_step, collect=collect, layout=layout,
+                      diagnostics=diagnostics, PRESETS=PRESETS, RUN_DEFAULTS=RUN_DEFAULTS,
+                      default_preset=default_preset, task_preset=task_preset)

@@ -73,17 +73,17 @@ from flax import struct
 
 import replay
 from agents import sac
-from agents.config import field
+from agents.contract import OfflineAgent
+from agents.config import field, hyperparameters
 from envs import EnvSpec
 from networks import ensemble as ensemble_lib
 from networks.training import apply_gradients, polyak
 from replay import ring as ring_lib
 
-LOOP = "offline"
 RUN_DEFAULTS = {"total_steps": 1_000_000, "eval_every": 10_000, "log_every": 1_000}
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config(sac.Config):
     """SAC-N + EDAC's diversity term on model rollouts; defaults are the paper's (D4RL MuJoCo)."""
 
@@ -110,9 +110,9 @@ class Config(sac.Config):
     """"edac": alpha, actor, critics, Polyak (the authors'); "sac": critics, Polyak, actor, alpha (agents/sac.py)."""
     alpha_loss: Literal["log_alpha", "alpha"] = "log_alpha"
     """L_alpha = mean -log alpha (log pi + H_target) (the authors') or mean -alpha (log pi + H_target) (CleanRL's)."""
-    eta: float = field(1.0, ">= 0")
+    eta: float = field(1.0, ">= 0", static=True)   # eta = 0 skips the diversity term
     """Weight of EDAC's gradient-diversity term (0: SAC-N)."""
-    real_ratio: float = field(0.05, "[0, 1]")
+    real_ratio: float = field(0.05, "[0, 1]", static=True)
     """Fraction of each batch drawn from the dataset (the rest from model rollouts)."""
     rollout_batch: int = field(50_000, ">= 1")
     """Dataset states each rollout round starts from."""
@@ -230,6 +230,11 @@ class RAVLState:
     sac: sac.SACState                 # critics (N), actor, alpha; its replay is unused (None)
     model_buffer: ring_lib.TransitionRing
     probe_obs: jax.Array              # dataset episode-start observations, for the value diagnostics
+
+    @property
+    def config(self) -> Config:
+        """The hyperparameters, held by the SAC state."""
+        return self.sac.config
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config, world: dict) -> RAVLState:
@@ -375,3 +380,6 @@ def diagnostics(state: RAVLState, key: jax.Array) -> dict:
     return {"value/q_start_min": jnp.mean(jnp.min(q, axis=-1)), "value/q_start_mean": jnp.mean(q),
             "value/q_start_std": jnp.mean(jnp.std(q, axis=-1))}
 
+
+AGENT = OfflineAgent(name="ravl", Config=Config, init=init, act=act, prepare=prepare, update=update, check=check,
+                     diagnostics=diagnostics, RUN_DEFAULTS=RUN_DEFAULTS)

@@ -32,7 +32,6 @@ evaluation; the fraction of neurons reset at the last reset is a training metric
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import flax.linen as nn
@@ -42,16 +41,16 @@ from flax import struct
 
 import replay
 from agents import sac
-from agents.config import field
+from agents.contract import OffPolicyAgent
+from agents.config import field, hyperparameters
 from envs import EnvSpec
 from networks import plasticity
 from networks.mlp import kernel_init
 from networks.training import scheduled_updates
 
-LOOP = "off_policy"
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config(sac.Config):
     """SAC's hyperparameters (CleanRL's defaults) plus the reset rule."""
 
@@ -85,6 +84,11 @@ class ReGraMaState:
     sac: sac.SACState
     resets: jax.Array             # resets done
     reset_fraction: jax.Array     # fraction of the critics' hidden neurons re-initialized at the last reset
+
+    @property
+    def config(self) -> Config:
+        """The hyperparameters, held by the SAC state."""
+        return self.sac.config
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = None) -> ReGraMaState:
@@ -151,3 +155,6 @@ def update(state: ReGraMaState, key: jax.Array, step: jax.Array) -> tuple[ReGraM
 
 def diagnostics(state: ReGraMaState, key: jax.Array) -> dict:
     return sac.diagnostics(state.sac, key)
+
+
+AGENT = OffPolicyAgent(name="regrama", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics)

@@ -22,7 +22,6 @@ The pieces -- `critic_loss`, `actor_loss`, `update_critic`, `update_actor`,
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import jax
@@ -31,7 +30,8 @@ import optax
 from flax import struct
 
 import replay
-from agents.config import check_fields, field
+from agents.contract import OffPolicyAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks import distributions as dist_lib
 from networks import plasticity
@@ -46,10 +46,9 @@ from networks.training import (
     trained,
 )
 
-LOOP = "off_policy"   # driven by experiments/off_policy.py: act -> store -> update each env step
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config:
     """SAC's hyperparameters; defaults are CleanRL's."""
 
@@ -104,7 +103,7 @@ class Config:
     """Bias and last-layer initialization of the critics and the actor (networks/actor_critic.py INIT_SCHEMES):
     "default" (zero biases), "edac" (hidden biases 0.1, last layers U(+-3e-3) / U(+-1e-3)) or "neubay"."""
 
-    sigreg_coef: float = field(0.0, ">= 0")
+    sigreg_coef: float = field(0.0, ">= 0", static=True)
     """Weight of SIGReg (networks/regularizers.py, the RL variant) on each critic's last hidden pre-activation,
     added to the critic loss (arXiv 2602.19373); 0 = off."""
 
@@ -154,7 +153,7 @@ class SACState:
     env_steps: jax.Array            # transitions stored
     updates: jax.Array              # critic updates done
     actor_metrics: dict             # of the last actor update (logged between the delayed updates)
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
     spec: EnvSpec = struct.field(pytree_node=False)
 
     @property
@@ -377,3 +376,6 @@ def critic_diagnostics(state, key: jax.Array, target_fn, loss_fn) -> dict:
     features = activations[max(activations, key=lambda name: int(name.split("_")[-1]))]   # [critics, B, width]
     values = plasticity.plasticity_diagnostics(activations, critic_mlp(grads["params"]), features)
     return {f"critic/{name}": jnp.mean(jnp.asarray(v, jnp.float32)) for name, v in values.items()}
+
+
+AGENT = OffPolicyAgent(name="sac", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics)

@@ -60,16 +60,15 @@ import flax.linen as nn
 import jax
 
 from agents import ppo
-from agents.config import field
-from agents.ppo import layout, RUN_DEFAULTS, default_preset, task_preset  # noqa: F401 (the loop's agent interface)
+from agents.contract import OnPolicyAgent
+from agents.config import field, hyperparameters
 from envs import EnvSpec, JaxEnv, JaxEnvState
 from networks import regularizers
 from networks.mlp import MLP, activation, kernel_init
 
-LOOP = "on_policy"
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config(ppo.Config):
     """PPO's hyperparameters plus the shared trunk and SIGReg."""
 
@@ -188,9 +187,6 @@ def init(key: jax.Array, spec: EnvSpec, config: Config) -> ppo.PPOState:
     return ppo.init(key, spec, config)
 
 
-act = ppo.act
-collect = ppo.collect
-diagnostics = ppo.diagnostics
 
 
 def train_step(state: ppo.PPOState, env: JaxEnv, env_state: JaxEnvState, key: jax.Array,
@@ -205,3 +201,9 @@ def train_step(state: ppo.PPOState, env: JaxEnv, env_state: JaxEnvState, key: ja
 
 # PPO's presets, with a trunk sized like the cpu preset's value MLP on CPUs.
 PRESETS = {"playground": {}, "cpu": {**ppo.PRESETS["cpu"], "trunk_hidden": (128, 128), "trunk_dim": 128}}
+
+
+AGENT = OnPolicyAgent(name="sigreg", Config=Config, init=init, act=ppo.act, train_step=train_step, collect=ppo.collect,
+                      layout=ppo.layout, diagnostics=ppo.diagnostics, PRESETS=PRESETS,
+                      RUN_DEFAULTS=ppo.RUN_DEFAULTS, default_preset=ppo.default_preset,
+                      task_preset=ppo.task_preset)

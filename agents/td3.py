@@ -19,7 +19,6 @@ Acting, storing and the update schedule are SAC's (agents/sac.py).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import jax
@@ -29,18 +28,18 @@ from flax import struct
 
 import replay
 from agents import sac
-from agents.config import check_fields, field
+from agents.contract import OffPolicyAgent
+from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks.actor_critic import DeterministicActor
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
 from networks.training import Trained, apply_gradients, polyak, scheduled_updates, trained
 
-LOOP = "off_policy"
 # Shared with SAC: storing, the critic ensemble (same config fields) and its loss sum_j mean (Q_j - y)^2.
 store, critic_network, critic_loss = sac.store, sac.critic_network, sac.critic_loss
 
 
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class Config:
     """TD3's hyperparameters; defaults are CleanRL's."""
 
@@ -106,7 +105,7 @@ class TD3State:
     env_steps: jax.Array
     updates: jax.Array
     actor_metrics: dict             # of the last (delayed) actor update
-    config: Config = struct.field(pytree_node=False)
+    config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
     spec: EnvSpec = struct.field(pytree_node=False)
 
 
@@ -185,3 +184,6 @@ def update(state: TD3State, key: jax.Array, step: jax.Array) -> tuple[TD3State, 
 def diagnostics(state: TD3State, key: jax.Array) -> dict:
     """SAC's critic plasticity diagnostics with TD3's target and loss."""
     return sac.critic_diagnostics(state, key, critic_target, critic_loss)
+
+
+AGENT = OffPolicyAgent(name="td3", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics)

@@ -189,8 +189,7 @@ def _timed_run(make_loop_fn, units: int) -> dict:
 
 def measure_sweep(agent, args: BenchArgs) -> dict:
     """N points of a traced field as one program (N x seeds lanes) vs N sequential runs of `seeds` seeds."""
-    import numpy as np
-
+    from experiments.lanes import Lanes
     from experiments.on_policy import OnPolicyLoop
 
     seeds = args.seeds[0]
@@ -206,9 +205,9 @@ def measure_sweep(agent, args: BenchArgs) -> dict:
     base = getattr(config, args.sweep_field)
     values = [float(base * 3.0 ** (i - (args.sweep_points - 1) / 2)) for i in range(args.sweep_points)]
     lanes = [(v, s) for v in values for s in range(seeds)]
-    one = _timed_run(lambda: build(config, len(lanes),
-                                   lane_hparams={args.sweep_field: np.array([v for v, _ in lanes], np.float32)},
-                                   lane_seeds=[s for _, s in lanes]), units)
+    sweep_lanes = Lanes.of_sweep([dataclasses.replace(config, **{args.sweep_field: v}) for v in values],
+                                 list(range(seeds)))
+    one = _timed_run(lambda: build(config, len(lanes), lanes=sweep_lanes), units)
     sequential = [_timed_run(lambda v=v: build(dataclasses.replace(config, **{args.sweep_field: v}), seeds), units)
                   for v in values]
     seq_total = sum(r["total_s"] for r in sequential)

@@ -31,42 +31,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import agents
 import envs as envs_lib
 import replay
-from experiments import hparams, memory
+from experiments import memory
+from experiments.lanes import Lanes, lanes_for
 
 from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device,
-                                 seed_keys, step_key, step_keys)
+                                 step_key, step_keys)
 
 
 def early_stop(agent: ModuleType, state, obs: jax.Array, action: jax.Array) -> jax.Array:
     """The agent's decision to end the episode after this step (False for agents without `early_stop`)."""
-    stopper = getattr(agent, "early_stop", None)
-    return jnp.zeros((), bool) if stopper is None else stopper(state, obs, action)
+    return jnp.zeros((), bool) if agent.early_stop is None else agent.early_stop(state, obs, action)
 
 
 class _SeedLoop:
     """What both loops share: the env, the seeds' keys, the replay capacity, fresh agents."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env, lane_hparams: dict | None = None, lane_seeds=None):
-        agent, config, self.lane_hparams = hparams.for_lanes(agent, config, lane_hparams)
-        self.agent, self.config = agent, config
+                 replay_transitions: int, env, lanes: Lanes | None = None):
+        self.lanes = lanes_for(config, seed, num_seeds, lanes)
+        self.agent, self.config = agents.record(agent), self.lanes.config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.env = env
         self.spec = env.spec
         self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
-        self.seed_keys = seed_keys(seed, num_seeds) if lane_seeds is None else hparams.lane_keys(lane_seeds)
-        self._diagnostics = Diagnostics(agent)
+        self.seed_keys = self.lanes.keys
+        self._diagnostics = Diagnostics(self.agent)
 
     def diagnostics(self, state: dict, step: int) -> dict:
         """The agent's diagnostics per seed ({name: [num_seeds]}), {} if it has none."""
         return self._diagnostics(state["agent"], self.seed_keys, step)
 
-    def _init_agents(self):
+    def _init_agents(self, configs=None):
+        lanes = self.lanes if configs is None else self.lanes.with_configs(configs)
         init_keys = step_keys(self.seed_keys, 0, INIT)
-        return hparams.init_lanes(lambda k, **kw: self.agent.init(k, self.spec, self.config, self.capacity, **kw),
-                                  init_keys, self.lane_hparams)
+        return lanes.init(lambda k, c: self.agent.init(k, self.spec, c, self.capacity), init_keys)
 
     def memory_estimate(self) -> dict:
         """Device bytes of the agents' states, replay buffers included (experiments/memory.py)."""
@@ -83,13 +84,12 @@ class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None, lane_hparams: dict | None = None,
-                 lane_seeds=None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
         self.env_kwargs = env_kwargs or {}
         # One instance tells the spec; the num_seeds instances are built by init(), after the memory check.
         probe = envs_lib.make(env_id, num_envs=1, seed=seed, **self.env_kwargs)
         probe.close()
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lane_hparams, lane_seeds)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lanes)
         self.env = None
         agent = self.agent
 
@@ -110,9 +110,10 @@ class HostLoop(_SeedLoop):
 
     # -- state ---------------------------------------------------------------
 
-    def init(self) -> dict:
-        """Fresh agents for every seed and the first observations."""
-        agent_state = self._init_agents()
+    def init(self, configs=None) -> dict:
+        """Fresh agents for every seed and the first observations. `configs` (one per lane, the same static
+        fields) starts the lanes with other hyperparameters on the same compiled programs."""
+        agent_state = self._init_agents(configs)
         if self.env is None:
             self.env = envs_lib.make(self.env_id, num_envs=self.num_seeds, seed=self.seed, **self.env_kwargs)
         obs = self.env.reset()
@@ -169,10 +170,9 @@ class DeviceLoop(_SeedLoop):
     """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None, lane_hparams: dict | None = None,
-                 lane_seeds=None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
         env = envs_lib.make(env_id, **(env_kwargs or {}))
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lane_hparams, lane_seeds)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
         agent = self.agent
 
         def chunk(agent_state, env_state, tracker, seed_key, steps):
@@ -210,8 +210,9 @@ class DeviceLoop(_SeedLoop):
         env_state = jax.eval_shape(jax.vmap(self.env.reset), step_keys(self.seed_keys, 0, ENV_RESET))
         return {**super().memory_estimate(), "env states": memory.tree_bytes(env_state)}
 
-    def init(self) -> dict:
-        agent_state = self._init_agents()
+    def init(self, configs=None) -> dict:
+        """Fresh agents and envs for every seed (`configs`: as HostLoop.init)."""
+        agent_state = self._init_agents(configs)
         env_state = jax.vmap(self.env.reset)(step_keys(self.seed_keys, 0, ENV_RESET))
         tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan),
                    "episodes": jnp.zeros(self.num_seeds, jnp.int32),
@@ -243,11 +244,11 @@ class DeviceLoop(_SeedLoop):
 
 
 def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episodes: int,
-                  env_kwargs: dict | None = None, discount: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                  env_kwargs: dict | None = None, discount=1.0) -> tuple[np.ndarray, np.ndarray]:
     """Returns and discounted returns [num_seeds, episodes] of `act(obs, prev_reward, first) -> actions` (obs
     [num_seeds, episodes, d]; the previous step's reward and whether this is an episode's first step, both
     [num_seeds, episodes], for agents with memory) on fresh host env instances seeded from (seed, step);
-    every episode runs to its first end."""
+    every episode runs to its first end. `discount`: one number, or one per seed ([num_seeds])."""
     eval_seed = 1_000_000 + 10_007 * seed + step
     env = envs_lib.make(env_id, num_envs=num_seeds * episodes, seed=eval_seed, **(env_kwargs or {}))
     try:
@@ -257,6 +258,7 @@ def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episod
         returns = np.zeros(num_seeds * episodes)
         discounted = np.zeros(num_seeds * episodes)
         weight = np.ones(num_seeds * episodes)
+        discount = np.repeat(np.broadcast_to(np.asarray(discount, np.float64), (num_seeds,)), episodes)
         running = np.ones(num_seeds * episodes, bool)
         while running.any():
             action = act(obs.reshape(num_seeds, episodes, -1), reward, first)

@@ -26,20 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import agents
 import envs as envs_lib
-from experiments import hparams, memory
+from experiments import memory
+from experiments.lanes import Lanes, lanes_for
 from experiments.off_policy import evaluate_host
-from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys, \
-    step_key, step_keys
+from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, step_key, step_keys
 
 
 class OfflineLoop:
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, dataset_path: str,
-                 world_dir: Path, lane_hparams: dict | None = None, lane_seeds=None):
+                 world_dir: Path, lanes: Lanes | None = None):
         from replay import datasets
 
-        agent, config, self.lane_hparams = hparams.for_lanes(agent, config, lane_hparams)
-        self.agent, self.config = agent, config
+        self.lanes = lanes_for(config, seed, num_seeds, lanes)
+        self.agent, self.config = agent, config = agents.record(agent), self.lanes.config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.is_jax = envs_lib.is_jax_env(env_id)
         probe = envs_lib.make(env_id) if self.is_jax else envs_lib.make(env_id, num_envs=1, seed=seed)
@@ -51,9 +52,9 @@ class OfflineLoop:
         self.dataset = datasets.load(dataset_path, env_id=env_id, spec=self.spec)
         self.capacity = self.dataset.num_transitions
         self.world_dir = Path(world_dir)
-        if hasattr(agent, "check"):
+        if agent.check is not None:
             agent.check(self.dataset, self.spec, config)     # e.g. a saved dynamics model of other shapes
-        self.seed_keys = seed_keys(seed, num_seeds) if lane_seeds is None else hparams.lane_keys(lane_seeds)
+        self.seed_keys = self.lanes.keys
         self.world = None
         self._diagnostics = Diagnostics(agent)
         self._last_discounted = None
@@ -68,7 +69,7 @@ class OfflineLoop:
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None)), donate_argnums=0)
         self._act = jax.jit(jax.vmap(lambda s, o, k: agent.act(s, o, k, False)))
         # History-dependent agents (NEUBAY) act through a carry: initial_carry + act_step(..., reward, first, ...).
-        self.recurrent = hasattr(agent, "act_step")
+        self.recurrent = agent.recurrent
         if self.recurrent:
             self._initial_carry = jax.jit(jax.vmap(agent.initial_carry, in_axes=(0, None)), static_argnums=1)
             self._act_step = jax.jit(jax.vmap(lambda s, c, o, r, f, k: agent.act_step(s, c, o, r, f, k, False)))
@@ -81,18 +82,19 @@ class OfflineLoop:
             self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
                                      static_argnums=2)
 
-    def _init_agents(self):
-        return hparams.init_lanes(
-            lambda k, **kw: self.agent.init(step_key(k, 0, INIT), self.spec, self.config, self.world, **kw),
-            self.seed_keys, self.lane_hparams)
+    def _init_agents(self, configs=None):
+        lanes = self.lanes if configs is None else self.lanes.with_configs(configs)
+        return lanes.init(lambda k, c: self.agent.init(step_key(k, 0, INIT), self.spec, c, self.world),
+                               self.seed_keys)
 
-    def init(self) -> dict:
-        """Build (or reload) the world, check that the agents fit beside it, then fresh agents for every seed."""
+    def init(self, configs=None) -> dict:
+        """Build (or reload) the world, check that the agents fit beside it, then fresh agents for every seed
+        (`configs`: one per lane, the same static fields: other hyperparameters on the same programs)."""
         if self.world is None:
             self.world = self.agent.prepare(self.dataset, self.spec, self.config, self.world_dir,
                                             jax.random.PRNGKey(self.seed))
             memory.check(self)
-        return {"agent": self._init_agents()}
+        return {"agent": self._init_agents(configs)}
 
     def memory_estimate(self) -> dict:
         """Device bytes (experiments/memory.py): the dataset before the world is built; then the world (dataset
@@ -137,8 +139,10 @@ class OfflineLoop:
                 return action
         else:
             act = lambda obs, prev_reward, first: self._act(state["agent"], obs, keys)
+        # Each lane's own discount (a sweep may trace it), read from its state's config.
+        discount = np.asarray(getattr(state["agent"].config, "discount", np.ones(self.num_seeds)), np.float64)
         returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                            discount=getattr(self.config, "discount", 1.0))
+                                            discount=discount)
         self._last_discounted = discounted.mean(axis=1)
         return returns
 

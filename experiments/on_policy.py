@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import agents
 import envs as envs_lib
-from experiments import hparams, memory
-from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, seed_keys,
-                                 step_key, step_keys)
+from experiments import memory
+from experiments.lanes import Lanes, lanes_for
+from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, step_key, step_keys)
 
 
 class LoopError(ValueError):
@@ -41,21 +42,21 @@ class OnPolicyLoop:
     """Chunks of `agent.train_step` on a JaxEnv, every seed in one program, envs sharded over devices."""
 
     def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
-                 env_kwargs: dict | None = None, devices: list | None = None, lane_hparams: dict | None = None,
-                 lane_seeds=None):
+                 env_kwargs: dict | None = None, devices: list | None = None, lanes: Lanes | None = None):
+        agent = agents.record(agent)
         if not envs_lib.is_jax_env(env_id):
             raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
                             f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
         # Sweeps (experiments/sweep.py): lanes = points x seeds, each with its traced hyperparameters.
-        agent, config, self.lane_hparams = hparams.for_lanes(agent, config, lane_hparams)
-        self.agent, self.config = agent, config
+        self.lanes = lanes_for(config, seed, num_seeds, lanes)
+        self.agent, self.config = agent, config = agent, self.lanes.config
         self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
         self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
         self.spec = self.env.spec
         self.layout = agent.layout(config)
         self.granularity = self.layout.steps_per_update     # train() advances in whole updates
         self.capacity = 0                                    # no replay buffer
-        self.seed_keys = seed_keys(seed, num_seeds) if lane_seeds is None else hparams.lane_keys(lane_seeds)
+        self.seed_keys = self.lanes.keys
 
         devices = list(devices if devices is not None else jax.devices())
         if config.num_envs % len(devices):
@@ -84,9 +85,8 @@ class OnPolicyLoop:
         self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
                                  static_argnums=2)
 
-        def init_state(keys):
-            agent_state = hparams.init_lanes(lambda k, **kw: agent.init(step_key(k, 0, INIT), self.spec, config, **kw),
-                                             keys, self.lane_hparams)
+        def init_state(keys, configs):
+            agent_state = jax.vmap(lambda k, c: agent.init(step_key(k, 0, INIT), self.spec, c))(keys, configs)
             env_keys = jax.vmap(lambda k: jax.random.split(step_key(k, 0, ENV_RESET), config.num_envs))(keys)
             env_state = jax.vmap(jax.vmap(env.reset))(env_keys)
             return agent_state, env_state
@@ -106,11 +106,10 @@ class OnPolicyLoop:
         `out` values per sample, kept (with its pre-activation and its gradient) for the backward pass,
         for batch_size x unroll_length samples per minibatch."""
         if self._memory is None:
-            agent_state, env_state = jax.eval_shape(self._init, self.seed_keys)
+            agent_state, env_state = jax.eval_shape(self._init, self.seed_keys, self.lanes.stacked)
             batch = jax.eval_shape(jax.vmap(lambda a, e, k: self.agent.collect(a, self.env, e, k)[1],
                                             in_axes=(0, 0, None)), agent_state, env_state, jax.random.PRNGKey(0))
-            inner = agent_state.inner if isinstance(agent_state, hparams.SweepState) else agent_state
-            kernels = [x for x in jax.tree.leaves(inner.params) if x.ndim >= 3]     # [seeds, in, out]
+            kernels = [x for x in jax.tree.leaves(agent_state.params) if x.ndim >= 3]     # [seeds, in, out]
             per_sample = sum(int(x.shape[-1]) for x in kernels)
             samples = self.num_seeds * self.config.batch_size * self.config.unroll_length
             self._memory = {"agent states": memory.tree_bytes(agent_state),
@@ -133,8 +132,11 @@ class OnPolicyLoop:
 
     # -- state ---------------------------------------------------------------
 
-    def init(self) -> dict:
-        agent_state, env_state = self._init(self.seed_keys)
+    def init(self, configs=None) -> dict:
+        """Fresh agents and envs for every seed (`configs`: one per lane, the same static fields: other
+        hyperparameters on the same compiled programs)."""
+        lanes = self.lanes if configs is None else self.lanes.with_configs(configs)
+        agent_state, env_state = self._init(self.seed_keys, lanes.stacked)
         tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan), "episodes": jnp.zeros(self.num_seeds),
                    "nan_resets": jnp.zeros(self.num_seeds)}
         return {"agent": agent_state, "env": env_state, "tracker": tracker}

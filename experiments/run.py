@@ -27,6 +27,12 @@ from experiments.train import (DivergenceError, RunArgs, RunError, RunIOError, S
                                train)
 
 
+
+def _backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
 def _saved_flags(run_dir: str) -> dict | None:
     """The flags of the run saved in `run_dir`, so that `--resume` needs no other flag."""
     if not (Path(run_dir) / "config.json").exists():
@@ -106,11 +112,15 @@ def parse(argv: list[str]):
     agent_name = known.agent or (saved["run"].get("agent", RunArgs.agent) if saved else RunArgs.agent)
     agent = agents.get(agent_name)
     # Agents may set their own run defaults (PPO: 60M steps) and named presets of their flags.
-    run_defaults = RunArgs(agent=agent_name, **getattr(agent, "RUN_DEFAULTS", {}))
-    presets = getattr(agent, "PRESETS", {})
+    run_defaults = RunArgs(agent=agent_name, **agent.RUN_DEFAULTS)
+    presets = agent.PRESETS
     preset = known.preset
-    if preset is None and hasattr(agent, "default_preset") and saved is None:
-        preset = agent.default_preset()
+    if preset is None and saved is None:
+        preset = agent.preset()
+        if preset is not None and not any(a in ("-h", "--help") for a in argv):
+            # The default may depend on the backend (PPO: cpu on a CPU, playground on GPU/TPU): say which.
+            print(f"preset: {preset} (the default for {agent_name} on this {_backend()} backend; choose one with "
+                  f"--preset {'|'.join(sorted(presets))}; it is saved in config.json)", file=sys.stderr)
     if preset is not None and preset not in presets:
         valid = ", ".join(sorted(presets)) or "none for this agent"
         raise RunError(f"unknown --preset {preset!r} for {agent_name}; valid: {valid}")
@@ -118,7 +128,7 @@ def parse(argv: list[str]):
     config_defaults = agent.Config(**presets.get(preset, {}))
     # A preset's per-task changes (PPO's `playground`: Playground's per-task config), as defaults that flags
     # given on the command line still override; an env option (action_repeat) is added to the env id.
-    task = {} if saved is not None else dict(getattr(agent, "task_preset", lambda *_: {})(
+    task = {} if saved is not None or agent.task_preset is None else dict(agent.task_preset(
         preset, known.env or run_defaults.env))
     task_env_options = {k: task.pop(k) for k in list(task) if k in nonstationary.ENV_OPTIONS}
     run_fields = {f.name for f in dataclasses.fields(RunArgs)}

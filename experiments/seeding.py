@@ -64,7 +64,7 @@ class Diagnostics:
     so the sequential seeds cost little."""
 
     def __init__(self, agent):
-        fn = getattr(agent, "diagnostics", None)
+        fn = agent.diagnostics
         one_by_one = lambda states, keys: jax.lax.map(lambda pair: fn(*pair), (states, keys))
         self._fn = None if fn is None else jax.jit(one_by_one)
 

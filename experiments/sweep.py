@@ -7,16 +7,16 @@ Every other flag is run.py's (the agent's hyperparameters, --total-steps, --eval
 
 How. The grid's points x seeds become the lanes of the training loop, which
 vmaps over lanes as it does over seeds: one compiled program trains them all.
-A swept field whose value the agent only uses in arithmetic (learning rates,
-coefficients, discounts: the agent rebuilds its optax optimizer from the
-config inside every update) is TRACED per lane (experiments/hparams.py); a
-field used for shapes or Python control flow (widths, batch sizes, numbers of
-envs or epochs) is STATIC, and the sweep runs one program per combination of
-its values -- it says which fields went which way. Integer, boolean, text and
-tuple fields are static by type; a float field the agent turns into a Python
-value is detected when the first program is traced, and the sweep falls back
-to static for it (saying so). Lane (point p, seed s) uses seed s's keys, so
-its results equal a separate run with --seed s and the point's values.
+A swept field that is a leaf of the agent's config -- a float the agent only
+uses in arithmetic (learning rates, coefficients, discounts: the agent
+rebuilds its optax optimizer from the config inside every update) -- is
+TRACED per lane: each lane's state holds its own config (agents/config.py,
+experiments/lanes.py). Every other field (widths, batch sizes, numbers of
+envs or epochs, and the floats an agent declares static because it branches
+on them) is STATIC, and the sweep runs one program per combination of its
+values; it says which fields went which way. Lane (point p, seed s) uses
+seed s's keys, so its results equal a separate run with --seed s and the
+point's values.
 
 Writes into --run-dir: config.json (the base run, the agent config, the grid,
 which fields were traced), eval.csv (step, seed, one column per swept field,
@@ -43,6 +43,7 @@ if __package__ in (None, ""):
 import jax
 import numpy as np
 
+from agents.config import traced_fields
 from experiments import memory
 from experiments.rundir import RunDir, RunDirError
 
@@ -98,19 +99,21 @@ def _parse_value(name: str, text: str, current):
 
 
 def split_fields(grid: dict[str, list], config) -> tuple[list[str], list[str]]:
-    """(traced, static) by type: floats may be traced; everything else shapes the program."""
-    traced = [n for n in grid if isinstance(getattr(config, n), float) and not isinstance(getattr(config, n), bool)]
+    """(traced, static): the config's pytree leaves (its float fields not declared static, agents/config.py)
+    are traced in one program; every other field shapes the program."""
+    leaves = set(traced_fields(config))
+    traced = [n for n in grid if n in leaves]
     return traced, [n for n in grid if n not in traced]
 
 
 def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[int], on_row) -> None:
     """Train len(traced_points) x len(seeds) lanes in one program; `on_row(step, point, seed, return, diag)`."""
+    from experiments.lanes import Lanes
     from experiments.train import make_loop_for_lanes
 
-    lanes = [(p, s) for p in range(len(traced_points)) for s in seeds]
-    lane_hparams = ({name: np.array([traced_points[p][name] for p, _ in lanes], np.float32)
-                     for name in traced_points[0]} if traced_points[0] else None)
-    loop = make_loop_for_lanes(agent, config, run_args, lane_hparams, [s for _, s in lanes])
+    lanes = Lanes.of_sweep([dataclasses.replace(config, **point) for point in traced_points], seeds)
+    points = [p for p in range(len(traced_points)) for _ in seeds]
+    loop = make_loop_for_lanes(agent, config, run_args, lanes)
     try:
         memory.check(loop)        # the grid's agent states (replay buffers included), env states, rollouts
         state, step = loop.init(), 0
@@ -122,7 +125,7 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
             step = target
             returns = loop.evaluate(state, step, run_args.eval_episodes).mean(axis=1)
             diagnostics = loop.diagnostics(state, step)
-            for lane, (p, s) in enumerate(lanes):
+            for lane, (p, s) in enumerate(zip(points, lanes.seeds)):
                 on_row(step, p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
             print(f"  step {step}: " + ", ".join(f"{r:.1f}" for r in returns), file=sys.stderr, flush=True)
     except jax.errors.JaxRuntimeError as error:
@@ -239,7 +242,6 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> li
     print(f"sweep: {len(programs) * len(traced_grid)} points x {len(seeds)} seeds; traced (one program): "
           f"{', '.join(traced) or 'none'}; static (one program per value): {', '.join(static) or 'none'}",
           flush=True)
-    fallback = []
     for static_values in programs:
         base = dataclasses.replace(config, **dict(zip(static, static_values)))
 
@@ -250,16 +252,7 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> li
             return lambda step, p, s, ret, diag: rows.append(
                 {"step": step, "seed": s, **fixed, **points[p], "return": ret, **diag})
 
-        try:
-            run_program(agent, base, run_args, traced_grid, seeds, recorder(traced_grid))
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
-                jax.errors.TracerIntegerConversionError) as error:
-            # A float field the agent uses as a Python value: sweep it as static instead.
-            fallback = list(traced)
-            print(f"note: {', '.join(traced)} cannot be traced by {run_args.agent} ({type(error).__name__}); "
-                  "running one program per value", flush=True)
-            for point in traced_grid:
-                run_program(agent, dataclasses.replace(base, **point), run_args, [{}], seeds, recorder([point]))
+        run_program(agent, base, run_args, traced_grid, seeds, recorder(traced_grid))
     columns = ["step", "seed", *names, "return"] + sorted({k for r in rows for k in r} - {"step", "seed", "return",
                                                                                           *names})
     path = run_dir.path
@@ -276,7 +269,7 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> li
     (path / "config.json").write_text(json.dumps({
         "run": dataclasses.asdict(run_args), "agent_config": dataclasses.asdict(config),
         "sweep": names, "grid": {k: list(v) for k, v in grid.items()},
-        "traced": [n for n in traced if n not in fallback], "static": static + fallback}, indent=2, default=str))
+        "traced": traced, "static": static}, indent=2, default=str))
     return table
 
 

@@ -226,7 +226,7 @@ def train(args: RunArgs, config: Any) -> Path:
         saved = read_saved_run(run_dir.path)
         _check_resume_config(saved, args, config)
     replay_transitions = (saved["replay_transitions"] if saved is not None
-                          else min(args.total_steps, getattr(config, "buffer_size", args.total_steps)))
+                          else replay_transitions_of(agent, config, args.total_steps))
 
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
     loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
@@ -283,62 +283,53 @@ def _claim(run_dir: RunDir, args: RunArgs) -> None:
         raise
 
 
-def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None):
-    """The loop of `agent.LOOP` for `args.env`; configurations it cannot run raise RunError."""
+def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None,
+              lanes=None):
+    """The loop of `agent.LOOP` for `args.env`; configurations it cannot run raise RunError. `lanes`
+    (experiments/lanes.py) replaces the run's seeds for a sweep: (point, seed) pairs, each with its config."""
+    agent = agents.record(agent)
+    num_seeds = args.num_seeds if lanes is None else len(lanes)
     if agent.LOOP == "offline":
         from experiments.offline import OfflineLoop
         from replay.datasets import DatasetError
 
+        if run_dir is None:
+            import tempfile
+
+            run_dir = Path(tempfile.mkdtemp(prefix="sweep_world_"))
         try:
-            return OfflineLoop(agent, config, args.env, args.num_seeds, args.seed, args.dataset,
-                               (run_dir or Path(".")) / "world")
+            return OfflineLoop(agent, config, args.env, num_seeds, args.seed, args.dataset, run_dir / "world",
+                               lanes=lanes)
         except (DatasetError, ValueError, FileNotFoundError) as error:
             raise RunError(str(error)) from None
     if agent.LOOP == "on_policy":
         from experiments.on_policy import LoopError, OnPolicyLoop
 
         try:
-            return OnPolicyLoop(agent, config, args.env, args.num_seeds, args.seed)
+            return OnPolicyLoop(agent, config, args.env, num_seeds, args.seed, lanes=lanes)
         except LoopError as error:
             raise RunError(str(error)) from None
     from experiments.off_policy import make_loop as make_off_policy_loop
 
-    return make_off_policy_loop(agent, config, args.env, args.num_seeds, args.seed, replay_transitions)
+    return make_off_policy_loop(agent, config, args.env, num_seeds, args.seed, replay_transitions, lanes=lanes)
 
 
-def make_loop_for_lanes(agent, config: Any, args: RunArgs, lane_hparams: dict | None, lane_seeds: list[int]):
-    """A loop whose lanes are a sweep's (point, seed) pairs (experiments/sweep.py): each lane uses its seed's
-    keys and, when given, its own traced hyperparameters."""
-    lanes = len(lane_seeds)
-    kwargs = {"lane_hparams": lane_hparams, "lane_seeds": np.asarray(lane_seeds)}
-    if agent.LOOP == "on_policy":
-        from experiments.on_policy import LoopError, OnPolicyLoop
+def make_loop_for_lanes(agent, config: Any, args: RunArgs, lanes):
+    """A loop whose lanes are a sweep's (point, seed) pairs (experiments/sweep.py)."""
+    agent = agents.record(agent)
+    if agent.LOOP == "offline" and not args.dataset:
+        raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH")
+    return make_loop(agent, config, args, replay_transitions_of(agent, config, args.total_steps), lanes=lanes)
 
-        try:
-            return OnPolicyLoop(agent, config, args.env, lanes, args.seed, **kwargs)
-        except LoopError as error:
-            raise RunError(str(error)) from None
-    if agent.LOOP == "offline":
-        import tempfile
 
-        from experiments.offline import OfflineLoop
-
-        if not args.dataset:
-            raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH")
-        return OfflineLoop(agent, config, args.env, lanes, args.seed, args.dataset,
-                           Path(tempfile.mkdtemp(prefix="sweep_world_")), **kwargs)
-    from experiments.off_policy import DeviceLoop, HostLoop
-
-    import envs as envs_lib
-
-    loop_cls = DeviceLoop if envs_lib.is_jax_env(args.env) else HostLoop
-    replay = min(args.total_steps, getattr(config, "buffer_size", args.total_steps))
-    return loop_cls(agent, config, args.env, lanes, args.seed, replay, **kwargs)
+def replay_transitions_of(agent, config: Any, total_steps: int) -> int:
+    """The transitions an off-policy agent's replay keeps (0 for the other loops: they keep none)."""
+    return agent.replay_transitions(config, total_steps) if isinstance(agent, agents.OffPolicyAgent) else 0
 
 
 def derived_settings(agent, config: Any) -> dict:
     """Values the agent derives from its flags (e.g. PPO's batch layout), as saved in config.json."""
-    return agent.layout(config)._asdict() if hasattr(agent, "layout") else {}
+    return agent.layout(config)._asdict() if isinstance(agent, agents.OnPolicyAgent) else {}
 
 
 class _GracefulStop:
@@ -417,7 +408,7 @@ def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
             raise RunError(f"--total-steps {args.total_steps} is below the {reached} steps the run in {path} "
                            f"has reached; give --total-steps >= {reached} (or leave it out)")
 
-    derived = derived_settings(agents.get(args.agent), config)
+    derived = derived_settings(loop.agent, config)
     if derived and saved is None:
         print("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()), flush=True)
     status = run_dir.status() or {}

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,14 +21,14 @@
 # `networks/regularizers.py`) on the value network's last hidden layer -- a variant that exists in no
 # agent file. `ppo.update` takes an `auxiliary_loss`; the variant's coefficient is a new config field.
 #
-# Side by side, vmapped: the coefficient is a traced hyperparameter (`experiments/hparams.py`), so the
+# Side by side, vmapped: the coefficient is a traced hyperparameter (a float field of a `@hyperparameters`
+# config is a pytree leaf, `agents/config.py`; `experiments/lanes.py` stacks one config per lane), so the
 # original (coefficient 0) and the variant (0.5), 2 seeds each, are four lanes of ONE compiled program.
 
 # %%
 import dataclasses
 import os
 import sys
-import types
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "agents").is_dir())
@@ -37,6 +39,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agents import ppo  # noqa: E402
+from agents.config import hyperparameters  # noqa: E402
+from experiments.lanes import Lanes  # noqa: E402
 from experiments.on_policy import OnPolicyLoop  # noqa: E402
 from networks.regularizers import sigreg  # noqa: E402
 
@@ -44,7 +48,7 @@ from networks.regularizers import sigreg  # noqa: E402
 # The variant: a config with one more field, and a `train_step` that passes the extra loss to PPO's update.
 
 # %%
-@dataclasses.dataclass(frozen=True)
+@hyperparameters
 class VariantConfig(ppo.Config):
     aux_coef: float = 0.0
     """Weight of SIGReg on the value network's last hidden pre-activation."""
@@ -69,8 +73,9 @@ def train_step(state, env, env_state, key, sync_axes=()):
     return state, env_state, {**metrics, **stats}
 
 
-variant = types.SimpleNamespace(**{k: getattr(ppo, k) for k in dir(ppo) if not k.startswith("__")})
-variant.Config, variant.train_step, variant.__name__ = VariantConfig, train_step, "ppo_sigreg_value"
+# The agent record (agents/contract.py): PPO's, with the new config and train step. `agents.register(variant)`
+# would also make it `--agent ppo_sigreg_value` for run.py and sweep.py.
+variant = dataclasses.replace(ppo.AGENT, name="ppo_sigreg_value", Config=VariantConfig, train_step=train_step)
 
 # %% [markdown]
 # Four lanes: (coefficient, seed) in {0, 0.5} x {0, 1}. Lane (c, s) uses seed s's keys, so the coefficient-0
@@ -82,8 +87,7 @@ config = VariantConfig(**{**ppo.PRESETS["cpu"], "num_envs": 64 if TINY else 256,
 coefs, seeds = [0.0, 0.5], [0, 1]
 lanes = [(c, s) for c in coefs for s in seeds]
 loop = OnPolicyLoop(variant, config, "jax:PointMass", len(lanes), 0,
-                    lane_hparams={"aux_coef": np.array([c for c, _ in lanes], np.float32)},
-                    lane_seeds=[s for _, s in lanes])
+                    lanes=Lanes.of_sweep([dataclasses.replace(config, aux_coef=c) for c in coefs], seeds))
 state, step, curve = loop.init(), 0, []
 for _ in range(2 if TINY else 6):
     state, metrics = loop.run(state, step, (1 if TINY else 10) * loop.granularity)

@@ -1,5 +1,6 @@
-"""Sweeps: a traced learning-rate sweep as one program equals separate runs, on one and on four devices; static
-fields fall back to one program per value; the summary's CIs by hand; bad --sweep input."""
+"""Sweeps: a traced learning-rate sweep sharded over four devices equals one device (tests/test_sweep_every_agent.py:
+every agent's lanes equal its separate runs); traced and static fields through the CLI; the summary's CIs by
+hand; bad --sweep input."""
 
 import csv
 import json
@@ -8,57 +9,27 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import numpy as np
 import pytest
 
-from agents import ppo
 from experiments import sweep as sweep_lib
-from experiments.on_policy import OnPolicyLoop
 from tests.cli_utils import ROOT, run_main
-from tests.test_ppo import TINY, TINY_FLAGS
-
-LEARNING_RATES = [1e-4, 1e-3]     # two points: each separate run is one more compilation
-
-
-def _params_after(loop, updates=2):
-    state = loop.init()
-    state, _ = loop.run(state, 0, updates * loop.granularity)
-    agent = state["agent"]
-    return getattr(agent, "inner", agent).params
-
-
-def test_traced_learning_rate_sweep_equals_separate_runs():
-    """2 learning rates x 2 seeds in one program (4 lanes) == two runs of 2 seeds each, parameter by parameter
-    (up to float reassociation of batched matmuls)."""
-    config = ppo.Config(**TINY)
-    lanes = [(lr, s) for lr in LEARNING_RATES for s in (0, 1)]
-    swept = OnPolicyLoop(ppo, config, "jax:PointMass", len(lanes), 0,
-                         lane_hparams={"learning_rate": np.array([lr for lr, _ in lanes], np.float32)},
-                         lane_seeds=[s for _, s in lanes])
-    together = _params_after(swept)
-    for p, lr in enumerate(LEARNING_RATES):
-        alone = _params_after(OnPolicyLoop(ppo, ppo.Config(**TINY, learning_rate=lr), "jax:PointMass", 2, 0))
-        for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone)):
-            np.testing.assert_allclose(a[2 * p:2 * p + 2], b, rtol=1e-4, atol=1e-5)
-    first = jax.tree.leaves(together)[0]
-    assert not np.allclose(first[0], first[2])            # the points really differ
-
+from tests.test_ppo import TINY_FLAGS
 
 SHARDED = textwrap.dedent("""
     import os, sys, json
     sys.path.insert(0, {root!r})
     import jax, numpy as np
     from agents import ppo
+    from experiments.lanes import Lanes
     from experiments.on_policy import OnPolicyLoop
     from tests.test_ppo import TINY
     assert len(jax.devices()) == {devices}
     loop = OnPolicyLoop(ppo, ppo.Config(**TINY), "jax:PointMass", 4, 0,
-                        lane_hparams={{"learning_rate": np.array([1e-4, 1e-4, 1e-3, 1e-3], np.float32)}},
-                        lane_seeds=[0, 1, 0, 1])
+                        lanes=Lanes.of_sweep([ppo.Config(**TINY, learning_rate=lr) for lr in (1e-4, 1e-3)], [0, 1]))
     state = loop.init()
     state, _ = loop.run(state, 0, 2 * loop.granularity)
-    print(json.dumps([np.asarray(x).tolist() for x in jax.tree.leaves(state["agent"].inner.params)[:2]]))
+    print(json.dumps([np.asarray(x).tolist() for x in jax.tree.leaves(state["agent"].params)[:2]]))
 """)
 
 
