@@ -82,7 +82,12 @@ def _trained(loop, state, units):
     return jax.tree.leaves(jax.device_get(state["agent"])), state, steps
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# CI runs one agent per loop family; the others are `long` (each compiles two training programs: 40 s to 2
+# minutes on 2 cores; NEUBAY, whose sweep once broke at its first evaluation, passes in about 2 minutes).
+IN_CI = ("sac", "ppo", "bc")
+
+
+@pytest.mark.parametrize("name", [n if n in IN_CI else pytest.param(n, marks=pytest.mark.long) for n in sorted(CASES)])
 def test_sweep_lanes_equal_separate_runs(name, pendulum_data, tmp_path):
     env_id, kwargs, field, values, units = CASES[name]
     agent = agents.get(name)
@@ -106,7 +111,8 @@ def test_sweep_lanes_equal_separate_runs(name, pendulum_data, tmp_path):
         alone, _, _ = _trained(alone_loop, alone_loop.init([config, config]), units)
         assert len(alone) == len(together)
         for a, b in zip(together, alone):
-            np.testing.assert_allclose(np.asarray(a)[2 * p:2 * p + 2], np.asarray(b), rtol=1e-4, atol=1e-5)
+            # 4 lanes vs 2 reassociate batched sums: RAVL's critics differ by up to 1.3e-5 after 4 steps
+            np.testing.assert_allclose(np.asarray(a)[2 * p:2 * p + 2], np.asarray(b), rtol=1e-4, atol=1e-4)
     # The points really differ: the swept value, and what it trained.
     differs = [not np.allclose(np.asarray(a)[0], np.asarray(a)[2]) for a in together if np.ndim(a) >= 1]
     assert sum(differs) >= 2, differs
