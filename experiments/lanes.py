@@ -34,12 +34,7 @@ class Lanes:
     def __post_init__(self):
         if len(self.seeds) != len(self.configs) or not self.seeds:
             raise LanesError(f"one config per seed: got {len(self.seeds)} seeds and {len(self.configs)} configs")
-        first = self.configs[0]
-        for other in self.configs[1:]:
-            differing = [name for name in type(first).static_fields if getattr(first, name) != getattr(other, name)]
-            if type(other) is not type(first) or differing:
-                raise LanesError("the lanes of one program may differ only in traced (float) fields; they differ "
-                                 f"in {', '.join(differing) or 'their config type'}")
+        check_same_program(self.configs)
 
     @classmethod
     def of_run(cls, config: Any, seed: int, num_seeds: int) -> "Lanes":
@@ -72,9 +67,8 @@ class Lanes:
     def with_configs(self, configs: Sequence[Any]) -> "Lanes":
         """The same seeds with other configs, which must share this one's static fields (so that a loop's compiled
         programs serve them: fresh agents with other hyperparameters, no recompilation)."""
-        other = Lanes(self.seeds, tuple(configs))
-        Lanes(self.seeds[:1] * 2, (self.config, other.config))      # the static fields must match
-        return other
+        check_same_program((self.config, *configs))
+        return Lanes(self.seeds, tuple(configs))
 
     def init(self, init_one, keys: jax.Array) -> Any:
         """`init_one(key, config)` vmapped over the lanes' `keys` and configs: the agents' states, each holding
@@ -96,6 +90,16 @@ def unaliased(tree: Any) -> Any:
         return jnp.copy(leaf)
 
     return jax.tree.map(own, tree)
+
+
+def check_same_program(configs: Sequence[Any]) -> None:
+    """LanesError unless every config has the first one's type and static fields (one compiled program)."""
+    first = configs[0]
+    for other in configs[1:]:
+        differing = [name for name in type(first).static_fields if getattr(first, name) != getattr(other, name)]
+        if type(other) is not type(first) or differing:
+            raise LanesError("the lanes of one program may differ only in traced (float) fields; they differ "
+                             f"in {', '.join(differing) or 'their config type'}")
 
 
 def lanes_for(config: Any, seed: int, num_seeds: int, lanes: Lanes | None) -> Lanes:

@@ -21,7 +21,7 @@ from experiments.lanes import Lanes
 from experiments.off_policy import DeviceLoop
 from experiments.offline import OfflineLoop
 from experiments.on_policy import OnPolicyLoop
-from tests.cli_utils import run_main
+from tests.test_neubay import pendulum_data  # noqa: F401, F811 (the module fixture: a random InvertedPendulum dataset)
 from tests.test_ppo import TINY as TINY_PPO
 
 OFF_POLICY = dict(batch_size=16, learning_starts=10, critic_hidden=(16, 16), actor_hidden=(16, 16), buffer_size=500)
@@ -55,18 +55,6 @@ def test_every_registered_agent_has_a_case():
     assert sorted(CASES) == sorted(agents.AGENTS)
 
 
-@pytest.fixture(scope="module")
-def pendulum_data(tmp_path_factory):
-    """600 transitions of a random policy on InvertedPendulum (experiments/collect.py, in this process)."""
-    from experiments import collect
-
-    path = tmp_path_factory.mktemp("sweep_every_agent") / "pend.hdf5"
-    result = run_main(collect.main, "--env", "gym:InvertedPendulum-v5", "--policy", "random", "--steps", "600",
-                      "--out", str(path), "--reference-episodes", "2", "--ref-expert", "1000")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return path
-
-
 def _loop(name, config, env_id, lanes, data, world_dir):
     agent = agents.get(name)
     if agent.LOOP == "on_policy":
@@ -88,7 +76,7 @@ IN_CI = ("sac", "ppo", "bc")
 
 
 @pytest.mark.parametrize("name", [n if n in IN_CI else pytest.param(n, marks=pytest.mark.long) for n in sorted(CASES)])
-def test_sweep_lanes_equal_separate_runs(name, pendulum_data, tmp_path):
+def test_sweep_lanes_equal_separate_runs(name, pendulum_data, tmp_path):  # noqa: F811 (the fixture)
     env_id, kwargs, field, values, units = CASES[name]
     agent = agents.get(name)
     configs = [agent.Config(**kwargs, **{field: v}) for v in values]
