@@ -39,7 +39,8 @@ import jax
 import tyro
 
 import agents
-from experiments.off_policy import make_loop
+from experiments import loops
+from experiments.loops.driver import drive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +74,8 @@ def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
     # Training starts at the last warm-up step, so the warm-up compiles every branch
     # and the timed window holds exactly one schedule period.
     config = dataclasses.replace(config, random_steps=steps - 1)
-    loop = make_loop(agent, config, env_id, num_seeds, seed=0, replay_transitions=4 * steps)
-    start = time.perf_counter()
-    state, _ = loop.run(loop.init(), 0, steps)
-    jax.block_until_ready(state["agent"])
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    state, _ = loop.run(state, steps, steps)
-    jax.block_until_ready(state["agent"])
-    elapsed = time.perf_counter() - start
+    loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=4 * steps)
+    warmup, elapsed, _ = _timed_chunks(loop, 2 * steps, steps)
     loop.close()
     return {"num_seeds": num_seeds, "timed_steps": steps, "seconds": round(elapsed, 3),
             "ms_per_step": round(1000 * elapsed / steps, 2),
@@ -98,21 +92,13 @@ def on_policy_config(agent, preset: str, num_envs: int):
 
 def time_ours(agent, config, env_id: str, updates: int) -> dict:
     """Our training and collection throughput (1 seed), after one compiling update each."""
-    from experiments.on_policy import OnPolicyLoop
+    from experiments.loops.keys import SEED_AXIS
+    from experiments.loops.on_policy import OnPolicyLoop
 
     loop = OnPolicyLoop(agent, config, env_id, num_seeds=1, seed=0)
     steps = loop.granularity
-    state = loop.init()
-    start = time.perf_counter()
-    state, _ = loop.run(state, 0, steps)      # compiles the update program
-    jax.block_until_ready(state["agent"])
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    state, _ = loop.run(state, steps, updates * steps)
-    jax.block_until_ready(state["agent"])
-    train_s = time.perf_counter() - start
-
-    from experiments.seeding import SEED_AXIS
+    # The first update compiles the update program; the next `updates` are timed.
+    compile_s, train_s, state = _timed_chunks(loop, (updates + 1) * steps, steps)
 
     collect = jax.jit(jax.vmap(lambda a, e, k: agent.collect(a, loop.env, e, k, (SEED_AXIS,))[:2],
                                in_axes=(0, 0, None), axis_name=SEED_AXIS))
@@ -170,30 +156,36 @@ def main_on_policy(agent, args: BenchArgs) -> dict:
             "results": results}
 
 
+def _timed_chunks(loop, total_steps: int, first_chunk: int):
+    """Drive a fresh state of `loop` for `first_chunk` steps (it compiles), then on to `total_steps` as one more
+    chunk; returns (seconds of the first chunk, seconds of the rest, final state)."""
+    state, times = loop.init(), []
+    for start, end in ((0, first_chunk), (first_chunk, total_steps)):
+        began = time.perf_counter()
+        state, _ = drive(loop, state, start, end)
+        jax.block_until_ready(state["agent"])
+        times.append(time.perf_counter() - began)
+    return times[0], times[1], state
+
+
 def _timed_run(make_loop_fn, units: int) -> dict:
     """Build a loop, train `units` x its granularity steps; wall-clock with and without the first (compiling)
-    chunk."""
+    chunk (building the loop counts as the first chunk's)."""
     start = time.perf_counter()
     loop = make_loop_fn()
-    state = loop.init()
-    step = loop.granularity if hasattr(loop, "granularity") else 1
-    state, _ = loop.run(state, 0, step)
-    jax.block_until_ready(state["agent"])
-    first = time.perf_counter() - start
-    state, _ = loop.run(state, step, (units - 1) * step)
-    jax.block_until_ready(state["agent"])
-    total = time.perf_counter() - start
+    build = time.perf_counter() - start
+    first, rest, _ = _timed_chunks(loop, units * loop.granularity, loop.granularity)
     loop.close()
-    return {"total_s": total, "after_first_chunk_s": total - first}
+    return {"total_s": build + first + rest, "after_first_chunk_s": rest}
 
 
 def measure_sweep(agent, args: BenchArgs) -> dict:
     """N points of a traced field as one program (N x seeds lanes) vs N sequential runs of `seeds` seeds."""
-    from experiments.lanes import Lanes
-    from experiments.on_policy import OnPolicyLoop
+    from experiments.loops.lanes import Lanes
+    from experiments.loops.on_policy import OnPolicyLoop
 
     seeds = args.seeds[0]
-    if agent.LOOP == "on_policy":
+    if isinstance(agent, agents.OnPolicyAgent):
         preset = args.preset or agent.default_preset()
         config = on_policy_config(agent, preset, args.num_envs[0])
         units = args.updates + 1
@@ -201,7 +193,7 @@ def measure_sweep(agent, args: BenchArgs) -> dict:
     else:
         config = agent.Config()
         units = args.steps or 200
-        build = lambda cfg, lanes, **kw: make_loop(agent, cfg, args.env, lanes, 0, 4 * units, **kw)
+        build = lambda cfg, lanes, **kw: loops.make(agent, cfg, args.env, lanes, 0, replay_transitions=4 * units, **kw)
     base = getattr(config, args.sweep_field)
     values = [float(base * 3.0 ** (i - (args.sweep_points - 1) / 2)) for i in range(args.sweep_points)]
     lanes = [(v, s) for v in values for s in range(seeds)]
@@ -214,7 +206,7 @@ def measure_sweep(agent, args: BenchArgs) -> dict:
     seq_steady = sum(r["after_first_chunk_s"] for r in sequential)
     return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
             "jax": jax.__version__, "field": args.sweep_field, "values": values, "seeds_per_point": seeds,
-            "units": units, "unit": "updates" if agent.LOOP == "on_policy" else "env steps",
+            "units": units, "unit": "updates" if isinstance(agent, agents.OnPolicyAgent) else "env steps",
             "one_program": one, "sequential_total_s": seq_total, "sequential_after_first_chunk_s": seq_steady,
             "speedup_total": round(seq_total / one["total_s"], 2),
             "speedup_after_compile": round(seq_steady / max(one["after_first_chunk_s"], 1e-9), 2),
@@ -232,7 +224,7 @@ def main(args: BenchArgs) -> dict:
         if args.out:
             Path(args.out).write_text(text + "\n")
         return report
-    if agent.LOOP == "on_policy":
+    if isinstance(agent, agents.OnPolicyAgent):
         report = main_on_policy(agent, args)
         text = json.dumps(report, indent=2)
         print(text)

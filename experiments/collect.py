@@ -202,22 +202,24 @@ def train_behaviour(args: CollectArgs, run_dir: Path) -> dict:
     the final replay buffer. The buffer at step s is the final one restricted to its first s transitions:
     it never wraps around, since --train-steps <= the buffer size (checked)."""
     import agents
-    from experiments.off_policy import HostLoop
+    from experiments.loops.driver import drive
+    from experiments.loops.off_policy import HostLoop
 
     agent = agents.get(args.agent)
     config = behaviour_config(args)
     loop = HostLoop(agent, config, args.env, num_seeds=1, seed=args.seed, replay_transitions=args.train_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state, step, history = loop.init(), 0, []
+    history = []
+
+    def on_eval(step, state, evaluation, diagnostics):
+        mean_return = float(evaluation.returns.mean())
+        snapshot = jax.tree.map(lambda x: np.asarray(x[0]), state["agent"].replace(replay=None))
+        history.append({"step": step, "return": mean_return, "snapshot": snapshot})
+        print(f"  {args.agent} {args.env} step {step}: eval return {mean_return:.1f}", file=sys.stderr, flush=True)
+
     try:
-        while step < args.train_steps:
-            chunk = min(args.eval_every, args.train_steps - step)
-            state, _ = loop.run(state, step, chunk)
-            step += chunk
-            mean_return = float(loop.evaluate(state, step, args.eval_episodes).mean())
-            snapshot = jax.tree.map(lambda x: np.asarray(x[0]), state["agent"].replace(replay=None))
-            history.append({"step": step, "return": mean_return, "snapshot": snapshot})
-            print(f"  {args.agent} {args.env} step {step}: eval return {mean_return:.1f}", file=sys.stderr, flush=True)
+        state, _ = drive(loop, loop.init(), 0, args.train_steps, eval_every=args.eval_every,
+                         eval_episodes=args.eval_episodes, on_eval=on_eval)
     finally:
         loop.close()
     buffer = jax.tree.map(lambda x: np.asarray(x[0]), state["agent"].replay)

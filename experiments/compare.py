@@ -208,7 +208,7 @@ def train_and_evaluate(agent, config, env_id: str, args: CompareArgs, switches: 
     seed."""
     import jax
 
-    from experiments.on_policy import OnPolicyLoop
+    from experiments.loops.on_policy import OnPolicyLoop
 
     loop = OnPolicyLoop(agent, config, env_id, args.num_seeds, args.seed)
     kl_program = _policy_kl_program()
@@ -225,7 +225,7 @@ def train_and_evaluate(agent, config, env_id: str, args: CompareArgs, switches: 
         state, _ = loop.run(state, step, target - step)
         step = target
         steps.append(step)
-        returns.append(loop.evaluate(state, step, args.eval_episodes).mean(axis=1))
+        returns.append(loop.evaluate(state, step, args.eval_episodes).returns.mean(axis=1))
         kls.append(np.asarray(kl_program(pre_switch, state["agent"])) if pre_switch is not None
                    else np.full(args.num_seeds, np.nan))
         if upcoming and upcoming[0] - granularity < step <= upcoming[0]:

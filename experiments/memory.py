@@ -45,7 +45,7 @@ def gib(n: float) -> str:
 def describe(loop) -> str:
     """What the run needs, what there is, and the loop's advice."""
     parts = loop.memory_estimate()
-    limit, where = available(getattr(loop, "devices", None))
+    limit, where = available(loop.devices)
     need = sum(parts.values())
     detail = ", ".join(f"{name} {gib(value)}" for name, value in parts.items())
     return (f"the run needs about {gib(need)} ({detail}; before activations) and {where} holds {gib(limit)}; "
@@ -54,7 +54,7 @@ def describe(loop) -> str:
 
 def check(loop) -> None:
     """Raise OutOfMemory if the loop's estimate exceeds FRACTION of the memory it runs on."""
-    limit, _ = available(getattr(loop, "devices", None))
+    limit, _ = available(loop.devices)
     if sum(loop.memory_estimate().values()) > FRACTION * limit:
         raise OutOfMemory(f"out of memory: {describe(loop)}")
 

@@ -11,7 +11,7 @@ A swept field that is a leaf of the agent's config -- a float the agent only
 uses in arithmetic (learning rates, coefficients, discounts: the agent
 rebuilds its optax optimizer from the config inside every update) -- is
 TRACED per lane: each lane's state holds its own config (agents/config.py,
-experiments/lanes.py). Every other field (widths, batch sizes, numbers of
+experiments/loops/lanes.py). Every other field (widths, batch sizes, numbers of
 envs or epochs, and the floats an agent declares static because it branches
 on them) is STATIC, and the sweep runs one program per combination of its
 values; it says which fields went which way. Lane (point p, seed s) uses
@@ -108,26 +108,25 @@ def split_fields(grid: dict[str, list], config) -> tuple[list[str], list[str]]:
 
 def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[int], on_row) -> None:
     """Train len(traced_points) x len(seeds) lanes in one program; `on_row(step, point, seed, return, diag)`."""
-    from experiments.lanes import Lanes
-    from experiments.train import make_loop_for_lanes
+    from experiments.loops.driver import drive
+    from experiments.loops.lanes import Lanes
+    from experiments.train import make_loop, replay_transitions_of
 
     lanes = Lanes.of_sweep([dataclasses.replace(config, **point) for point in traced_points], seeds)
     points = [p for p in range(len(traced_points)) for _ in seeds]
-    loop = make_loop_for_lanes(agent, config, run_args, lanes)
+    loop = make_loop(agent, config, run_args, replay_transitions_of(agent, config, run_args.total_steps),
+                     lanes=lanes)
+
+    def on_eval(step, state, evaluation, diagnostics):
+        returns = evaluation.returns.mean(axis=1)
+        for lane, (p, s) in enumerate(zip(points, lanes.seeds)):
+            on_row(step, p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
+        print(f"  step {step}: " + ", ".join(f"{r:.1f}" for r in returns), file=sys.stderr, flush=True)
+
     try:
         memory.check(loop)        # the grid's agent states (replay buffers included), env states, rollouts
-        state, step = loop.init(), 0
-        granularity = getattr(loop, "granularity", 1)
-        total = -(-run_args.total_steps // granularity) * granularity
-        while step < total:
-            target = min(-(-(step + run_args.eval_every) // granularity) * granularity, total)
-            state, _ = loop.run(state, step, target - step)
-            step = target
-            returns = loop.evaluate(state, step, run_args.eval_episodes).mean(axis=1)
-            diagnostics = loop.diagnostics(state, step)
-            for lane, (p, s) in enumerate(zip(points, lanes.seeds)):
-                on_row(step, p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
-            print(f"  step {step}: " + ", ".join(f"{r:.1f}" for r in returns), file=sys.stderr, flush=True)
+        drive(loop, loop.init(), 0, run_args.total_steps, eval_every=run_args.eval_every,
+              eval_episodes=run_args.eval_episodes, on_eval=on_eval)
     except jax.errors.JaxRuntimeError as error:
         if not memory.is_out_of_memory(error):
             raise

@@ -40,6 +40,7 @@ from agents.config import INT32_MAX, check_fields, field
 from experiments import memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from experiments.logger import RunLogger
+from experiments.loops.driver import drive, round_up
 from experiments.rundir import RunDir, RunDirError, write_json
 
 
@@ -203,13 +204,12 @@ def validate(args: RunArgs, config: Any):
         config.validate()
     except ValueError as error:
         raise RunError(str(error)) from None
-    if agent.LOOP == "offline" and not args.dataset:
+    offline = isinstance(agent, agents.OfflineAgent)
+    if offline and not args.dataset:
         raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH "
                        "(make one with experiments/collect.py)")
-    if agent.LOOP != "offline" and args.dataset:
+    if not offline and args.dataset:
         raise RunError(f"--dataset is for the offline agents; {args.agent!r} learns online")
-    if agent.LOOP not in ("off_policy", "on_policy", "offline"):
-        raise RunError(f"agent {args.agent!r} uses loop {agent.LOOP!r}, which run.py does not drive yet")
     return agent
 
 
@@ -285,41 +285,34 @@ def _claim(run_dir: RunDir, args: RunArgs) -> None:
 
 def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None,
               lanes=None):
-    """The loop of `agent.LOOP` for `args.env`; configurations it cannot run raise RunError. `lanes`
-    (experiments/lanes.py) replaces the run's seeds for a sweep: (point, seed) pairs, each with its config."""
+    """The loop of the agent's family for `args.env` (experiments/loops); configurations it cannot run raise
+    RunError. `lanes` (experiments/loops/lanes.py) replaces the run's seeds for a sweep: (point, seed) pairs,
+    each with its config."""
+    from experiments import loops
+    from experiments.loops.on_policy import LoopError
+    from replay.datasets import DatasetError
+
     agent = agents.record(agent)
     num_seeds = args.num_seeds if lanes is None else len(lanes)
-    if agent.LOOP == "offline":
-        from experiments.offline import OfflineLoop
-        from replay.datasets import DatasetError
-
-        if run_dir is None:
+    world_dir = None
+    if isinstance(agent, agents.OfflineAgent):
+        if not args.dataset:
+            raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH "
+                           "(make one with experiments/collect.py)")
+        if run_dir is None:          # a sweep keeps no world between runs
             import tempfile
 
             run_dir = Path(tempfile.mkdtemp(prefix="sweep_world_"))
-        try:
-            return OfflineLoop(agent, config, args.env, num_seeds, args.seed, args.dataset, run_dir / "world",
-                               lanes=lanes)
-        except (DatasetError, ValueError, FileNotFoundError) as error:
-            raise RunError(str(error)) from None
-    if agent.LOOP == "on_policy":
-        from experiments.on_policy import LoopError, OnPolicyLoop
-
-        try:
-            return OnPolicyLoop(agent, config, args.env, num_seeds, args.seed, lanes=lanes)
-        except LoopError as error:
-            raise RunError(str(error)) from None
-    from experiments.off_policy import make_loop as make_off_policy_loop
-
-    return make_off_policy_loop(agent, config, args.env, num_seeds, args.seed, replay_transitions, lanes=lanes)
-
-
-def make_loop_for_lanes(agent, config: Any, args: RunArgs, lanes):
-    """A loop whose lanes are a sweep's (point, seed) pairs (experiments/sweep.py)."""
-    agent = agents.record(agent)
-    if agent.LOOP == "offline" and not args.dataset:
-        raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH")
-    return make_loop(agent, config, args, replay_transitions_of(agent, config, args.total_steps), lanes=lanes)
+        world_dir = run_dir / "world"
+    try:
+        return loops.make(agent, config, args.env, num_seeds, args.seed, replay_transitions=replay_transitions,
+                          dataset=args.dataset, world_dir=world_dir, lanes=lanes)
+    except (LoopError, DatasetError) as error:
+        raise RunError(str(error)) from None
+    except (ValueError, FileNotFoundError) as error:
+        if not isinstance(agent, agents.OfflineAgent):
+            raise
+        raise RunError(str(error)) from None
 
 
 def replay_transitions_of(agent, config: Any, total_steps: int) -> int:
@@ -403,8 +396,8 @@ def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
             loop.set_host_state(base64.b64decode(meta["host_state"]))
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpointer.directory / str(start_step)}: {error}") from None
-        reached = _round_up(start_step, loop)
-        if _round_up(args.total_steps, loop) < start_step:
+        reached = round_up(start_step, loop)
+        if round_up(args.total_steps, loop) < start_step:
             raise RunError(f"--total-steps {args.total_steps} is below the {reached} steps the run in {path} "
                            f"has reached; give --total-steps >= {reached} (or leave it out)")
 
@@ -453,59 +446,48 @@ def _drop_checkpoints_after(checkpointer: Checkpointer, step: int) -> None:
         checkpointer.delete(later)
 
 
-def _round_up(n: int, loop) -> int:
-    """On-policy loops advance in whole updates: step boundaries round up to them (a run may end up to one
-    update past --total-steps)."""
-    granularity = getattr(loop, "granularity", 1)
-    return -(-n // granularity) * granularity
-
-
 def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: RunDir, stop: _GracefulStop) -> int:
-    """Chunks of training between log and evaluation boundaries; returns the final step."""
+    """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations with a
+    checkpoint each, and a checkpoint before stopping on a signal; returns the final step."""
     from tqdm import tqdm
 
     bar = tqdm(total=args.total_steps, initial=start_step, disable=not (args.progress and is_main_process()),
                unit="step", dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
-    total_steps = _round_up(args.total_steps, loop)
-    step, postfix = start_step, {"sps": "-", "eval_return": "-"}
-    interval_start, interval_step = time.perf_counter(), start_step
+    postfix = {"sps": "-", "eval_return": "-"}
+    interval = {"start": time.perf_counter(), "step": start_step}
 
-    def save(step: int) -> None:
+    def save(step: int, state) -> None:
         checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode()})
         _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
 
+    def on_log(step: int, per_seed: dict) -> None:
+        elapsed = time.perf_counter() - interval["start"]
+        sps = (step - interval["step"]) / max(elapsed, 1e-9)
+        logger.log_train(step, per_seed, {"training/sps": sps, "training/sps_all_seeds": sps * args.num_seeds})
+        interval.update(start=time.perf_counter(), step=step)
+        postfix["sps"] = f"{sps:.1f}"
+        bar.set_postfix(postfix)
+
+    def on_eval(step: int, state, evaluation, diagnostics: dict) -> None:
+        logger.log_eval(step, evaluation.returns, diagnostics)
+        save(step, state)
+        postfix["eval_return"] = f"{float(np.mean(evaluation.returns)):.1f}"
+        bar.set_postfix(postfix)
+        interval["start"] = time.perf_counter()    # evaluation time is not training time
+
+    def on_chunk(step: int, state, finished: bool) -> None:
+        bar.update(min(step, bar.total) - bar.n)
+        if stop.signal is not None and not finished:
+            if checkpointer.latest_step() != step:
+                save(step, state)
+            name = signal.Signals(stop.signal).name
+            raise Stopped(f"stopped by {name} at step {step}: checkpoint written; continue with "
+                          f"--resume --run-dir {run_dir.path}", 128 + stop.signal)
+
     try:
-        while step < total_steps:
-            next_log = (step // args.log_every + 1) * args.log_every
-            next_eval = (step // args.eval_every + 1) * args.eval_every
-            target = min(_round_up(min(next_log, next_eval), loop), total_steps)
-            state, per_seed = loop.run(state, step, target - step)
-            previous, step = step, target
-            bar.update(min(step, bar.total) - bar.n)
-            finished = step >= total_steps
-            if step // args.log_every > previous // args.log_every or finished:
-                _check_finite(step, per_seed)
-                elapsed = time.perf_counter() - interval_start
-                sps = (step - interval_step) / max(elapsed, 1e-9)
-                logger.log_train(step, per_seed, {"training/sps": sps,
-                                                  "training/sps_all_seeds": sps * args.num_seeds})
-                interval_start, interval_step = time.perf_counter(), step
-                postfix["sps"] = f"{sps:.1f}"
-                bar.set_postfix(postfix)
-            if step // args.eval_every > previous // args.eval_every or finished:
-                _check_finite(step, per_seed)
-                returns = loop.evaluate(state, step, args.eval_episodes)
-                logger.log_eval(step, returns, loop.diagnostics(state, step))
-                save(step)
-                postfix["eval_return"] = f"{float(np.mean(returns)):.1f}"
-                bar.set_postfix(postfix)
-                interval_start = time.perf_counter()    # evaluation time is not training time
-            if stop.signal is not None and not finished:
-                if checkpointer.latest_step() != step:
-                    save(step)
-                name = signal.Signals(stop.signal).name
-                raise Stopped(f"stopped by {name} at step {step}: checkpoint written; continue with "
-                              f"--resume --run-dir {run_dir.path}", 128 + stop.signal)
+        _, step = drive(loop, state, start_step, args.total_steps, log_every=args.log_every,
+                        eval_every=args.eval_every, eval_episodes=args.eval_episodes, check=_check_finite,
+                        on_log=on_log, on_eval=on_eval, on_chunk=on_chunk)
     except DivergenceError as error:
         last = checkpointer.latest_step()
         kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"

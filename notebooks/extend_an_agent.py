@@ -22,7 +22,7 @@
 # agent file. `ppo.update` takes an `auxiliary_loss`; the variant's coefficient is a new config field.
 #
 # Side by side, vmapped: the coefficient is a traced hyperparameter (a float field of a `@hyperparameters`
-# config is a pytree leaf, `agents/config.py`; `experiments/lanes.py` stacks one config per lane), so the
+# config is a pytree leaf, `agents/config.py`; `experiments/loops/lanes.py` stacks one config per lane), so the
 # original (coefficient 0) and the variant (0.5), 2 seeds each, are four lanes of ONE compiled program.
 
 # %%
@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 
 from agents import ppo  # noqa: E402
 from agents.config import hyperparameters  # noqa: E402
-from experiments.lanes import Lanes  # noqa: E402
-from experiments.on_policy import OnPolicyLoop  # noqa: E402
+from experiments.loops.lanes import Lanes  # noqa: E402
+from experiments.loops.on_policy import OnPolicyLoop  # noqa: E402
 from networks.regularizers import sigreg  # noqa: E402
 
 # %% [markdown]
@@ -92,7 +92,7 @@ state, step, curve = loop.init(), 0, []
 for _ in range(2 if TINY else 6):
     state, metrics = loop.run(state, step, (1 if TINY else 10) * loop.granularity)
     step += (1 if TINY else 10) * loop.granularity
-    curve.append((step, loop.evaluate(state, step, 4).mean(axis=1), metrics["aux/sigreg"]))
+    curve.append((step, loop.evaluate(state, step, 4).returns.mean(axis=1), metrics["aux/sigreg"]))
 for step, returns, statistic in curve:
     print(step, "returns", np.round(returns, 1), "SIGReg statistic", np.round(statistic, 4))
 

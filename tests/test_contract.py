@@ -48,6 +48,8 @@ def test_register_adds_an_agent_and_refuses_a_taken_name():
 def test_no_probes_and_no_hparams_module():
     root = Path(__file__).resolve().parent.parent
     assert not (root / "experiments" / "hparams.py").exists()
-    for name in ("off_policy.py", "on_policy.py", "offline.py", "seeding.py", "train.py", "run.py"):
-        text = (root / "experiments" / name).read_text()
-        assert "hasattr(agent" not in text and "getattr(agent" not in text, name
+    paths = [*(root / "experiments" / "loops").glob("*.py"), root / "experiments" / "train.py",
+             root / "experiments" / "run.py", root / "experiments" / "sweep.py", root / "experiments" / "bench.py"]
+    for name in paths:
+        text = name.read_text()
+        assert not any(probe in text for probe in ("hasattr(agent", "getattr(agent", "hasattr(loop", "getattr(loop")), name

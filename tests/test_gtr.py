@@ -9,7 +9,7 @@ import pytest
 
 import envs
 from agents import gtr, ppo
-from experiments.on_policy import OnPolicyLoop
+from experiments.loops.on_policy import OnPolicyLoop
 from networks import distributions as dist_lib
 from tests.test_ppo import TINY
 

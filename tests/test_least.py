@@ -12,7 +12,7 @@ import pytest
 import envs
 import replay
 from agents import least, sac, td3
-from experiments.off_policy import DeviceLoop
+from experiments.loops.off_policy import DeviceLoop
 from tests.cli_utils import run_inprocess
 
 SPEC = envs.make("jax:PointMass").spec

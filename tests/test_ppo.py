@@ -14,7 +14,7 @@ import pytest
 
 import envs
 from agents import ppo
-from experiments.on_policy import OnPolicyLoop
+from experiments.loops.on_policy import OnPolicyLoop
 from networks import distributions as dist_lib
 from tests.cli_utils import ROOT, run_cli, run_inprocess
 
@@ -163,7 +163,7 @@ def test_sharded_over_four_devices_equals_one_device():
         import jax, numpy as np, sys
         sys.path.insert(0, {str(ROOT)!r})
         from agents import ppo
-        from experiments.on_policy import OnPolicyLoop
+        from experiments.loops.on_policy import OnPolicyLoop
         assert len(jax.devices()) == 4
         config = ppo.Config(**{TINY!r})
         out = []

@@ -299,7 +299,7 @@ def test_a_sweep_that_cannot_fit_is_refused(tmp_path):
 def test_out_of_memory_while_training_is_one_line(tmp_path, monkeypatch):
     import jax
 
-    from experiments import on_policy
+    from experiments.loops import on_policy
 
     def exhausted(self, state, start_step, num_steps):
         raise jax.errors.JaxRuntimeError("INTERNAL: Failed to allocate 2199023255552 bytes: Out of memory")

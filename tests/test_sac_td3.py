@@ -10,7 +10,7 @@ import pytest
 import envs
 import replay
 from agents import regrama, sac, td3
-from experiments.off_policy import DeviceLoop
+from experiments.loops.off_policy import DeviceLoop
 from networks import distributions as dist_lib
 from networks.training import updates_before
 from tests.cli_utils import run_inprocess

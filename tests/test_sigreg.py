@@ -10,7 +10,7 @@ import pytest
 
 import envs
 from agents import ppo, sigreg
-from experiments.on_policy import OnPolicyLoop
+from experiments.loops.on_policy import OnPolicyLoop
 from networks import regularizers
 from tests.cli_utils import run_inprocess
 from tests.test_ppo import TINY, TINY_FLAGS

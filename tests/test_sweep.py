@@ -21,8 +21,8 @@ SHARDED = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, numpy as np
     from agents import ppo
-    from experiments.lanes import Lanes
-    from experiments.on_policy import OnPolicyLoop
+    from experiments.loops.lanes import Lanes
+    from experiments.loops.on_policy import OnPolicyLoop
     from tests.test_ppo import TINY
     assert len(jax.devices()) == {devices}
     loop = OnPolicyLoop(ppo, ppo.Config(**TINY), "jax:PointMass", 4, 0,

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import agents
-from experiments.lanes import Lanes
-from experiments.off_policy import DeviceLoop
-from experiments.offline import OfflineLoop
-from experiments.on_policy import OnPolicyLoop
+from experiments.loops.lanes import Lanes
+from experiments.loops.off_policy import DeviceLoop
+from experiments.loops.offline import OfflineLoop
+from experiments.loops.on_policy import OnPolicyLoop
 from tests.test_neubay import pendulum_data  # noqa: F401, F811 (the module fixture: a random InvertedPendulum dataset)
 from tests.test_ppo import TINY as TINY_PPO
 
@@ -90,9 +90,10 @@ def test_sweep_lanes_equal_separate_runs(name, pendulum_data, tmp_path):  # noqa
     if agent.LOOP == "offline":
         # The swept offline loop evaluates and diagnoses per lane (NEUBAY's recurrent evaluation once broke
         # here; the online loops' evaluations of a sweep run in tests/test_sweep.py's CLI test).
-        assert swept.evaluate(state, steps, 1).shape == (4, 1)
+        evaluation = swept.evaluate(state, steps, 1)
+        assert evaluation.returns.shape == evaluation.discounted.shape == (4, 1)
         diagnostics = swept.diagnostics(state, steps)
-        assert diagnostics and all(np.shape(v) == (4,) for v in diagnostics.values())
+        assert all(np.shape(v) == (4,) for v in diagnostics.values())
 
     alone_loop = _loop(name, configs[0], env_id, Lanes.of_run(configs[0], 0, 2), data, tmp_path / "world")
     for p, config in enumerate(configs):

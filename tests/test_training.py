@@ -93,7 +93,7 @@ def test_vmapped_seeds_equal_separate_runs_host_loop(name):
     returns are not compared because cartpole amplifies 1e-7 action differences)."""
     import jax
 
-    from experiments.off_policy import HostLoop
+    from experiments.loops.off_policy import HostLoop
 
     agent_module, config, policy_params = _tiny_host_agent(name)
 

@@ -1,4 +1,4 @@
-"""The two loops that drive off-policy agents (`agent.LOOP == "off_policy"`).
+"""The two loops that drive off-policy agents (`OffPolicyAgent` records, agents/contract.py).
 
 Both train every seed with ONE compiled program: the agent's pure functions
 are vmapped over a leading seed axis. Random keys are derived statelessly as
@@ -24,7 +24,6 @@ the env resets. Evaluation episodes never stop early.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -35,39 +34,29 @@ import agents
 import envs as envs_lib
 import replay
 from experiments import memory
-from experiments.lanes import Lanes, lanes_for
+from experiments.loops.base import Loop
+from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
+from experiments.loops.keys import ACT, ENV_RESET, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.lanes import Lanes
 
-from experiments.seeding import (ACT, ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device,
-                                 step_key, step_keys)
 
-
-def early_stop(agent: ModuleType, state, obs: jax.Array, action: jax.Array) -> jax.Array:
+def early_stop(agent: agents.OffPolicyAgent, state, obs: jax.Array, action: jax.Array) -> jax.Array:
     """The agent's decision to end the episode after this step (False for agents without `early_stop`)."""
     return jnp.zeros((), bool) if agent.early_stop is None else agent.early_stop(state, obs, action)
 
 
-class _SeedLoop:
-    """What both loops share: the env, the seeds' keys, the replay capacity, fresh agents."""
+class _SeedLoop(Loop):
+    """What both loops share: the env, the replay capacity, fresh agents."""
 
-    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+    def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env, lanes: Lanes | None = None):
-        self.lanes = lanes_for(config, seed, num_seeds, lanes)
-        self.agent, self.config = agents.record(agent), self.lanes.config
-        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         self.env = env
         self.spec = env.spec
         self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
-        self.seed_keys = self.lanes.keys
-        self._diagnostics = Diagnostics(self.agent)
-
-    def diagnostics(self, state: dict, step: int) -> dict:
-        """The agent's diagnostics per seed ({name: [num_seeds]}), {} if it has none."""
-        return self._diagnostics(state["agent"], self.seed_keys, step)
 
     def _init_agents(self, configs=None):
-        lanes = self.lanes if configs is None else self.lanes.with_configs(configs)
-        init_keys = step_keys(self.seed_keys, 0, INIT)
-        return lanes.init(lambda k, c: self.agent.init(k, self.spec, c, self.capacity), init_keys)
+        return self.init_agents(lambda k, c: self.agent.init(k, self.spec, c, self.capacity), configs)
 
     def memory_estimate(self) -> dict:
         """Device bytes of the agents' states, replay buffers included (experiments/memory.py)."""
@@ -83,7 +72,7 @@ class _SeedLoop:
 class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
 
-    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+    def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
         self.env_kwargs = env_kwargs or {}
         # One instance tells the spec; the num_seeds instances are built by init(), after the memory check.
@@ -156,10 +145,11 @@ class HostLoop(_SeedLoop):
         per_seed["episodes"] = episodes.astype(np.float32)
         return new_state, per_seed
 
-    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+    def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
         act = lambda obs, prev_reward, first: self._act(state["agent"], obs, self.seed_keys, step, False)
-        return evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
+        return Evaluation(evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
+                                        self.env_kwargs)[0])
 
     def close(self) -> None:
         if self.env is not None:
@@ -169,7 +159,7 @@ class HostLoop(_SeedLoop):
 class DeviceLoop(_SeedLoop):
     """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
 
-    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+    def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
         env = envs_lib.make(env_id, **(env_kwargs or {}))
         super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
@@ -219,12 +209,6 @@ class DeviceLoop(_SeedLoop):
                    "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
         return {"agent": agent_state, "env": env_state, "tracker": tracker}
 
-    def host_state(self) -> bytes:
-        return b""
-
-    def set_host_state(self, blob: bytes) -> None:
-        pass
-
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
         agent_state, env_state, tracker, metrics = self._chunk(
@@ -235,52 +219,7 @@ class DeviceLoop(_SeedLoop):
         per_seed["nan_resets"] = np.asarray(tracker["nan_resets"], np.float32)
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
-    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+    def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         keys = step_keys(self.seed_keys, step, EVAL)
-        return np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step)))   # one env per seed: clock = step
-
-    def close(self) -> None:
-        pass
-
-
-def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episodes: int,
-                  env_kwargs: dict | None = None, discount=1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and discounted returns [num_seeds, episodes] of `act(obs, prev_reward, first) -> actions` (obs
-    [num_seeds, episodes, d]; the previous step's reward and whether this is an episode's first step, both
-    [num_seeds, episodes], for agents with memory) on fresh host env instances seeded from (seed, step);
-    every episode runs to its first end. `discount`: one number, or one per seed ([num_seeds])."""
-    eval_seed = 1_000_000 + 10_007 * seed + step
-    env = envs_lib.make(env_id, num_envs=num_seeds * episodes, seed=eval_seed, **(env_kwargs or {}))
-    try:
-        obs = env.reset()
-        reward = np.zeros((num_seeds, episodes), np.float32)
-        first = np.ones((num_seeds, episodes), bool)
-        returns = np.zeros(num_seeds * episodes)
-        discounted = np.zeros(num_seeds * episodes)
-        weight = np.ones(num_seeds * episodes)
-        discount = np.repeat(np.broadcast_to(np.asarray(discount, np.float64), (num_seeds,)), episodes)
-        running = np.ones(num_seeds * episodes, bool)
-        while running.any():
-            action = act(obs.reshape(num_seeds, episodes, -1), reward, first)
-            result = env.step(np.asarray(action).reshape(num_seeds * episodes, -1))
-            returns += np.where(running, result.reward, 0.0)
-            discounted += np.where(running, weight * result.reward, 0.0)
-            weight *= discount
-            running &= ~(result.terminated | result.truncated)
-            reward = result.reward.reshape(num_seeds, episodes).astype(np.float32)
-            first = (result.terminated | result.truncated).reshape(num_seeds, episodes)
-            obs = result.obs
-    finally:
-        env.close()
-    return returns.reshape(num_seeds, episodes), discounted.reshape(num_seeds, episodes)
-
-
-def make_loop(agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, replay_transitions: int,
-              env_kwargs: dict | None = None, **lanes):
-    """The loop that fits `env_id`: `DeviceLoop` for JAX envs, `HostLoop` otherwise.
-
-    The replay buffer is sized for `replay_transitions` transitions (plus one
-    final-observation slot per episode).
-    """
-    loop_cls = DeviceLoop if envs_lib.is_jax_env(env_id) else HostLoop
-    return loop_cls(agent, config, env_id, num_seeds, seed, replay_transitions, env_kwargs, **lanes)
+        # One env per seed: the eval envs' clock is the step.
+        return Evaluation(np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))))

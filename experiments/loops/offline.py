@@ -1,4 +1,4 @@
-"""The loop that drives offline agents (`agent.LOOP == "offline"`): RAVL, NEUBAY, BC.
+"""The loop that drives offline agents (`OfflineAgent` records, agents/contract.py): RAVL, NEUBAY, BC.
 
 The dataset (replay/datasets.py, made by experiments/collect.py) is loaded and
 validated when the loop is built, before anything is written. `init()` then
@@ -11,15 +11,15 @@ time to build (a dynamics ensemble) is saved under the run directory's
 Training is `update(state, world, key, step)`, vmapped over seeds with the
 world broadcast (in_axes None) and scanned over a chunk of gradient steps in
 one compiled call; `--total-steps` counts gradient steps. Evaluation runs
-the deterministic policy in the real environment; it also records the
-discounted return (with the agent's discount), which offline agents compare
-with their value estimates (`diagnostics`).
+the deterministic policy in the real environment; on host envs it also
+returns the discounted returns (each lane with its agent's discount), which
+offline agents compare with their value estimates (`diagnostics`; the
+driver logs them as eval/discounted_return).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -29,19 +29,21 @@ import numpy as np
 import agents
 import envs as envs_lib
 from experiments import memory
-from experiments.lanes import Lanes, lanes_for
-from experiments.off_policy import evaluate_host
-from experiments.seeding import ACT, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, step_key, step_keys
+from experiments.loops.base import Loop
+from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
+from experiments.loops.keys import ACT, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.lanes import Lanes
 
 
-class OfflineLoop:
-    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int, dataset_path: str,
-                 world_dir: Path, lanes: Lanes | None = None):
+class OfflineLoop(Loop):
+    """Scanned chunks of `agent.update` on the world every lane shares, evaluated in the real env."""
+
+    def __init__(self, agent: agents.OfflineAgent, config: Any, env_id: str, num_seeds: int, seed: int,
+                 dataset_path: str, world_dir: Path, lanes: Lanes | None = None):
         from replay import datasets
 
-        self.lanes = lanes_for(config, seed, num_seeds, lanes)
-        self.agent, self.config = agent, config = agents.record(agent), self.lanes.config
-        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        super().__init__(agent, config, env_id, num_seeds, seed, lanes)
+        agent, config = self.agent, self.config
         self.is_jax = envs_lib.is_jax_env(env_id)
         probe = envs_lib.make(env_id) if self.is_jax else envs_lib.make(env_id, num_envs=1, seed=seed)
         self.spec = probe.spec
@@ -54,10 +56,7 @@ class OfflineLoop:
         self.world_dir = Path(world_dir)
         if agent.check is not None:
             agent.check(self.dataset, self.spec, config)     # e.g. a saved dynamics model of other shapes
-        self.seed_keys = self.lanes.keys
         self.world = None
-        self._diagnostics = Diagnostics(agent)
-        self._last_discounted = None
 
         def chunk(agent_state, world, seed_key, steps):
             def body(state, step):
@@ -83,9 +82,7 @@ class OfflineLoop:
                                      static_argnums=2)
 
     def _init_agents(self, configs=None):
-        lanes = self.lanes if configs is None else self.lanes.with_configs(configs)
-        return lanes.init(lambda k, c: self.agent.init(step_key(k, 0, INIT), self.spec, c, self.world),
-                               self.seed_keys)
+        return self.init_agents(lambda k, c: self.agent.init(k, self.spec, c, self.world), configs)
 
     def init(self, configs=None) -> dict:
         """Build (or reload) the world, check that the agents fit beside it, then fresh agents for every seed
@@ -113,22 +110,17 @@ class OfflineLoop:
         return (f"{memory.gib(per_seed)} per seed; --num-seeds {fits} fits" if fits else
                 f"{memory.gib(per_seed)} per seed; not one seed fits beside the world: shrink the agent's buffers")
 
-    def host_state(self) -> bytes:
-        return b""
-
-    def set_host_state(self, blob: bytes) -> None:
-        pass
-
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
         agent_state, metrics = self._chunk(state["agent"], self.world, self.seed_keys, steps)
         return {"agent": agent_state}, {k: np.asarray(v) for k, v in metrics.items()}
 
-    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
-        """Deterministic returns [num_seeds, episodes] in the real environment."""
+    def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
+        """Deterministic returns [num_seeds, episodes] in the real environment (and, on host envs, the
+        discounted returns)."""
         if self.is_jax:
-            self._last_discounted = None
-            return np.asarray(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL), episodes))
+            return Evaluation(np.asarray(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL),
+                                                        episodes)))
         keys = step_keys(self.seed_keys, step, ACT)
         if self.recurrent:
             carry = self._initial_carry(state["agent"], (episodes,))
@@ -141,17 +133,5 @@ class OfflineLoop:
             act = lambda obs, prev_reward, first: self._act(state["agent"], obs, keys)
         # Each lane's own discount (a sweep may trace it), read from its state's config.
         discount = np.asarray(getattr(state["agent"].config, "discount", np.ones(self.num_seeds)), np.float64)
-        returns, discounted = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                            discount=discount)
-        self._last_discounted = discounted.mean(axis=1)
-        return returns
-
-    def diagnostics(self, state: dict, step: int) -> dict:
-        """The agent's diagnostics, and the discounted return of the last evaluation."""
-        out = self._diagnostics(state["agent"], self.seed_keys, step)
-        if self._last_discounted is not None:
-            out["eval/discounted_return"] = self._last_discounted
-        return out
-
-    def close(self) -> None:
-        pass
+        return Evaluation(*evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
+                                         discount=discount))

@@ -1,4 +1,4 @@
-"""The device loop for on-policy agents (`agent.LOOP == "on_policy"`: PPO, GTR, SIGReg).
+"""The device loop for on-policy agents (`OnPolicyAgent` records, agents/contract.py: PPO, GTR, SIGReg).
 
 One update -- the agent's `train_step`: rollout in `num_envs` JAX envs,
 advantages, epochs x minibatches, all `lax.scan`s -- is one compiled program,
@@ -19,7 +19,6 @@ changing the number of devices, replays the same keys.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -30,33 +29,32 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import agents
 import envs as envs_lib
 from experiments import memory
-from experiments.lanes import Lanes, lanes_for
-from experiments.seeding import (ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, Diagnostics, evaluate_on_device, step_key, step_keys)
+from experiments.loops.base import Loop
+from experiments.loops.evaluation import Evaluation, evaluate_on_device
+from experiments.loops.keys import ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.lanes import Lanes
 
 
 class LoopError(ValueError):
     """A configuration the loop cannot run (message names the constraint and a valid value)."""
 
 
-class OnPolicyLoop:
+class OnPolicyLoop(Loop):
     """Chunks of `agent.train_step` on a JaxEnv, every seed in one program, envs sharded over devices."""
 
-    def __init__(self, agent: ModuleType, config: Any, env_id: str, num_seeds: int, seed: int,
+    def __init__(self, agent: agents.OnPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  env_kwargs: dict | None = None, devices: list | None = None, lanes: Lanes | None = None):
         agent = agents.record(agent)
         if not envs_lib.is_jax_env(env_id):
             raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
                             f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
-        # Sweeps (experiments/sweep.py): lanes = points x seeds, each with its traced hyperparameters.
-        self.lanes = lanes_for(config, seed, num_seeds, lanes)
-        self.agent, self.config = agent, config = agent, self.lanes.config
-        self.env_id, self.num_seeds, self.seed = env_id, num_seeds, seed
+        super().__init__(agent, config, env_id, num_seeds, seed, lanes)
+        agent, config = self.agent, self.config
         self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
         self.spec = self.env.spec
         self.layout = agent.layout(config)
         self.granularity = self.layout.steps_per_update     # train() advances in whole updates
         self.capacity = 0                                    # no replay buffer
-        self.seed_keys = self.lanes.keys
 
         devices = list(devices if devices is not None else jax.devices())
         if config.num_envs % len(devices):
@@ -92,7 +90,6 @@ class OnPolicyLoop:
             return agent_state, env_state
 
         self._init = jax.jit(init_state, out_shardings=(self.replicated, self.env_sharding))
-        self._diagnostics = Diagnostics(agent)
         self._memory = None
 
     # -- memory --------------------------------------------------------------
@@ -141,12 +138,6 @@ class OnPolicyLoop:
                    "nan_resets": jnp.zeros(self.num_seeds)}
         return {"agent": agent_state, "env": env_state, "tracker": tracker}
 
-    def host_state(self) -> bytes:
-        return b""
-
-    def set_host_state(self, blob: bytes) -> None:
-        pass
-
     # -- training ------------------------------------------------------------
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
@@ -184,15 +175,8 @@ class OnPolicyLoop:
         per_seed["nan_resets"] = tracker["nan_resets"]
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
-    def evaluate(self, state: dict, step: int, episodes: int) -> np.ndarray:
+    def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh envs keyed by (seed, step)."""
         keys = step_keys(self.seed_keys, step, EVAL)
         clock = jnp.int32(step // self.config.num_envs)      # the training envs' own step count
-        return np.asarray(self._evaluate(state["agent"], keys, episodes, clock))
-
-    def diagnostics(self, state: dict, step: int) -> dict:
-        """The agent's diagnostics per seed ({name: [num_seeds]}), {} if it has none."""
-        return self._diagnostics(state["agent"], self.seed_keys, step)
-
-    def close(self) -> None:
-        pass
+        return Evaluation(np.asarray(self._evaluate(state["agent"], keys, episodes, clock)))

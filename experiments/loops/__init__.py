@@ -1,0 +1,43 @@
+"""The loops that train agents, behind one protocol (base.py), driven in chunks by one driver (driver.py).
+
+    off_policy.py  HostLoop (dm_control, gymnasium: envs step on the host) and DeviceLoop (JAX envs: a chunk of
+                   act, env step, store, update is one scan) for OffPolicyAgent records
+    on_policy.py   OnPolicyLoop: whole updates on a JAX env, the env axis sharded over devices (OnPolicyAgent)
+    offline.py     OfflineLoop: gradient steps on a fixed world built from a dataset (OfflineAgent)
+    lanes.py       what one program trains side by side: seeds, or a sweep's (point, seed) pairs
+    keys.py        the stateless per-lane keys every loop draws
+    evaluation.py  deterministic evaluation on the device or on host env instances, and its result
+
+`make(agent, config, env_id, num_seeds, seed, ...)` builds the loop of an agent record's family.
+"""
+
+from __future__ import annotations
+
+from experiments.loops.base import Loop
+from experiments.loops.evaluation import Evaluation
+from experiments.loops.lanes import Lanes
+
+__all__ = ["Evaluation", "Lanes", "Loop", "make"]
+
+
+def make(agent, config, env_id: str, num_seeds: int, seed: int, *, replay_transitions: int = 0,
+         dataset: str | None = None, world_dir=None, lanes: Lanes | None = None, env_kwargs: dict | None = None):
+    """The loop for `agent`'s record type on `env_id`. Off-policy: `DeviceLoop` for JAX envs, `HostLoop`
+    otherwise, with a replay of `replay_transitions`; offline: the `dataset` file, the world saved under
+    `world_dir`."""
+    import agents
+    import envs as envs_lib
+
+    agent = agents.record(agent)
+    if isinstance(agent, agents.OfflineAgent):
+        from experiments.loops.offline import OfflineLoop
+
+        return OfflineLoop(agent, config, env_id, num_seeds, seed, dataset, world_dir, lanes=lanes)
+    if isinstance(agent, agents.OnPolicyAgent):
+        from experiments.loops.on_policy import OnPolicyLoop
+
+        return OnPolicyLoop(agent, config, env_id, num_seeds, seed, env_kwargs, lanes=lanes)
+    from experiments.loops.off_policy import DeviceLoop, HostLoop
+
+    loop_cls = DeviceLoop if envs_lib.is_jax_env(env_id) else HostLoop
+    return loop_cls(agent, config, env_id, num_seeds, seed, replay_transitions, env_kwargs, lanes=lanes)
