@@ -3,7 +3,7 @@
 The contract an agent fulfils is agents/contract.py, in full: an agent file
 ends with `AGENT = OffPolicyAgent(...)`, `OnPolicyAgent(...)` or
 `OfflineAgent(...)`, whose type names the loop that drives it
-(experiments/off_policy.py, on_policy.py, offline.py). The built-in agents
+(experiments/loops/: off_policy.py, on_policy.py, offline.py). The built-in agents
 are imported when first asked for; `register(AGENT)` adds one from anywhere
 (a notebook, a user's file) with no edit here.
 """

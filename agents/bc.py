@@ -4,7 +4,7 @@
 
 A deterministic policy regressed onto the dataset's actions (the usual D4RL
 BC baseline, e.g. in TD3+BC's paper, arXiv 2106.06860): 2 x 256 ReLU, Adam
-3e-4, batch 256. Runs in the offline loop (experiments/offline.py) like RAVL:
+3e-4, batch 256. Runs in the offline loop (experiments/loops/offline.py) like RAVL:
 
     python experiments/run.py --agent bc --env gym:Hopper-v5 --dataset data/hopper-medium-replay.hdf5
 """

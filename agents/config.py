@@ -28,7 +28,7 @@ fields -- traced under `jit`/`vmap` -- while every other field (ints, bools,
 strings, tuples, `float | None`) is static, part of the tree's structure.
 Agents keep their config in their state as an ordinary pytree node, so a
 sweep of learning rates, coefficients or discounts is a `vmap` over stacked
-configs (experiments/lanes.py): one compiled program for every lane. A float
+configs (experiments/loops/lanes.py): one compiled program for every lane. A float
 the agent branches on in Python, or that sets a shape, is declared static:
 
     sigreg_coef: float = field(0.0, ">= 0", static=True)    # `if config.sigreg_coef > 0` builds another loss

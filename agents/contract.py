@@ -7,7 +7,7 @@ The record's type names the loop that drives it; the loops read its fields and n
 optional names. Every function is pure and vmappable over lanes (seeds, sweep points): the loops
 `jit(vmap(...))` them. `Config` is declared `@hyperparameters` (agents/config.py): a frozen dataclass whose
 float fields are pytree leaves; `init` stores the config in the state it returns, and every later function
-reads its hyperparameters from the state, so a sweep is a vmap over stacked configs (experiments/lanes.py).
+reads its hyperparameters from the state, so a sweep is a vmap over stacked configs (experiments/loops/lanes.py).
 Required fields are checked when the record is built: a missing one is refused with its name.
 
 Every record
@@ -20,20 +20,20 @@ Every record
     default_preset  optional: () -> the preset used when none is given (the choice is printed and saved)
     task_preset   optional: (preset, env_id) -> per-task flag values of that preset
 
-OffPolicyAgent (experiments/off_policy.py: host envs one step at a time, JAX envs in scanned chunks)
+OffPolicyAgent (experiments/loops/off_policy.py: host envs one step at a time, JAX envs in scanned chunks)
     store         (state, transition) -> state           the replay write of one env step
     update        (state, key, step) -> (state, metrics)  after every env step; `step` is unbatched, so the
                                                           agent's schedule branches for real
     early_stop    optional: (state, obs, action) -> bool  ends the episode after this step as a truncation
     buffer_size   the replay transitions the agent keeps: min(config's buffer_size, total steps)
 
-OnPolicyAgent (experiments/on_policy.py: whole updates on a JAX env, the env axis sharded over devices)
+OnPolicyAgent (experiments/loops/on_policy.py: whole updates on a JAX env, the env axis sharded over devices)
     train_step    (state, env, env_state, key, sync_axes) -> (state, env_state, metrics): rollout + update
     collect       (state, env, env_state, key, sync_axes) -> (env_state, batch, stats): the rollout alone
                   (the loop's memory estimate traces it)
     layout        (config) -> a NamedTuple with `steps_per_update` (saved in config.json as "derived")
 
-OfflineAgent (experiments/offline.py: gradient steps on a fixed world; evaluation in the real env)
+OfflineAgent (experiments/loops/offline.py: gradient steps on a fixed world; evaluation in the real env)
     prepare       (dataset, spec, config, world_dir, key) -> world: the dataset on the device, a dynamics
                   model, ...; saved under world_dir when it costs time to build
     update        (state, world, key, step) -> (state, metrics)

@@ -43,7 +43,7 @@ fixed --warmup 30000` it is that rule exactly (0 stops on gym:Hopper-v5 in 50k s
 
 A stop ends the episode as a TRUNCATION (truncated = 1, terminated = 0: the
 critic target still bootstraps), and the next episode starts from a fresh
-reset; the loops (experiments/off_policy.py) call `early_stop` with the
+reset; the loops (experiments/loops/off_policy.py) call `early_stop` with the
 action, inside the jitted act step on JAX envs and in the same jitted call
 on host envs. Every env step actually taken counts toward --total-steps, so a
 stop frees budget for new episodes. Evaluation episodes never stop early.
