@@ -472,9 +472,10 @@ class JaxEnv:
         new_state = jax.lax.cond(done, lambda: self._fresh(reset_key, continued), lambda: continued)
         return new_state, info._replace(obs=new_state.obs)
 
-    def step_batch(self, states: JaxEnvState, actions: jax.Array,
-                   sync_axes: tuple[str, ...] = ()) -> tuple[JaxEnvState, StepInfo]:
-        """A batch of envs (leading dim N): the same result as ``vmap(step)``, cheaper.
+    def step_batch(self, states: JaxEnvState, actions: jax.Array, sync_axes: tuple[str, ...] = (),
+                   stops: jax.Array | None = None) -> tuple[JaxEnvState, StepInfo]:
+        """A batch of envs (leading dim N): the same result as ``vmap(step)``, cheaper (`stops` [N]: as
+        `step`'s `stop`, per env).
 
         The reset runs only on steps where some env of the batch finished (a
         real branch: its predicate is reduced over the batch, and over the
@@ -484,7 +485,8 @@ class JaxEnv:
         almost nothing; under ``vmap(step)`` every env pays for a reset
         (about two physics steps) on every step.
         """
-        continued, info, done, reset_keys = jax.vmap(self._advance)(states, actions)
+        stops = jnp.zeros(actions.shape[:1], bool) if stops is None else stops
+        continued, info, done, reset_keys = jax.vmap(self._advance)(states, actions, stops)
         any_done = any_over(done, sync_axes)
 
         def reset_finished():

@@ -168,9 +168,13 @@ class DeviceLoop(_SeedLoop):
         def chunk(agent_state, env_state, tracker, seed_key, steps):
             def body(carry, step):
                 agent_state, env_state, tracker = carry
-                obs = env_state.obs
+                obs = env_state.obs[0]
                 action = agent.act(agent_state, obs, step_key(seed_key, step, ACT), True)
-                env_state, info = env.step(env_state, action, early_stop(agent, agent_state, obs, action))
+                stop = early_stop(agent, agent_state, obs, action)
+                # The seed's env is a batch of one: step_batch resets only on steps where some env of some
+                # seed finished (a real branch), where vmap(step) would pay for a reset on every step.
+                env_state, info = env.step_batch(env_state, action[None], (SEED_AXIS,), stop[None])
+                info = jax.tree.map(lambda x: x[0], info)
                 transition = replay.Transition(obs, action, info.reward, info.final_obs,
                                                info.terminated, info.truncated)
                 agent_state, metrics = agent.update(agent.store(agent_state, transition),
@@ -188,7 +192,7 @@ class DeviceLoop(_SeedLoop):
 
         # Donate the agent state (it holds the replay buffer, the big allocation). Not the env state:
         # Playground states alias arrays (obs appears twice), which donation rejects.
-        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0)
 
         def evaluate(agent_state, key, episodes, clock):
             return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
@@ -196,14 +200,18 @@ class DeviceLoop(_SeedLoop):
         self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
                                  static_argnums=2)
 
+    def _reset(self, keys: jax.Array):
+        """Each seed's env as a batch of one ([seeds, 1, ...]), reset with its ENV_RESET key."""
+        return jax.vmap(lambda key: jax.tree.map(lambda x: x[None], self.env.reset(key)))(keys)
+
     def memory_estimate(self) -> dict:
-        env_state = jax.eval_shape(jax.vmap(self.env.reset), step_keys(self.seed_keys, 0, ENV_RESET))
+        env_state = jax.eval_shape(self._reset, step_keys(self.seed_keys, 0, ENV_RESET))
         return {**super().memory_estimate(), "env states": memory.tree_bytes(env_state)}
 
     def init(self, configs=None) -> dict:
         """Fresh agents and envs for every seed (`configs`: as HostLoop.init)."""
         agent_state = self._init_agents(configs)
-        env_state = jax.vmap(self.env.reset)(step_keys(self.seed_keys, 0, ENV_RESET))
+        env_state = self._reset(step_keys(self.seed_keys, 0, ENV_RESET))
         tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan),
                    "episodes": jnp.zeros(self.num_seeds, jnp.int32),
                    "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
