@@ -25,6 +25,8 @@ AGENTS = {
     "gtr": "agents.gtr",
     "regrama": "agents.regrama",
     "sac": "agents.sac",
+    "sac_sigreg": "agents.sigreg_off_policy:SAC",
+    "mrq_sigreg": "agents.sigreg_off_policy:MRQ",
     "sigreg": "agents.sigreg",
     "td3": "agents.td3",
 }
@@ -56,7 +58,9 @@ def get(name: str) -> Agent:
         return _REGISTERED[name]
     if name not in AGENTS:
         raise UnknownAgentError(f"unknown agent {name!r}; valid agents: {', '.join(names())}")
-    return record(importlib.import_module(AGENTS[name]))
+    module, _, attribute = AGENTS[name].partition(":")     # "module" (its AGENT) or "module:RECORD"
+    found = importlib.import_module(module)
+    return record(getattr(found, attribute) if attribute else found)
 
 
 def record(agent: Agent | ModuleType) -> Agent:

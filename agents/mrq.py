@@ -36,6 +36,8 @@ loops in `experiments/` jit and vmap them over seeds.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,7 +49,6 @@ from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
 from networks.twohot import symexp_bins, two_hot_cross_entropy
-from networks.regularizers import sigreg
 from networks.training import Trained, apply_gradients, hard_copy, trained
 
 
@@ -143,10 +144,6 @@ class Config:
     """Lowest bin before symexp."""
     bin_upper: float = field(10.0, "finite")
     """Highest bin before symexp."""
-
-    sigreg_coef: float = field(0.0, ">= 0", static=True)
-    """Weight of SIGReg(zs) (networks/regularizers.py, the RL variant) added to the encoder loss: pushes the
-    state embedding toward an isotropic Gaussian (arXiv 2602.19373); 0 = MR.Q as published."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
@@ -261,8 +258,13 @@ def store(state: MRQState, transition: replay.Transition) -> MRQState:
 ENCODER_METRICS = ("encoder/loss", "encoder/dynamics_loss", "encoder/reward_loss", "encoder/done_loss")
 
 
+EncoderPenalty = Callable[[MRQState, jax.Array, jax.Array], jax.Array]
+"""penalty(state, zs, key) -> a term added to the encoder loss, of the batch's first state embeddings zs [B, zs_dim]
+(an add-on's hook: SIGReg on MR.Q, agents/sigreg.py)."""
+
+
 def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequence, state: MRQState,
-                 key: jax.Array | None = None):
+                 key: jax.Array | None = None, penalty: EncoderPenalty | None = None):
     """Eq. 9: sum over the H_enc rollout steps of masked dynamics, reward and done losses.
 
     The rollout starts from zs(s_0) and feeds the model's own predicted
@@ -274,7 +276,7 @@ def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequenc
     bins = symexp_bins(config.bin_lower, config.bin_upper, config.num_bins)
     target_zs = jax.lax.stop_gradient(
         encoder_net.apply(target_encoder_params, batch.obs[:, 1:], method=MRQEncoder.zs))
-    zs = encoder_net.apply(encoder_params, batch.obs[:, 0], method=MRQEncoder.zs)
+    zs = first_zs = encoder_net.apply(encoder_params, batch.obs[:, 0], method=MRQEncoder.zs)
     use_done = state.replay.any_terminated.astype(jnp.float32)
     dyn_total = reward_total = done_total = 0.0
     for t in range(config.enc_horizon):
@@ -285,9 +287,8 @@ def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequenc
         reward_total += jnp.mean(two_hot_cross_entropy(reward_logits, batch.reward[:, t], bins) * mask)
         done_total += jnp.mean(jnp.square(done_logit - batch.terminated[:, t]) * mask) * use_done
     loss = config.dyn_weight * dyn_total + config.reward_weight * reward_total + config.done_weight * done_total
-    if config.sigreg_coef > 0:     # optional: SIGReg on the state embedding of the batch's first states
-        first_zs = encoder_net.apply(encoder_params, batch.obs[:, 0], method=MRQEncoder.zs)
-        loss = loss + config.sigreg_coef * sigreg(first_zs, key)
+    if penalty is not None:
+        loss = loss + penalty(state, first_zs, key)
     return loss, dict(zip(ENCODER_METRICS, (loss, dyn_total, reward_total, done_total)))
 
 
@@ -348,25 +349,26 @@ def refresh_targets(state: MRQState) -> MRQState:
     )
 
 
-def update_encoder(state: MRQState, key: jax.Array) -> tuple[MRQState, dict]:
+def update_encoder(state: MRQState, key: jax.Array,
+                   penalty: EncoderPenalty | None = None) -> tuple[MRQState, dict]:
     """One encoder step on a batch of H_enc-subsequences."""
     config = state.config
     optimizer, _, _ = _optimizers(config)
     start = replay.sample_indices(state.replay, key, config.batch_size, config.prioritized)
     batch = replay.subsequence(state.replay, start, config.enc_horizon)
     grads, metrics = jax.grad(encoder_loss, has_aux=True)(
-        state.encoder.params, state.encoder.target_params, batch, state, jax.random.fold_in(key, 1))
+        state.encoder.params, state.encoder.target_params, batch, state, jax.random.fold_in(key, 1), penalty)
     return state.replace(encoder=apply_gradients(state.encoder, grads, optimizer)), metrics
 
 
-def encoder_burst(state: MRQState, key: jax.Array) -> MRQState:
+def encoder_burst(state: MRQState, key: jax.Array, penalty: EncoderPenalty | None = None) -> MRQState:
     """Targets refreshed, then `target_update_freq` encoder steps (one `lax.scan`).
 
     The mean of the burst's losses is kept in `state.encoder_metrics` for logging.
     """
     state = refresh_targets(state)
     keys = jax.random.split(key, state.config.target_update_freq)
-    state, metrics = jax.lax.scan(update_encoder, state, keys)
+    state, metrics = jax.lax.scan(lambda s, k: update_encoder(s, k, penalty), state, keys)
     return state.replace(encoder_metrics=jax.tree.map(jnp.mean, metrics))
 
 
@@ -399,8 +401,10 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
     return state.replace(value=value, policy=policy, replay=buffer, updates=state.updates + 1), metrics
 
 
-def update(state: MRQState, key: jax.Array, step: jax.Array) -> tuple[MRQState, dict]:
-    """MR.Q's training after the `step`-th stored transition (`step` counts from 1).
+def update(state: MRQState, key: jax.Array, step: jax.Array,
+           encoder_penalty: EncoderPenalty | None = None) -> tuple[MRQState, dict]:
+    """MR.Q's training after the `step`-th stored transition (`step` counts from 1); `encoder_penalty` is an
+    add-on's hook into the encoder loss.
 
     `step` is the same for every seed and is passed unbatched, so under `vmap`
     the two `lax.cond`s stay real branches: the 250-step encoder burst runs
@@ -414,7 +418,7 @@ def update(state: MRQState, key: jax.Array, step: jax.Array) -> tuple[MRQState, 
 
     def train(state):
         state = jax.lax.cond(update_index % config.target_update_freq == 0,
-                             lambda s: encoder_burst(s, k_burst), lambda s: s, state)
+                             lambda s: encoder_burst(s, k_burst, encoder_penalty), lambda s: s, state)
         return update_value_and_policy(state, k_update)
 
     def wait(state):

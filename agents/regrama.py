@@ -40,13 +40,12 @@ import jax.numpy as jnp
 from flax import struct
 
 import replay
-from agents import sac
+from agents import critic, sac
 from agents.contract import OffPolicyAgent
 from agents.config import field, hyperparameters
 from envs import EnvSpec
 from networks import plasticity
 from networks.mlp import kernel_init
-from networks.training import scheduled_updates
 
 
 
@@ -109,7 +108,7 @@ def neuron_scores(state: sac.SACState, batch: replay.TransitionBatch, key: jax.A
         return plasticity.redo_scores(sac.critic_activations(state, state.critic.params, batch.obs, batch.action))
     target = jax.lax.stop_gradient(sac.critic_target(state, batch, key))
     grads, _ = jax.grad(sac.critic_loss, has_aux=True)(state.critic.params, state, batch, target)
-    return plasticity.grama_scores(sac.critic_mlp(grads["params"]))
+    return plasticity.grama_scores(critic.mlp(grads["params"]))
 
 
 def reset_critics(state: ReGraMaState, key: jax.Array) -> ReGraMaState:
@@ -126,15 +125,15 @@ def reset_critics(state: ReGraMaState, key: jax.Array) -> ReGraMaState:
                      bias_init_takes_fan_in=True)
     else:
         inits = dict(kernel_init=kernel_init(config.initializer))
-    mlp, changed = plasticity.reset_neurons(k_init, sac.critic_mlp(params["params"]), masks, zero_outgoing=redo,
+    mlp, changed = plasticity.reset_neurons(k_init, critic.mlp(params["params"]), masks, zero_outgoing=redo,
                                             **inits)
     params = {"params": {"critics": {"MLP_0": mlp}}}
     opt_state = base.critic.opt_state
     if redo:
         opt_state = plasticity.reset_optimizer_moments(opt_state, changed, ("params", "critics", "MLP_0"))
-    critic = base.critic.replace(params=params, opt_state=opt_state)
+    critics = base.critic.replace(params=params, opt_state=opt_state)
     fraction = sum(jnp.sum(m) for m in masks.values()) / sum(m.size for m in masks.values())
-    return state.replace(sac=base.replace(critic=critic), resets=state.resets + 1, reset_fraction=fraction)
+    return state.replace(sac=base.replace(critic=critics), resets=state.resets + 1, reset_fraction=fraction)
 
 
 def update_once(state: ReGraMaState, key: jax.Array, index: jax.Array) -> tuple[ReGraMaState, dict]:
@@ -150,11 +149,12 @@ def update_once(state: ReGraMaState, key: jax.Array, index: jax.Array) -> tuple[
 
 def update(state: ReGraMaState, key: jax.Array, step: jax.Array) -> tuple[ReGraMaState, dict]:
     config = state.sac.config
-    return scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
+    return critic.scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
 
 
 def diagnostics(state: ReGraMaState, key: jax.Array) -> dict:
     return sac.diagnostics(state.sac, key)
 
 
-AGENT = OffPolicyAgent(name="regrama", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics)
+AGENT = OffPolicyAgent(name="regrama", Config=Config, init=init, act=act, store=store, update=update,
+                       diagnostics=diagnostics)

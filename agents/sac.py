@@ -17,7 +17,10 @@ Truncated transitions keep their bootstrap (only `terminated` zeroes it).
 updates per env step; the actor's delay counts critic updates.
 
 The pieces -- `critic_loss`, `actor_loss`, `update_critic`, `update_actor`,
-`update_once` -- are exposed so agents built on SAC (ReGraMa, LEAST) reuse them.
+`update_once` -- are exposed so agents built on SAC (ReGraMa, LEAST, RAVL)
+reuse them; the critic code SAC shares with TD3 is agents/critic.py. An add-on
+from another paper attaches through the `critic_penalty` hook of `update`
+(SIGReg on SAC: agents/sigreg.py), not through a field here.
 """
 
 from __future__ import annotations
@@ -30,22 +33,14 @@ import optax
 from flax import struct
 
 import replay
+from agents import critic
 from agents.contract import OffPolicyAgent
 from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks import distributions as dist_lib
-from networks import plasticity
 from networks.actor_critic import INIT_SCHEMES, LOG_STD_MODES, GaussianActor, QEnsemble
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
-from networks.regularizers import sigreg
-from networks.training import (
-    Trained,
-    apply_gradients,
-    polyak,
-    scheduled_updates,
-    trained,
-)
-
+from networks.training import Trained, apply_gradients, polyak, trained
 
 
 @hyperparameters
@@ -103,10 +98,6 @@ class Config:
     """Bias and last-layer initialization of the critics and the actor (networks/actor_critic.py INIT_SCHEMES):
     "default" (zero biases), "edac" (hidden biases 0.1, last layers U(+-3e-3) / U(+-1e-3)) or "neubay"."""
 
-    sigreg_coef: float = field(0.0, ">= 0", static=True)
-    """Weight of SIGReg (networks/regularizers.py, the RL variant) on each critic's last hidden pre-activation,
-    added to the critic loss (arXiv 2602.19373); 0 = off."""
-
     def validate(self) -> None:
         check_fields(self)
         if self.activation not in ACTIVATIONS:
@@ -127,15 +118,12 @@ class Config:
 
 
 def critic_network(config: Config) -> QEnsemble:
-    # getattr: TD3 builds its critics here from its own Config, which has no `init`.
-    return QEnsemble(config.num_critics, config.critic_hidden, config.activation, config.layer_norm,
-                     config.initializer, getattr(config, "init", "default"))
+    return critic.ensemble(config, config.init)
 
 
 def actor_network(config: Config, spec: EnvSpec) -> GaussianActor:
     return GaussianActor(spec.action_dim, config.actor_hidden, config.activation, config.log_std_min,
-                         config.log_std_max, config.layer_norm, config.initializer, getattr(config, "init", "default"),
-                         getattr(config, "log_std", "tanh"))
+                         config.log_std_max, config.layer_norm, config.initializer, config.init, config.log_std)
 
 
 def optimizers(config: Config) -> tuple[optax.GradientTransformation, ...]:
@@ -207,10 +195,7 @@ def act(state: SACState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.A
     return jnp.where(state.env_steps < state.config.learning_starts, uniform, action)
 
 
-def store(state: SACState, transition: replay.Transition) -> SACState:
-    buffer = replay.add(state.replay, transition.obs, transition.action, transition.reward,
-                        transition.next_obs, transition.terminated, transition.truncated)
-    return state.replace(replay=buffer, env_steps=state.env_steps + 1)
+store = critic.store
 
 
 # ----------------------------------------------------------------------------
@@ -227,27 +212,11 @@ def critic_target(state: SACState, batch: replay.TransitionBatch, key: jax.Array
 
 
 def critic_loss(critic_params: dict, state: SACState, batch: replay.TransitionBatch,
-                target: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """sum_j mean (Q_j(s, a) - y)^2 (CleanRL sums the twin critics' MSEs), + sigreg_coef x SIGReg of each
-    critic's last hidden pre-activation when --sigreg-coef > 0 (then `key` draws its directions)."""
-    coef = getattr(state.config, "sigreg_coef", 0.0)
-    if coef > 0:
-        q, variables = critic_network(state.config).apply(critic_params, batch.obs, batch.action,
-                                                          mutable=["intermediates"])
-        sown = critic_mlp(variables["intermediates"])
-        last = max(int(name.split("_")[-1]) for name in sown if name.startswith("preactivation_"))
-        features = sown[f"preactivation_{last}"][-1]                                      # [N, B, width]
-        keys = jax.random.split(key, features.shape[0])
-        statistic = jnp.mean(jax.vmap(sigreg)(features, keys))
-    else:
-        q = critic_network(state.config).apply(critic_params, batch.obs, batch.action)    # [B, N]
-        statistic = None
-    loss = jnp.sum(jnp.mean(jnp.square(q - target[:, None]), axis=0))
-    metrics = {"critic/loss": loss, "critic/q": jnp.mean(q), "critic/target": jnp.mean(target)}
-    if statistic is not None:
-        loss = loss + coef * statistic
-        metrics["critic/sigreg"] = statistic
-    return loss, metrics
+                target: jax.Array, key: jax.Array | None = None,
+                penalty: critic.CriticPenalty | None = None) -> tuple[jax.Array, dict]:
+    """sum_j mean (Q_j(s, a) - y)^2 (CleanRL sums the twin critics' MSEs), + an add-on's `penalty` of the critics'
+    last hidden pre-activations (drawing with `key`)."""
+    return critic.td_loss(critic_network(state.config), critic_params, batch, target, penalty, state, key)
 
 
 def actor_loss(actor_params: dict, state: SACState, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -273,11 +242,12 @@ def log_alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: fl
 # ----------------------------------------------------------------------------
 
 
-def update_critic(state: SACState, batch: replay.TransitionBatch, key: jax.Array) -> tuple[SACState, dict]:
+def update_critic(state: SACState, batch: replay.TransitionBatch, key: jax.Array,
+                  penalty: critic.CriticPenalty | None = None) -> tuple[SACState, dict]:
     critic_opt, _, _ = optimizers(state.config)
     target = jax.lax.stop_gradient(critic_target(state, batch, key))
     grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target,
-                                                         jax.random.fold_in(key, 1))
+                                                         jax.random.fold_in(key, 1), penalty)
     metrics["critic/grad_norm"] = optax.tree.norm(grads)
     return state.replace(critic=apply_gradients(state.critic, grads, critic_opt), updates=state.updates + 1), metrics
 
@@ -315,12 +285,13 @@ def update_actor(state: SACState, obs: jax.Array, key: jax.Array) -> tuple[SACSt
     return state, {"actor/loss": loss, "actor/entropy": -jnp.mean(log_prob), "alpha": state.alpha}
 
 
-def update_once(state: SACState, key: jax.Array, index: jax.Array) -> tuple[SACState, dict]:
+def update_once(state: SACState, key: jax.Array, index: jax.Array,
+                critic_penalty: critic.CriticPenalty | None = None) -> tuple[SACState, dict]:
     """Critic update number `index` (from 0), then the delayed actor/alpha updates and the target update."""
     config = state.config
     k_sample, k_target, k_actor = jax.random.split(key, 3)
     batch, _ = replay.sample_transitions(state.replay, k_sample, config.batch_size)
-    state, metrics = update_critic(state, batch, k_target)
+    state, metrics = update_critic(state, batch, k_target, critic_penalty)
 
     def train_actor(state):
         # CleanRL: every `policy_frequency` critic updates, `policy_frequency` actor steps (same batch states).
@@ -336,11 +307,13 @@ def update_once(state: SACState, key: jax.Array, index: jax.Array) -> tuple[SACS
     return state, {**metrics, **state.actor_metrics}
 
 
-def update(state: SACState, key: jax.Array, step: jax.Array) -> tuple[SACState, dict]:
+def update(state: SACState, key: jax.Array, step: jax.Array,
+           critic_penalty: critic.CriticPenalty | None = None) -> tuple[SACState, dict]:
     """The updates due after the `step`-th stored transition (`updates_per_step` on average, none before
-    `learning_starts`)."""
+    `learning_starts`); `critic_penalty` is an add-on's hook into the critic loss (agents/critic.py)."""
     config = state.config
-    return scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
+    once = lambda s, k, i: update_once(s, k, i, critic_penalty)
+    return critic.scheduled_updates(once, state, key, step, config.learning_starts, config.updates_per_step)
 
 
 # ----------------------------------------------------------------------------
@@ -348,34 +321,16 @@ def update(state: SACState, key: jax.Array, step: jax.Array) -> tuple[SACState, 
 # ----------------------------------------------------------------------------
 
 
-def critic_mlp(tree: dict) -> dict:
-    """The critics' MLP sub-dict (layers hidden_0.., out; leaves with a leading critic axis) of a params,
-    gradients or intermediates tree of `QEnsemble`."""
-    return tree["critics"]["MLP_0"]
-
-
 def critic_activations(state, critic_params: dict, obs: jax.Array, action: jax.Array) -> dict:
     """Post-activations of every hidden layer of the critics: {hidden_k: [num_critics, B, width]}."""
-    _, variables = critic_network(state.config).apply(critic_params, obs, action, mutable=["intermediates"])
-    return plasticity.sown_activations(critic_mlp(variables["intermediates"]))
+    return critic.activations(critic_network(state.config), critic_params, obs, action)
 
 
 def diagnostics(state: SACState, key: jax.Array) -> dict:
-    """Critic plasticity on a replay batch: ReDo dormant ratios, GraMa-inactive ratios (from the TD loss's
-    gradients), and the effective rank (srank) and norm of the last hidden layer's features; means over critics."""
-    return critic_diagnostics(state, key, critic_target, critic_loss)
+    """Critic plasticity on a replay batch (agents/critic.py): ReDo dormant ratios, GraMa-inactive ratios (from
+    the TD loss's gradients), and the effective rank (srank) and norm of the last hidden layer's features."""
+    return critic.diagnostics(state, key, critic_network(state.config), critic_target, critic_loss)
 
 
-def critic_diagnostics(state, key: jax.Array, target_fn, loss_fn) -> dict:
-    """`diagnostics` for any agent with a `critic` (a QEnsemble), a `replay` and its own target and loss (TD3)."""
-    k_sample, k_target = jax.random.split(key)
-    batch, _ = replay.sample_transitions(state.replay, k_sample, state.config.batch_size)
-    activations = critic_activations(state, state.critic.params, batch.obs, batch.action)
-    target = jax.lax.stop_gradient(target_fn(state, batch, k_target))
-    grads, _ = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, target)
-    features = activations[max(activations, key=lambda name: int(name.split("_")[-1]))]   # [critics, B, width]
-    values = plasticity.plasticity_diagnostics(activations, critic_mlp(grads["params"]), features)
-    return {f"critic/{name}": jnp.mean(jnp.asarray(v, jnp.float32)) for name, v in values.items()}
-
-
-AGENT = OffPolicyAgent(name="sac", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics)
+AGENT = OffPolicyAgent(name="sac", Config=Config, init=init, act=act, store=store, update=update,
+                       diagnostics=diagnostics)

@@ -14,7 +14,8 @@ clipped at 0.5, actor and targets updated every second critic update.
 
 Actions live in [-1, 1] (every env of this project is scaled so); the
 exploration and smoothing noises are in those units. Truncation bootstraps.
-Acting, storing and the update schedule are SAC's (agents/sac.py).
+Storing, the critic ensemble, its TD loss, its diagnostics and the update
+schedule are the off-policy critic pieces SAC shares (agents/critic.py).
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ import optax
 from flax import struct
 
 import replay
-from agents import sac
+from agents import critic
 from agents.contract import OffPolicyAgent
 from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks.actor_critic import DeterministicActor
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
-from networks.training import Trained, apply_gradients, polyak, scheduled_updates, trained
+from networks.actor_critic import QEnsemble
+from networks.training import Trained, apply_gradients, polyak, trained
 
-# Shared with SAC: storing, the critic ensemble (same config fields) and its loss sum_j mean (Q_j - y)^2.
-store, critic_network, critic_loss = sac.store, sac.critic_network, sac.critic_loss
+store = critic.store
 
 
 @hyperparameters
@@ -86,6 +87,16 @@ class Config:
             raise ValueError(f"--activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.activation!r}")
         if self.initializer not in KERNEL_INITS:
             raise ValueError(f"--initializer must be one of {', '.join(KERNEL_INITS)}, got {self.initializer!r}")
+
+
+def critic_network(config: Config) -> QEnsemble:
+    return critic.ensemble(config)
+
+
+def critic_loss(critic_params: dict, state: TD3State, batch: replay.TransitionBatch,
+                target: jax.Array) -> tuple[jax.Array, dict]:
+    """sum_j mean (Q_j(s, a) - y)^2."""
+    return critic.td_loss(critic_network(state.config), critic_params, batch, target)
 
 
 def actor_network(config: Config, spec: EnvSpec) -> DeterministicActor:
@@ -178,12 +189,13 @@ def update_once(state: TD3State, key: jax.Array, index: jax.Array) -> tuple[TD3S
 
 def update(state: TD3State, key: jax.Array, step: jax.Array) -> tuple[TD3State, dict]:
     config = state.config
-    return scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
+    return critic.scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
 
 
 def diagnostics(state: TD3State, key: jax.Array) -> dict:
-    """SAC's critic plasticity diagnostics with TD3's target and loss."""
-    return sac.critic_diagnostics(state, key, critic_target, critic_loss)
+    """The critics' plasticity diagnostics (agents/critic.py) with TD3's target and loss."""
+    return critic.diagnostics(state, key, critic_network(state.config), critic_target, critic_loss)
 
 
-AGENT = OffPolicyAgent(name="td3", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics)
+AGENT = OffPolicyAgent(name="td3", Config=Config, init=init, act=act, store=store, update=update,
+                       diagnostics=diagnostics)

@@ -12,7 +12,7 @@ import replay
 from agents import regrama, sac, td3
 from experiments.loops.off_policy import DeviceLoop
 from networks import distributions as dist_lib
-from networks.training import updates_before
+from agents.critic import updates_before
 from tests.cli_utils import run_inprocess
 
 SMALL = dict(batch_size=16, learning_starts=10, critic_hidden=(16, 16), actor_hidden=(16, 16), buffer_size=500)

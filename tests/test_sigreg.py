@@ -140,10 +140,11 @@ def test_bad_coefficient_from_the_command_line(tmp_path):
 
 
 def test_sigreg_flag_on_sac_and_mrq():
-    """--sigreg-coef adds the same regularizer to SAC's critics (their last hidden pre-activation) and to MR.Q's
-    state embedding zs: the loss grows by exactly coef x the statistic, and 0 leaves the agents as published."""
+    """--sigreg-coef (agents/sigreg_off_policy.py: sac_sigreg, mrq_sigreg) adds the same regularizer to SAC's critics
+    (their last hidden pre-activation) and to MR.Q's state embedding zs, through the base agents' hooks: the loss
+    grows by exactly coef x the statistic, and 0 leaves the agents as published."""
     import replay
-    from agents import mrq, sac
+    from agents import mrq, sac, sigreg_off_policy
 
     spec = envs.make("jax:PointMass").spec
     rng = np.random.default_rng(0)
@@ -153,8 +154,9 @@ def test_sigreg_flag_on_sac_and_mrq():
     small = dict(critic_hidden=(16, 16), actor_hidden=(16, 16), buffer_size=100)
     plain_state = sac.init(jax.random.PRNGKey(0), spec, sac.Config(**small))
     plain, _ = sac.critic_loss(plain_state.critic.params, plain_state, batch, jnp.zeros(32), key)
-    state = plain_state.replace(config=sac.Config(**small, sigreg_coef=0.5))
-    total, metrics = sac.critic_loss(state.critic.params, state, batch, jnp.zeros(32), key)
+    state = plain_state.replace(config=sigreg_off_policy.SACConfig(**small, sigreg_coef=0.5))
+    total, metrics = sac.critic_loss(state.critic.params, state, batch, jnp.zeros(32), key,
+                                     sigreg_off_policy.critic_penalty)
     assert float(metrics["critic/sigreg"]) > 0
     assert float(total) == pytest.approx(float(plain) + 0.5 * float(metrics["critic/sigreg"]), rel=1e-5)
 
@@ -164,8 +166,9 @@ def test_sigreg_flag_on_sac_and_mrq():
     sub = replay.Subsequence(jnp.asarray(rng.normal(size=(8, 6, 4)), jnp.float32), jnp.zeros((8, 5, 2)),
                              jnp.zeros((8, 5)), jnp.zeros((8, 5)), jnp.ones((8, 5)))
     plain, _ = mrq.encoder_loss(state.encoder.params, state.encoder.target_params, sub, state, key)
-    with_reg = state.replace(config=mrq.Config(**tiny, sigreg_coef=0.5))
-    total, _ = mrq.encoder_loss(state.encoder.params, state.encoder.target_params, sub, with_reg, key)
+    with_reg = state.replace(config=sigreg_off_policy.MRQConfig(**tiny, sigreg_coef=0.5))
+    total, _ = mrq.encoder_loss(state.encoder.params, state.encoder.target_params, sub, with_reg, key,
+                                sigreg_off_policy.encoder_penalty)
     zs = mrq._networks(with_reg.config, spec)[0].apply(state.encoder.params, sub.obs[:, 0],
                                                         method=mrq.MRQEncoder.zs)
     assert float(total) == pytest.approx(float(plain) + 0.5 * float(regularizers.sigreg(zs, key)), rel=1e-5)

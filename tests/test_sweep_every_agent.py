@@ -42,6 +42,8 @@ CASES = {
     "least": ("jax:PointMass", dict(OFF_POLICY, history=20, history_size="fixed", min_history=5), "critic_lr",
               (1e-3, 1e-2), 30),
     "mrq": ("jax:PointMass", TINY_MRQ, "value_lr", (3e-4, 3e-3), 50),
+    "sac_sigreg": ("jax:PointMass", dict(OFF_POLICY, sigreg_coef=0.5), "critic_lr", (1e-3, 1e-2), 30),
+    "mrq_sigreg": ("jax:PointMass", dict(TINY_MRQ, sigreg_coef=0.5), "value_lr", (3e-4, 3e-3), 50),
     "ppo": ("jax:PointMass", TINY_PPO, "learning_rate", (3e-4, 3e-3), 2),
     "gtr": ("jax:PointMass", TINY_PPO, "learning_rate", (3e-4, 3e-3), 2),
     "sigreg": ("jax:PointMass", dict(TINY_PPO, trunk_hidden=(16,)), "sigreg_coef", (0.1, 1.0), 2),
@@ -65,7 +67,7 @@ def _loop(name, config, env_id, lanes, data, world_dir):
 
 
 def _trained(loop, state, units):
-    steps = units * getattr(loop, "granularity", 1)
+    steps = units * loop.granularity
     state, _ = loop.run(state, 0, steps)
     return jax.tree.leaves(jax.device_get(state["agent"])), state, steps
 

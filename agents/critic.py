@@ -1,0 +1,120 @@
+"""The off-policy critic pieces that SAC, TD3, LEAST, ReGraMa and RAVL share, written once.
+
+    store            a transition into the agent's replay (and count it)
+    ensemble         the Q ensemble of a config's critic fields (num_critics, critic_hidden, activation, ...)
+    td_loss          L_Q = sum_j mean_batch (Q_j(s, a) - y)^2, the targets y are the agent's own; an optional
+                     penalty on the critics' last hidden pre-activations (an add-on's hook, e.g. SIGReg)
+    diagnostics      the critics' plasticity on a replay batch: dormant and GraMa-inactive ratios, srank
+    scheduled_updates  the updates owed after an env step at an update-to-data ratio
+
+An agent's state needs `replay`, `env_steps`, `critic` (networks/training.py `Trained`) and `config` (with
+`batch_size`) for the pieces that read it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+import replay
+from networks import plasticity
+from networks.actor_critic import QEnsemble
+
+CriticPenalty = Callable[[object, jax.Array, jax.Array], tuple[jax.Array, dict]]
+"""penalty(state, features, key) -> (term added to L_Q, metrics): `features` are the last hidden layer's
+pre-activations of every critic, [num_critics, batch, width] (agents/sigreg.py's SIGReg on SAC is one)."""
+
+
+def ensemble(config, init: str = "default") -> QEnsemble:
+    """The critics of `config`; `init` is the bias and last-layer scheme (networks/actor_critic.py INIT_SCHEMES)."""
+    return QEnsemble(config.num_critics, config.critic_hidden, config.activation, config.layer_norm,
+                     config.initializer, init)
+
+
+def store(state, transition: replay.Transition):
+    """Add one transition to `state.replay` and count it in `state.env_steps`."""
+    buffer = replay.add(state.replay, transition.obs, transition.action, transition.reward,
+                        transition.next_obs, transition.terminated, transition.truncated)
+    return state.replace(replay=buffer, env_steps=state.env_steps + 1)
+
+
+def mlp(tree: dict) -> dict:
+    """The critics' MLP sub-dict (layers hidden_0.., out; leaves with a leading critic axis) of a params,
+    gradients or intermediates tree of `QEnsemble`."""
+    return tree["critics"]["MLP_0"]
+
+
+def td_loss(network: QEnsemble, critic_params: dict, batch: replay.TransitionBatch, target: jax.Array,
+            penalty: CriticPenalty | None = None, state=None, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """sum_j mean (Q_j(s, a) - y)^2 (CleanRL sums the twin critics' MSEs), + `penalty(state, features, key)` of
+    the critics' last hidden pre-activations when an add-on gives one."""
+    if penalty is None:
+        q = network.apply(critic_params, batch.obs, batch.action)                          # [B, N]
+    else:
+        q, variables = network.apply(critic_params, batch.obs, batch.action, mutable=["intermediates"])
+        sown = mlp(variables["intermediates"])
+        last = max(int(name.split("_")[-1]) for name in sown if name.startswith("preactivation_"))
+        extra, extra_metrics = penalty(state, sown[f"preactivation_{last}"][-1], key)     # [N, B, width]
+    loss = jnp.sum(jnp.mean(jnp.square(q - target[:, None]), axis=0))
+    metrics = {"critic/loss": loss, "critic/q": jnp.mean(q), "critic/target": jnp.mean(target)}
+    if penalty is not None:
+        loss = loss + extra
+        metrics.update(extra_metrics)
+    return loss, metrics
+
+
+def activations(network: QEnsemble, critic_params: dict, obs: jax.Array, action: jax.Array) -> dict:
+    """Post-activations of every hidden layer of the critics: {hidden_k: [num_critics, B, width]}."""
+    _, variables = network.apply(critic_params, obs, action, mutable=["intermediates"])
+    return plasticity.sown_activations(mlp(variables["intermediates"]))
+
+
+def diagnostics(state, key: jax.Array, network: QEnsemble, target_fn, loss_fn) -> dict:
+    """Critic plasticity on a replay batch: ReDo dormant ratios, GraMa-inactive ratios (from the gradients of
+    `loss_fn(params, state, batch, y)`, y = `target_fn(state, batch, key)`), and the effective rank (srank) and
+    norm of the last hidden layer's features; means over critics."""
+    k_sample, k_target = jax.random.split(key)
+    batch, _ = replay.sample_transitions(state.replay, k_sample, state.config.batch_size)
+    hidden = activations(network, state.critic.params, batch.obs, batch.action)
+    target = jax.lax.stop_gradient(target_fn(state, batch, k_target))
+    grads, _ = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, target)
+    features = hidden[max(hidden, key=lambda name: int(name.split("_")[-1]))]          # [critics, B, width]
+    values = plasticity.plasticity_diagnostics(hidden, mlp(grads["params"]), features)
+    return {f"critic/{name}": jnp.mean(jnp.asarray(v, jnp.float32)) for name, v in values.items()}
+
+
+# ----------------------------------------------------------------------------
+# The update-to-data schedule
+# ----------------------------------------------------------------------------
+
+
+def updates_before(step: jax.Array, learning_starts: int, updates_per_step: float) -> jax.Array:
+    """Updates owed once `step` env steps are stored: floor((step - learning_starts) * ratio), at least 0."""
+    return jnp.floor(jnp.maximum(step - learning_starts, 0) * updates_per_step).astype(jnp.int32)
+
+
+def scheduled_updates(update_once: Callable, state, key: jax.Array, step: jax.Array, learning_starts: int,
+                      updates_per_step: float):
+    """Run the updates due after the `step`-th stored transition (`step` counts from 1).
+
+    The first update follows step `learning_starts + 1` (CleanRL's `global_step >
+    learning_starts`); from then on the update-to-data ratio `updates_per_step`
+    holds on average: 2 means two updates per step, 0.5 one update every other
+    step. `update_once(state, key, index) -> (state, metrics)` receives the
+    global update index; `step` must be the same for every seed (passed
+    unbatched), so the loop count and any schedule on `index` (e.g. a delayed
+    actor) are real branches under `vmap`, not selects. Metrics are those of
+    the last update, zeros when none ran.
+    """
+    first = updates_before(step - 1, learning_starts, updates_per_step)
+    count = updates_before(step, learning_starts, updates_per_step) - first
+    metric_shapes = jax.eval_shape(update_once, state, key, first)[1]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+
+    def body(i, carry):
+        state, _ = carry
+        return update_once(state, jax.random.fold_in(key, i), first + i)
+
+    return jax.lax.fori_loop(0, count, body, (state, zeros))
