@@ -100,7 +100,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -552,22 +551,9 @@ def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Ar
     from envs import true_dynamics
 
     true_dynamics.termination_fn(spec.env_id)       # raises early for a task without a known termination rule
-    saved = world_dir / "dynamics"
-    path = config.model_path or (saved if saved.exists() else None)
-    if path is not None:
-        model = ensemble_lib.load(path, model_config(config), spec.obs_dim, spec.action_dim)
-    else:
-        model = ensemble_lib.init(key, spec.obs_dim, spec.action_dim, model_config(config))
-        log = lambda r: print(f"  world model epoch {r['epoch']}: holdout mse {r['holdout_mse']:.4g} "
-                              f"({r['time_s']:.0f} s)", file=sys.stderr, flush=True) if r["epoch"] % 10 == 0 else None
-        start = time.perf_counter()
-        model, history = ensemble_lib.train(model, {"observations": dataset.observations, "actions": dataset.actions,
-                                                    "next_observations": dataset.next_observations,
-                                                    "rewards": dataset.rewards}, key, log_fn=log)
-        print(f"  world model: {config.model_members} members, {len(history)} epochs in "
-              f"{time.perf_counter() - start:.1f} s; kept {config.model_keep}", file=sys.stderr, flush=True)
-        world_dir.mkdir(parents=True, exist_ok=True)
-        ensemble_lib.save(saved, model)
+    log = lambda text: print(text, file=sys.stderr, flush=True)
+    model = ensemble_lib.load_or_fit(dataset, spec.obs_dim, spec.action_dim, model_config(config), world_dir, key,
+                                     config.model_path, "world model", log)
     return build_world(dataset, spec, config, model)
 
 

@@ -201,20 +201,9 @@ def prepare(dataset, spec: EnvSpec, config: Config, world_dir: Path, key: jax.Ar
     if config.dynamics == "true":
         world["qpos"], world["qvel"] = jnp.asarray(dataset.infos["qpos"]), jnp.asarray(dataset.infos["qvel"])
         return world
-    saved = world_dir / "dynamics"
-    path = config.model_path or (saved if saved.exists() else None)
-    if path is not None:
-        model = ensemble_lib.load(path, model_config(config), spec.obs_dim, spec.action_dim)
-    else:
-        model = ensemble_lib.init(key, spec.obs_dim, spec.action_dim, model_config(config))
-        log = lambda r: print(f"  dynamics epoch {r['epoch']}: holdout mse {r['holdout_mse']:.4g} lr {r['lr']:.3g} "
-                              f"({r['time_s']:.0f} s)", file=sys.stderr, flush=True) \
-            if r["epoch"] % 10 == 0 or r["lr_lowered"] else None
-        model, _ = ensemble_lib.train(model, {"observations": dataset.observations, "actions": dataset.actions,
-                                              "next_observations": dataset.next_observations,
-                                              "rewards": dataset.rewards}, key, log_fn=log)
-        world_dir.mkdir(parents=True, exist_ok=True)
-        ensemble_lib.save(saved, model)
+    log = lambda text: print(text, file=sys.stderr, flush=True)
+    model = ensemble_lib.load_or_fit(dataset, spec.obs_dim, spec.action_dim, model_config(config), world_dir, key,
+                                     config.model_path, "dynamics", log)
     true_dynamics.termination_fn(spec.env_id)      # raises early for a task without a known termination rule
     world["model"] = model
     return world

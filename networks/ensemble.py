@@ -872,3 +872,30 @@ def load(path: str | os.PathLike, config: EnsembleConfig, obs_dim: int, action_d
     if saved_elites != config.num_elites:
         state = select_elites(state, state.holdout_mse)
     return state
+
+
+def load_or_fit(dataset, obs_dim: int, action_dim: int, config: EnsembleConfig, world_dir: Path, key: jax.Array,
+                model_path: str | Path | None = None, name: str = "dynamics", log=print) -> EnsembleState:
+    """The world model of an offline agent (RAVL, NEUBAY): loaded from `model_path` when given, else from the
+    run's `world_dir/dynamics` when an earlier start of the run saved it there (--resume), else fitted on the
+    dataset's transitions and saved there, so that a resumed run reuses it. `log(text)` reports the fit: every
+    10th epoch, each lowering of the learning rate, and the total."""
+    saved = Path(world_dir) / "dynamics"
+    path = model_path or (saved if saved.exists() else None)
+    if path is not None:
+        return load(path, config, obs_dim, action_dim)
+    model = init(key, obs_dim, action_dim, config)
+
+    def log_epoch(record: dict) -> None:
+        if record["epoch"] % 10 == 0 or record["lr_lowered"]:
+            log(f"  {name} epoch {record['epoch']}: holdout mse {record['holdout_mse']:.4g} lr {record['lr']:.3g} "
+                f"({record['time_s']:.0f} s)")
+
+    start = time.perf_counter()
+    model, history = train(model, {"observations": dataset.observations, "actions": dataset.actions,
+                                   "next_observations": dataset.next_observations, "rewards": dataset.rewards},
+                           key, log_fn=log_epoch)
+    log(f"  {name}: {config.num_members} members, {len(history)} epochs in {time.perf_counter() - start:.1f} s")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    save(saved, model)
+    return model
