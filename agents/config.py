@@ -101,7 +101,8 @@ def field(default: Any, valid: str, *, about: str | None = None, static: bool = 
 def hyperparameters(cls: type) -> type:
     """Declare an agent's `Config`: a frozen dataclass that is also a pytree whose leaves are its traced
     fields (`float`, not declared `static`); every other field is static (see the module docstring).
-    A subclass of a config is declared the same way and gets its own pytree registration."""
+    A subclass of a config is declared the same way and gets its own pytree registration. A class without
+    its own `validate()` (and no base class with one) gets `check_fields` as its `validate()`."""
     def __post_init__(self):
         # A float field given an int (`Config(discount=1)`) would become an int32 leaf under vmap.
         for name in type(self).traced_fields:
@@ -111,6 +112,8 @@ def hyperparameters(cls: type) -> type:
 
     if "__post_init__" not in cls.__dict__:
         cls.__post_init__ = __post_init__
+    if not hasattr(cls, "validate"):
+        cls.validate = check_fields
     cls = dataclasses.dataclass(frozen=True)(cls)
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
