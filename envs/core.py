@@ -1,6 +1,6 @@
 """Types shared by every environment family, and the auto-reset logic.
 
-Two kinds of environment exist because training runs two ways (see DESIGN.md):
+Two kinds of environment exist because training runs two ways (experiments/loops/):
 
 * ``HostVecEnv`` steps N numpy environments on the host (dm_control,
   gymnasium). Each family only provides a single-instance adapter
@@ -19,14 +19,13 @@ acts on next.
 from __future__ import annotations
 
 import dataclasses
-import io
-import pickle
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs import host_state
 
 ENV_ID_FAMILIES = ("dmc", "dmc:<domain>-<task>", "gym:<id>", "mjx:<PlaygroundName>", "jax:PointMass")
 
@@ -118,68 +117,6 @@ class HostEnvInstance(Protocol):
     def close(self) -> None: ...
 
 
-def array_fields(struct: Any) -> dict[str, np.ndarray]:
-    """Every public numpy-array attribute of ``struct`` (e.g. an ``MjModel``), as live views.
-
-    MuJoCo's bindings expose each model/data field as such an attribute, so
-    this lists them without hard-coding names that change between versions.
-    """
-    arrays = {}
-    for name in dir(struct):
-        if not name.startswith("_"):
-            value = getattr(struct, name)
-            if isinstance(value, np.ndarray):
-                arrays[name] = value
-    return arrays
-
-
-HOST_STATE_VERSION = 1
-_CORRUPT = "host env state is corrupt or from another env"
-
-# The only globals a host env state may reference: what pickling numpy arrays,
-# dtypes and scalars needs (numpy 2 and numpy 1 spellings). Everything else in
-# a state is builtins, so loading a blob can never run other code.
-_STATE_GLOBALS = frozenset(
-    (module, name)
-    for core in ("numpy._core", "numpy.core")
-    for module, name in (
-        (f"{core}.multiarray", "_reconstruct"),
-        (f"{core}.multiarray", "scalar"),
-        (f"{core}.numeric", "_frombuffer"),
-    )
-) | {("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class _StateUnpickler(pickle.Unpickler):
-    """An unpickler that refuses every global outside ``_STATE_GLOBALS``."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _STATE_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"it refers to {module}.{name}, which a host env state never contains"
-            )
-        return super().find_class(module, name)
-
-
-def _load_host_state(blob: bytes) -> dict[str, Any]:
-    """Unpickle a ``HostVecEnv.get_state`` blob and check its outer format."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{_CORRUPT}: expected bytes, got {type(blob).__name__}.")
-    try:
-        state = _StateUnpickler(io.BytesIO(blob)).load()
-    except Exception as error:  # garbage bytes fail in many ways; all mean the same
-        raise ValueError(f"{_CORRUPT}: cannot unpickle it ({error}).") from error
-    keys = {"version", "spec", "num_envs", "needs_reset", "instances"}
-    if not isinstance(state, dict) or set(state) != keys:
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{_CORRUPT}: expected a dict with keys {sorted(keys)}, got {found}.")
-    if state["version"] != HOST_STATE_VERSION:
-        raise ValueError(
-            f"{_CORRUPT}: format version {state['version']!r}, this code reads {HOST_STATE_VERSION}."
-        )
-    return state
-
-
 class HostVecEnv:
     """``num_envs`` independent host environments stepped in lockstep, with auto-reset."""
 
@@ -236,23 +173,13 @@ class HostVecEnv:
     def get_state(self) -> bytes:
         """Everything needed to continue this env exactly, as bytes for a checkpoint.
 
-        A pickle of a small versioned dict: the spec and ``num_envs`` it came
+        The format is envs/host_state.py's: the spec and ``num_envs`` it came
         from (checked on restore), whether ``reset`` is still due, and each
         instance's ``get_state`` with its type name. Cheap enough to take at
         every checkpoint (a few kB per instance for suite tasks).
         """
-        state = {
-            "version": HOST_STATE_VERSION,
-            "spec": dataclasses.asdict(self.spec),
-            "num_envs": self.num_envs,
-            "needs_reset": self._needs_reset,
-            "instances": [(type(env).__name__, env.get_state()) for env in self._instances],
-        }
-        blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        # Fail now, not at resume time, if an instance put in something that
-        # set_state would refuse to unpickle.
-        _load_host_state(blob)
-        return blob
+        return host_state.dumps(self.spec, self._needs_reset,
+                                [(type(env).__name__, env.get_state()) for env in self._instances])
 
     def set_state(self, blob: bytes) -> None:
         """Continue from ``get_state``'s ``blob`` as if that run had never stopped.
@@ -268,8 +195,8 @@ class HostVecEnv:
         (only builtins and numpy arrays are unpickled), but a checkpoint should
         still come from a trusted place.
         """
-        state = _load_host_state(blob)
-        self._check_compatible(state)
+        state = host_state.loads(blob)
+        host_state.check_compatible(state, self.spec, [type(env).__name__ for env in self._instances])
         previous = [env.get_state() for env in self._instances]
         for i, (env, (_, instance_state)) in enumerate(zip(self._instances, state["instances"])):
             try:
@@ -278,41 +205,8 @@ class HostVecEnv:
                 # Leave no instance half-restored: put every one back as it was.
                 for restored, old_state in zip(self._instances[: i + 1], previous):
                     restored.set_state(old_state)
-                raise ValueError(f"{_CORRUPT}: instance {i}: {error}") from error
+                raise ValueError(f"{host_state.CORRUPT}: instance {i}: {error}") from error
         self._needs_reset = bool(state["needs_reset"])
-
-    def _check_compatible(self, state: dict[str, Any]) -> None:
-        """Raise ``ValueError`` unless ``state`` was saved by an env built like this one."""
-        here = dataclasses.asdict(self.spec)
-        saved = state["spec"]
-        if saved != here:
-            if not isinstance(saved, dict):
-                raise ValueError(f"{_CORRUPT}: its spec is a {type(saved).__name__}, not a dict.")
-            differences = ", ".join(
-                f"{key} {saved.get(key)!r} != {here.get(key)!r}"
-                for key in sorted(set(saved) | set(here))
-                if saved.get(key) != here.get(key)
-            )
-            raise ValueError(
-                f"{_CORRUPT}: saved from {saved.get('env_id')!r}, this env is "
-                f"{self.spec.env_id!r} (saved vs this: {differences})."
-            )
-        if state["num_envs"] != self.num_envs:
-            raise ValueError(
-                f"{_CORRUPT}: saved with num_envs={state['num_envs']!r}, "
-                f"this {self.spec.env_id!r} env has num_envs={self.num_envs}."
-            )
-        instances = state["instances"]
-        if not isinstance(instances, list) or len(instances) != self.num_envs:
-            raise ValueError(f"{_CORRUPT}: expected a list of {self.num_envs} instance states.")
-        for i, (env, entry) in enumerate(zip(self._instances, instances)):
-            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], dict)):
-                raise ValueError(f"{_CORRUPT}: instance {i} is not a (type, state dict) pair.")
-            if entry[0] != type(env).__name__:
-                raise ValueError(
-                    f"{_CORRUPT}: instance {i} was a {entry[0]!r}, here it is a "
-                    f"{type(env).__name__!r}."
-                )
 
     def close(self) -> None:
         for env in self._instances:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.core import EnvSpec, HostVecEnv, array_fields, scale_action, unknown_env_error
+from envs.core import EnvSpec, HostVecEnv, scale_action, unknown_env_error
+from envs.host_state import array_fields
 
 DEFAULT_TASK = "cheetah-run"
 

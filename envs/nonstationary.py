@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+
 import jax
 import jax.numpy as jnp
 

@@ -1,7 +1,7 @@
 """A generic device-side rollout: a batch of ``JaxEnv``s driven by any policy.
 
-The policy is passed in as a function, so envs never import agents (see
-DESIGN.md, "Who owns which part of training").
+The policy is passed in as a function, so envs never import agents: agents
+own their networks and losses, loops own the stepping, envs own the physics.
 """
 
 from __future__ import annotations
