@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class LanesError(ValueError):
@@ -62,7 +63,13 @@ class Lanes:
     @property
     def stacked(self) -> Any:
         """The lanes' configs as one config whose traced leaves have a leading lane axis."""
-        return jax.tree.map(lambda *values: jnp.stack([jnp.asarray(v, jnp.float32) for v in values]), *self.configs)
+        if all(config is self.configs[0] for config in self.configs):
+            # A run's lanes share one config: broadcast it (a run of 1e5 seeds stacks nothing).
+            return jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (len(self),) + jnp.shape(v)),
+                                self.configs[0])
+        # One host array per leaf, then one transfer (not one device array per lane and leaf).
+        return jax.tree.map(lambda *values: jnp.asarray(np.stack([np.asarray(v, np.float32) for v in values])),
+                            *self.configs)
 
     def with_configs(self, configs: Sequence[Any]) -> "Lanes":
         """The same seeds with other configs, which must share this one's static fields (so that a loop's compiled
@@ -96,6 +103,8 @@ def check_same_program(configs: Sequence[Any]) -> None:
     """LanesError unless every config has the first one's type and static fields (one compiled program)."""
     first = configs[0]
     for other in configs[1:]:
+        if other is first:
+            continue
         differing = [name for name in type(first).static_fields if getattr(first, name) != getattr(other, name)]
         if type(other) is not type(first) or differing:
             raise LanesError("the lanes of one program may differ only in traced (float) fields; they differ "
