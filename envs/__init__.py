@@ -6,6 +6,8 @@ Ids (``list_env_ids()`` lists the families):
 * ``gym:<id>`` (e.g. ``gym:Hopper-v5``) -- gymnasium MuJoCo, host, real terminations
 * ``mjx:<PlaygroundName>`` (e.g. ``mjx:CheetahRun``) -- MuJoCo Playground, JAX
 * ``jax:PointMass`` -- a tiny pure-JAX env for fast tests, JAX
+* ``dmc:<task>,<task>,...``, ``dmc:mt4`` -- several tasks as one host env, padded, with a task one-hot in
+  the observation (envs/multitask.py); ``num_envs`` env slots of every task
 * any JAX id followed by ``?switch=...&every=...`` -- a non-stationary version
   (envs/nonstationary.py), e.g. ``mjx:CheetahRun?switch=reward&every=5000000``
 
@@ -70,6 +72,10 @@ def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs) -> HostVecEnv 
                 f"{env_id}: non-stationary switches run inside jit and need a JAX env (mjx:<name>, jax:PointMass)")
         # num_envs: the parallel envs per seed, so that `every` counts env steps per seed in all.
         return nonstationary.make(make(base_id, **kwargs), base_id, schedule, num_envs)
+    from envs import multitask
+
+    if multitask.is_multitask(env_id):
+        return multitask.make_multitask(env_id, num_envs, seed, make, **kwargs)
     env_id, options = nonstationary.env_options(env_id)
     if options:
         if not is_jax_env(env_id):

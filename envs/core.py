@@ -27,7 +27,8 @@ import numpy as np
 
 from envs import host_state
 
-ENV_ID_FAMILIES = ("dmc", "dmc:<domain>-<task>", "gym:<id>", "mjx:<PlaygroundName>", "jax:PointMass")
+ENV_ID_FAMILIES = ("dmc", "dmc:<domain>-<task>", "gym:<id>", "mjx:<PlaygroundName>", "jax:PointMass",
+                   "dmc:<task>,<task>,... (multitask)", "dmc:mt4", "dmc:mt8")
 
 
 class UnknownEnvError(ValueError):
@@ -43,11 +44,24 @@ def unknown_env_error(env_id: str, kind: str = "", choices: Sequence[str] = ()) 
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task of a multitask env (envs/multitask.py): its own widths and episode length."""
+
+    env_id: str
+    obs_dim: int
+    action_dim: int
+    max_episode_steps: int
+    can_terminate: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvSpec:
     """What an agent needs to know to build networks and count steps.
 
     ``max_episode_steps`` and everything else here count *agent* steps; one
-    agent step is ``action_repeat`` simulator frames.
+    agent step is ``action_repeat`` simulator frames. A multitask env lists its
+    tasks in ``tasks`` (empty for one task); its ``obs_dim`` and ``action_dim``
+    are then the padded widths (envs/multitask.py).
     """
 
     env_id: str
@@ -56,6 +70,12 @@ class EnvSpec:
     max_episode_steps: int
     action_repeat: int
     can_terminate: bool
+    tasks: tuple[TaskSpec, ...] = ()
+
+    @property
+    def num_tasks(self) -> int:
+        """Tasks per env slot: 1, or the tasks of a multitask env."""
+        return max(1, len(self.tasks))
 
 
 def scale_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -125,6 +145,11 @@ class HostVecEnv:
         self.num_envs = len(instances)
         self._instances = list(instances)
         self._needs_reset = True
+
+    @property
+    def instances(self) -> list[HostEnvInstance]:
+        """The instances, in the order of the rows of every array this env returns."""
+        return self._instances
 
     def reset(self) -> np.ndarray:
         """Start a new episode in every instance; returns ``[num_envs, obs_dim]`` float32."""

@@ -99,15 +99,38 @@ class RunLogger:
         self.eval_csv.truncate_after(step)
         self.train_csv.truncate_after(step)
 
-    def log_eval(self, step: int, returns: np.ndarray, per_seed: Mapping[str, np.ndarray] | None = None) -> None:
-        """`returns` is [num_seeds, episodes]; one row per seed, with the agent's diagnostics ([num_seeds] each)."""
+    def log_eval(self, step: int, returns: np.ndarray, per_seed: Mapping[str, np.ndarray] | None = None,
+                 per_task: np.ndarray | None = None, tasks: Sequence[str] = ()) -> None:
+        """`returns` is [num_seeds, episodes]; one row per seed, with the agent's diagnostics ([num_seeds] each).
+
+        A multitask run also gives `per_task` [num_seeds, episodes, T] and the `tasks`' ids: eval.csv then has a
+        `task` column and a `score` column (the return normalised per task, envs/multitask.py); each seed's
+        row with task `all` holds the mean over the tasks (its score is the aggregate normalised score), and
+        one row per seed and task follows it."""
         per_seed = per_seed or {}
         rows = [{"step": step, "seed": seed, "return": float(np.mean(r)), "return_std": float(np.std(r)),
                  **{k: float(v[seed]) for k, v in per_seed.items()}} for seed, r in enumerate(returns)]
+        scalars = {}
+        if per_task is not None:
+            from envs.multitask import normalized_score
+
+            score = np.stack([normalized_score(task, per_task[..., t]) for t, task in enumerate(tasks)], -1)
+            task_rows = []
+            for seed, row in enumerate(rows):
+                rows[seed] = {"step": step, "seed": seed, "task": "all", "score": float(score[seed].mean()), **{
+                    k: v for k, v in row.items() if k not in ("step", "seed")}}
+                task_rows += [{"step": step, "seed": seed, "task": task, "score": float(score[seed, :, t].mean()),
+                               "return": float(per_task[seed, :, t].mean()),
+                               "return_std": float(per_task[seed, :, t].std())} for t, task in enumerate(tasks)]
+            rows = [r for seed in range(len(rows)) for r in [rows[seed]] + task_rows[seed * len(tasks):
+                                                                                   (seed + 1) * len(tasks)]]
+            scalars["eval/normalized_score"] = float(score.mean())
+            scalars.update({f"eval/{task}/episode_reward": float(per_task[..., t].mean())
+                            for t, task in enumerate(tasks)})
         self.eval_csv.write(rows)
         self._scalars(step, {"eval/episode_reward": float(np.mean(returns)),
                              "eval/episode_reward_std_over_seeds": float(np.std(np.mean(returns, axis=1))),
-                             **{f"eval/{k}": _mean_over_seeds(v) for k, v in per_seed.items()}})
+                             **scalars, **{f"eval/{k}": _mean_over_seeds(v) for k, v in per_seed.items()}})
 
     def log_train(self, step: int, per_seed: Mapping[str, np.ndarray], shared: Mapping[str, float]) -> None:
         """`per_seed` maps a metric to [num_seeds] values; `shared` to one value (e.g. training/sps)."""

@@ -469,7 +469,7 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
         bar.set_postfix(postfix)
 
     def on_eval(step: int, state, evaluation, diagnostics: dict) -> None:
-        logger.log_eval(step, evaluation.returns, diagnostics)
+        logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks)
         save(step, state)
         postfix["eval_return"] = f"{float(np.mean(evaluation.returns)):.1f}"
         bar.set_postfix(postfix)

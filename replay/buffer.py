@@ -160,27 +160,35 @@ def sample_indices(buffer: ReplayBuffer, key: jax.Array, batch_size: int, priori
     return jnp.minimum(index, buffer.capacity - 1).astype(jnp.int32)
 
 
-def subsequence(buffer: ReplayBuffer, start: jax.Array, length: int) -> Subsequence:
-    """The `length` transitions following each start slot, with a mask that stops at a terminal."""
+def subsequence(buffer: ReplayBuffer, start: jax.Array, length: int, stream: jax.Array | None = None) -> Subsequence:
+    """The `length` transitions following each start slot, with a mask that stops at a terminal.
+
+    `stream` [B]: for a buffer of several streams (replay/streams.py, a leading stream axis), the stream of
+    each start."""
     if length > buffer.horizon:
         raise ValueError(f"subsequence length {length} exceeds the buffer's horizon {buffer.horizon}")
     steps = (start[:, None] + jnp.arange(length + 1)) % buffer.capacity
-    terminated = buffer.terminated[steps[:, :-1]]
+    at = steps if stream is None else (stream[:, None], steps)
+    before_last = steps[:, :-1] if stream is None else (stream[:, None], steps[:, :-1])
+    terminated = buffer.terminated[before_last]
     alive_before = jnp.cumprod(1.0 - terminated, axis=1)
     mask = jnp.concatenate([jnp.ones_like(alive_before[:, :1]), alive_before[:, :-1]], axis=1)
     return Subsequence(
-        obs=buffer.obs[steps],
-        action=buffer.action[steps[:, :-1]],
-        reward=buffer.reward[steps[:, :-1]],
+        obs=buffer.obs[at],
+        action=buffer.action[before_last],
+        reward=buffer.reward[before_last],
         terminated=terminated,
         mask=mask,
     )
 
 
-def update_priority(buffer: ReplayBuffer, index: jax.Array, priority: jax.Array) -> ReplayBuffer:
-    """Set the priorities of sampled slots; new transitions get the largest priority seen."""
+def update_priority(buffer: ReplayBuffer, index: jax.Array, priority: jax.Array,
+                    stream: jax.Array | None = None) -> ReplayBuffer:
+    """Set the priorities of sampled slots (of `stream`s, as in `subsequence`); new transitions get the largest
+    priority seen."""
+    at = index if stream is None else (stream, index)
     return buffer.replace(
-        priority=buffer.priority.at[index].set(priority),
+        priority=buffer.priority.at[at].set(priority),
         max_priority=jnp.maximum(buffer.max_priority, jnp.max(priority)),
     )
 

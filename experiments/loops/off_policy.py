@@ -80,6 +80,9 @@ class HostLoop(_SeedLoop):
         probe.close()
         super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lanes)
         self.env = None
+        # A multitask env gives each seed one env of every task (envs/multitask.py): the agent then acts on,
+        # and stores, [envs_per_seed, ...] per seed; with one env per seed, on unbatched rows.
+        self.envs_per_seed = self.spec.num_tasks
         agent = self.agent
 
         def act(state, obs, seed_key, step, explore):
@@ -105,11 +108,21 @@ class HostLoop(_SeedLoop):
         agent_state = self._init_agents(configs)
         if self.env is None:
             self.env = envs_lib.make(self.env_id, num_envs=self.num_seeds, seed=self.seed, **self.env_kwargs)
-        obs = self.env.reset()
-        zeros = np.zeros(self.num_seeds, np.float32)
-        return {"agent": agent_state, "obs": obs, "episode_return": zeros.copy(),
-                "last_episode_return": np.full(self.num_seeds, np.nan, np.float32),
-                "episodes": np.zeros(self.num_seeds, np.int64)}
+        obs = self._per_seed(self.env.reset())
+        envs = self._per_seed(np.zeros(self.num_seeds * self.envs_per_seed, np.float32))
+        return {"agent": agent_state, "obs": obs, "episode_return": envs.copy(),
+                "last_episode_return": np.full_like(envs, np.nan), "episodes": envs.astype(np.int64)}
+
+    def _per_seed(self, rows: np.ndarray) -> np.ndarray:
+        """The env's rows [seeds * envs_per_seed, ...] as [seeds, envs_per_seed, ...] (as they are for one env
+        per seed)."""
+        if self.envs_per_seed == 1:
+            return rows
+        return rows.reshape(self.num_seeds, self.envs_per_seed, *rows.shape[1:])
+
+    def _rows(self, per_seed: np.ndarray) -> np.ndarray:
+        """Inverse of `_per_seed`."""
+        return per_seed if self.envs_per_seed == 1 else per_seed.reshape(-1, *per_seed.shape[2:])
 
     def host_state(self) -> bytes:
         """What lives outside the pytree: the simulator states of the env instances."""
@@ -128,28 +141,40 @@ class HostLoop(_SeedLoop):
         metrics = None
         for step in range(start_step + 1, start_step + num_steps + 1):
             action, stop = self._act_in_training(agent_state, obs, self.seed_keys, step)
-            result = self.env.step(np.asarray(action), np.asarray(stop))
-            transition = replay.Transition(obs, action, result.reward, result.final_obs,
-                                           result.terminated, result.truncated)
+            stop = np.broadcast_to(np.asarray(stop), np.shape(action)[:-1])
+            result = self.env.step(self._rows(np.asarray(action)), self._rows(stop))
+            reward, terminated, truncated, final_obs = (self._per_seed(x) for x in (
+                result.reward, result.terminated, result.truncated, result.final_obs))
+            transition = replay.Transition(obs, action, reward, final_obs, terminated, truncated)
             agent_state, metrics = self._train(agent_state, transition, self.seed_keys, step)
-            done = result.terminated | result.truncated
-            episode_return = episode_return + result.reward
+            done = terminated | truncated
+            episode_return = episode_return + reward
             last_return = np.where(done, episode_return, last_return)
             episode_return = np.where(done, 0.0, episode_return).astype(np.float32)
             episodes = episodes + done
-            obs = result.obs
+            obs = self._per_seed(result.obs)
         new_state = {"agent": agent_state, "obs": obs, "episode_return": episode_return,
                      "last_episode_return": last_return, "episodes": episodes}
         per_seed = {k: np.asarray(v) for k, v in (metrics or {}).items()}
-        per_seed["episode_return"] = last_return
-        per_seed["episodes"] = episodes.astype(np.float32)
+        if self.envs_per_seed == 1:
+            per_seed["episode_return"] = last_return
+            per_seed["episodes"] = episodes.astype(np.float32)
+        else:
+            # Per task, and over the tasks: the mean of the last returns of the envs that finished one.
+            for t, task in enumerate(self.spec.tasks):
+                per_seed[f"episode_return/{task.env_id}"] = last_return[:, t]
+            finished = np.isfinite(last_return)
+            total = np.where(finished, last_return, 0.0).sum(axis=1)
+            per_seed["episode_return"] = np.where(finished.any(axis=1), total / np.maximum(finished.sum(1), 1),
+                                                  np.nan)
+            per_seed["episodes"] = episodes.sum(axis=1).astype(np.float32)
         return new_state, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
         act = lambda obs, prev_reward, first: self._act(state["agent"], obs, self.seed_keys, step, False)
-        return Evaluation(evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                        self.env_kwargs)[0])
+        returns = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
+        return Evaluation.of(returns, self.spec)
 
     def close(self) -> None:
         if self.env is not None:
