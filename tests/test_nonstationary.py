@@ -85,6 +85,8 @@ def cheetah():
     return _trajectory("mjx:CheetahRun", steps=6)
 
 
+@pytest.mark.long   # two MJX CheetahRun compiles (~2.5 min on 2 cores); the switch schedule and the obs/action
+#                     switches are checked on cheap envs above, the reward variants in long runs
 def test_reward_switch_changes_only_the_reward_at_the_switch(cheetah):
     obs, rewards, _ = cheetah
     obs_s, rewards_s, _ = _trajectory(f"mjx:CheetahRun?switch=reward&every={EVERY}", steps=6)
