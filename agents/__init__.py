@@ -19,6 +19,7 @@ AGENTS = {
     "bc": "agents.bc",
     "least": "agents.least",
     "mrq": "agents.mrq",
+    "mrq_multitask": "agents.mrq_multitask",
     "neubay": "agents.neubay",
     "ppo": "agents.ppo",
     "ravl": "agents.ravl",

@@ -189,7 +189,7 @@ def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
 
 def _check_finite(step: int, per_seed: dict) -> None:
     for name, values in per_seed.items():
-        if name in ("episode_return",):      # NaN before the first episode ends, by design
+        if name == "episode_return" or name.startswith("episode_return/"):  # NaN before an episode ends, by design
             continue
         bad = np.flatnonzero(~np.isfinite(np.asarray(values, np.float64)))
         if bad.size:

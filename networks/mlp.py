@@ -15,6 +15,12 @@ import jax.numpy as jnp
 
 Activation = Callable[[jax.Array], jax.Array]
 
+
+def mish(x: jax.Array) -> jax.Array:
+    """Mish (Misra, 2019): x * tanh(softplus(x)), TD-MPC2's activation."""
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
 ACTIVATIONS: dict[str, Activation] = {
     "relu": nn.relu,
     "elu": nn.elu,
@@ -22,6 +28,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "silu": nn.silu,
     "tanh": jnp.tanh,
     "leaky_relu": nn.leaky_relu,
+    "mish": mish,
 }
 
 

@@ -15,7 +15,7 @@ def _error_line(result) -> str:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--agent", "dqn"], "unknown agent 'dqn'; valid agents: bc, gtr, least, mrq, mrq_sigreg, neubay, ppo, ravl, regrama, sac, sac_sigreg, sigreg, td3"),
+    (["--agent", "dqn"], "unknown agent 'dqn'; valid agents: bc, gtr, least, mrq, mrq_multitask, mrq_sigreg, neubay, ppo, ravl, regrama, sac, sac_sigreg, sigreg, td3"),
     (["--env", "dmc:cartpole-balancee"], "dmc:cartpole-swingup"),
     (["--env", "atari:Pong"], "dmc:<domain>-<task>"),
     (["--env", "mjx:NotAnEnv"], "CartpoleBalance"),

@@ -42,6 +42,8 @@ CASES = {
     "least": ("jax:PointMass", dict(OFF_POLICY, history=20, history_size="fixed", min_history=5), "critic_lr",
               (1e-3, 1e-2), 30),
     "mrq": ("jax:PointMass", TINY_MRQ, "value_lr", (3e-4, 3e-3), 50),
+    "mrq_multitask": ("jax:PointMass", dict(enc_dim=16, mlp_dim=16, latent_dim=16, num_q=3, za_dim=8, batch_size=16,
+                                            buffer_size=400, seeding_episodes=0, utd=1.0), "lr", (3e-4, 3e-3), 30),
     "sac_sigreg": ("jax:PointMass", dict(OFF_POLICY, sigreg_coef=0.5), "critic_lr", (1e-3, 1e-2), 30),
     "mrq_sigreg": ("jax:PointMass", dict(TINY_MRQ, sigreg_coef=0.5), "value_lr", (3e-4, 3e-3), 50),
     "ppo": ("jax:PointMass", TINY_PPO, "learning_rate", (3e-4, 3e-3), 2),
