@@ -265,12 +265,14 @@ def mask_of(spec: EnvSpec, task: jax.Array) -> jax.Array:
 
 
 def policy_action(policy_params, state: MultitaskState, zs: jax.Array, obs: jax.Array):
-    """pi([zs, task one-hot]) with the task's padded dims zeroed; also the pre-tanh activation."""
+    """pi([zs, task one-hot]) and its pre-tanh activation, both with the task's padded dims zeroed (so a padded
+    output reaches neither the critic nor the pre-activation penalty, and gets no gradient)."""
     _, _, policy_net = _networks(state.config, state.spec)
     spec = state.spec
     task_features = obs[..., spec.obs_dim - task_width(spec):]
     action, pre_tanh = policy_net.apply(policy_params, jnp.concatenate([zs, task_features], axis=-1))
-    return action * mask_of(spec, task_of(spec, obs)), pre_tanh
+    mask = mask_of(spec, task_of(spec, obs))
+    return action * mask, pre_tanh * mask
 
 
 def act(state: MultitaskState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:

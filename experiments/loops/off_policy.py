@@ -141,7 +141,9 @@ class HostLoop(_SeedLoop):
         metrics = None
         for step in range(start_step + 1, start_step + num_steps + 1):
             action, stop = self._act_in_training(agent_state, obs, self.seed_keys, step)
-            stop = np.broadcast_to(np.asarray(stop), np.shape(action)[:-1])
+            # An agent's stop is per seed or per env; a per-seed one applies to all the seed's envs.
+            stop, shape = np.asarray(stop), np.shape(action)[:-1]
+            stop = np.broadcast_to(stop.reshape(stop.shape + (1,) * (len(shape) - stop.ndim)), shape)
             result = self.env.step(self._rows(np.asarray(action)), self._rows(stop))
             reward, terminated, truncated, final_obs = (self._per_seed(x) for x in (
                 result.reward, result.terminated, result.truncated, result.final_obs))
