@@ -20,7 +20,7 @@ from envs.multitask import action_masks  # noqa: E402
 from experiments.plot import bootstrap_ci  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
-RUNS = {"S": "mt4_size_S", "B": "mt4_size_B", "S (10k)": "mt4_size_S_10k"}
+RUNS = {"S": "mt4_size_S", "B": "mt4_size_B"}
 EPISODES, SEEDS = 5, 2
 
 
