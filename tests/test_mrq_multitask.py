@@ -161,6 +161,6 @@ def test_a_multitask_run_resumes_exactly_and_logs_every_task(tmp_path):
     assert float(rows[1]["return"]) == pytest.approx(1000 * score["dmc:cartpole-balance"], rel=1e-4)
 
 
-def test_a_multitask_env_is_refused_by_the_device_loop_with_a_clear_error():
+def test_a_multitask_id_of_jax_tasks_is_refused_with_a_clear_error():
     with pytest.raises(envs.multitask.MultitaskError, match="host envs"):
         envs.make("mjx:CartpoleBalance,CheetahRun")

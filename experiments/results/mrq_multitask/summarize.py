@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
-from envs.multitask import action_masks  # noqa: E402
+from envs.multitask import action_masks, task_ids  # noqa: E402
+from experiments.loops.evaluation import Evaluation, evaluate_host  # noqa: E402
 from experiments.plot import bootstrap_ci  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -24,33 +25,28 @@ RUNS = {"S": "mt4_size_S", "B": "mt4_size_B"}
 EPISODES, SEEDS = 5, 2
 
 
-def random_scores(env_id: str = "dmc:mt4") -> dict[str, np.ndarray]:
-    """[seeds] mean normalised score per task of uniform actions in the task's own dims (padding zero)."""
-    env = envs.make(env_id, num_envs=SEEDS, seed=12345)
-    spec, masks = env.spec, np.asarray(action_masks(env.spec))
+def random_scores(env_id: str = "dmc:mt4", seed: int = 0, step: int = 4000) -> dict[str, np.ndarray]:
+    """[seeds] normalised score per task of uniform actions in each task's own dims (padding zero), on the
+    envs and seeds of the runs' evaluation at `step` (the shared evaluator, `evaluate_host`)."""
+    spec = envs.make(env_id, num_envs=1).spec
+    masks = np.asarray(action_masks(spec))
     rng = np.random.default_rng(0)
-    num_tasks = spec.num_tasks
-    totals = np.zeros((SEEDS, num_tasks, EPISODES))
-    for episode in range(EPISODES):
-        env.reset()
-        running = np.zeros(SEEDS * num_tasks)
-        done = np.zeros(SEEDS * num_tasks, bool)
-        while not done.all():
-            action = rng.uniform(-1, 1, (SEEDS * num_tasks, spec.action_dim)) * np.tile(masks, (SEEDS, 1))
-            result = env.step(action.astype(np.float32))
-            running += np.where(done, 0.0, result.reward)
-            done |= result.terminated | result.truncated
-        totals[:, :, episode] = running.reshape(SEEDS, num_tasks)
-    env.close()
-    scores = totals.mean(-1) / 1000.0
-    out = {task.env_id: scores[:, t] for t, task in enumerate(spec.tasks)}
-    out["all"] = scores.mean(-1)
+
+    def act(obs, prev_reward, first):
+        task = np.asarray(task_ids(spec, obs))
+        return rng.uniform(-1.0, 1.0, (*obs.shape[:-1], spec.action_dim)) * masks[task]
+
+    returns = evaluate_host(act, env_id, SEEDS, seed, step, EPISODES)[0]
+    evaluation = Evaluation.of(returns, spec)
+    out = {task: evaluation.per_task[:, :, t].mean(-1) / 1000.0 for t, task in enumerate(evaluation.tasks)}
+    out["all"] = evaluation.returns.mean(-1) / 1000.0
     return out
 
 
 def run_scores(run: str) -> dict[int, dict[str, np.ndarray]]:
     """{step: {task: [seeds] score}} from a run's eval.csv."""
-    rows = list(csv.DictReader(open(HERE / run / "eval.csv")))
+    with open(HERE / run / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
     out: dict[int, dict[str, list]] = {}
     for row in rows:
         out.setdefault(int(row["step"]), {}).setdefault(row["task"], []).append(float(row["score"]))
@@ -61,7 +57,7 @@ def main() -> None:
     table = []
     for task, scores in random_scores().items():
         est = bootstrap_ci(scores)
-        table.append(("random", 0, task, est.value, est.low, est.high))
+        table.append(("random", 4000, task, est.value, est.low, est.high))
     for arm, run in RUNS.items():
         if not (HERE / run / "eval.csv").exists():
             continue
