@@ -32,6 +32,12 @@ eval.csv has, and none if there is no such entry; `--group-by none` never
 splits. Two rows of one curve with the same step and seed are refused (say
 which columns tell them apart with `--group-by`).
 
+Multitask runs (an eval.csv with a `task` column, as `--env dmc:mt4` writes it): one curve per task, whose env
+is the task, plus the "all" curve (the mean over tasks, under the suite's env id). The per-run figure has a
+panel per task and one for "all"; with `--compare`, each task is an env of its own (a multitask run's task
+sits beside single-task runs on it), and the aggregate counts the tasks, not the "all" rows. `--metric
+score` plots the normalized score the multitask evaluation writes (DMC: return / 1000).
+
 Final value: per seed, the value at its last evaluation; the curve's final
 step is its last evaluation step. Area under the curve: per seed, the mean of
 its values over evaluations, then the mean over seeds. Missing values (NaN,
@@ -75,9 +81,11 @@ if __package__ in (None, ""):          # run as a script: make the repository im
 import numpy as np
 import tyro
 
-STANDARD_COLUMNS = ("step", "seed", "return", "return_std")
+STANDARD_COLUMNS = ("step", "seed", "return", "return_std", "task", "score")
 NUM_RESAMPLES = 10_000
 UNKNOWN_ENV = "unknown env"
+TASK_COLUMN = "task"                    # a multitask run's eval.csv: one row per seed, evaluation and task
+ALL_TASKS = "all"                       # ... and its aggregate row
 
 
 class PlotError(ValueError):
@@ -247,6 +255,15 @@ class Run:
             names = []
         return tuple(n for n in names if n in self.columns and n not in STANDARD_COLUMNS)
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """A multitask run's tasks in eval.csv order ("all", the aggregate row, last); () for one task."""
+        column = self.columns.get(TASK_COLUMN)
+        if column is None or column.dtype.kind == "f":
+            return ()
+        tasks = [str(t) for t in dict.fromkeys(column.tolist())]
+        return tuple(t for t in tasks if t != ALL_TASKS) + ((ALL_TASKS,) if ALL_TASKS in tasks else ())
+
     def __len__(self) -> int:
         return len(self.columns["step"])
 
@@ -350,6 +367,8 @@ class Curve:
     values: np.ndarray
     """[seeds, evaluations]; NaN where a seed has no value at a step."""
     label: str = ""
+    task: str = ""
+    """A multitask run's task (eval.csv's `task` column): an env id, or "all" for the aggregate; "" otherwise."""
 
     def __post_init__(self):
         self.label = self.label or _group_label(self.group) or self.run.name
@@ -360,6 +379,9 @@ class Curve:
 
     @property
     def env(self) -> str:
+        """The env of the curve: a multitask run's task, or the run's env (its suite for the "all" rows)."""
+        if self.task and self.task != ALL_TASKS:
+            return self.task
         return self.run.env or UNKNOWN_ENV
 
     def final_values(self) -> np.ndarray:
@@ -420,11 +442,13 @@ def run_curves(run: Run, metric: str = "return", group_by: str | Sequence[str] |
     if values.dtype.kind != "f":
         raise PlotError(f"{csv_path}: column {metric!r} holds text, not numbers (e.g. {values[0]!r})")
     group_columns = resolve_group_by(run, group_by)
-    index: dict[tuple, int] = {}                             # sweep point -> curve, in first-seen order
-    point = np.array([index.setdefault(tuple(_group_value(run.columns[c][i]) for c in group_columns), len(index))
+    tasks = run.columns[TASK_COLUMN] if run.tasks else np.full(len(run), "")
+    index: dict[tuple, int] = {}                      # (task, sweep point) -> curve, in first-seen order
+    point = np.array([index.setdefault((str(tasks[i]),) + tuple(_group_value(run.columns[c][i])
+                                                               for c in group_columns), len(index))
                       for i in range(len(run))])
     curves = []
-    for key, number in index.items():
+    for (task, *key), number in index.items():
         rows = point == number
         steps, step_index = np.unique(run.columns["step"][rows], return_inverse=True)
         seeds, seed_index = np.unique(run.columns["seed"][rows], return_inverse=True)
@@ -437,11 +461,12 @@ def run_curves(run: Run, metric: str = "return", group_by: str | Sequence[str] |
             hint = (f"pass --group-by with the columns that tell them apart (candidates: {', '.join(others)})"
                     if others else "the file holds the same evaluation twice")
             where = f" at {_group_label(dict(zip(group_columns, key)))}" if group_columns else ""
+            where += f" for task {task}" if task else ""
             raise PlotError(f"{csv_path} has several rows for step {steps[duplicate[1]]:g} and seed "
                             f"{seeds[duplicate[0]]:g}{where}; {hint}")
         matrix[seed_index, step_index] = values[rows]
         curves.append(Curve(run=run, metric=metric, group=dict(zip(group_columns, key)), steps=steps,
-                            seeds=seeds, values=matrix))
+                            seeds=seeds, values=matrix, task=task))
     return curves
 
 
@@ -565,6 +590,8 @@ def aggregate(curves: Sequence[Curve], references: Mapping[str, tuple[float, flo
     value, normalized per env when `references` are given, with a stratified-bootstrap CI (tasks are strata)."""
     by_method: dict[str, dict[str, list[np.ndarray]]] = {}
     for curve in curves:
+        if curve.task == ALL_TASKS:            # a multitask run's own aggregate: its tasks are counted instead
+            continue
         final = curve.final_values()
         final = final[np.isfinite(final)]
         if references is not None:
@@ -655,6 +682,22 @@ def _aggregate_figure(rows: list[dict], num_resamples: int, confidence: float):
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     figure.tight_layout()
+    return figure
+
+
+def _tasks_figure(run: Run, curves: Sequence[Curve], title: str, stats: dict):
+    """A multitask run: one panel per task and a last one for the aggregate over tasks ("all")."""
+    plt = _pyplot()
+    columns = min(len(run.tasks), 3)
+    rows = math.ceil(len(run.tasks) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows + 0.6), squeeze=False)
+    for ax, task in zip(axes.ravel(), run.tasks):
+        plot_curves([c for c in curves if c.task == task], ax, legend=len(curves) > len(run.tasks), **stats)
+        name = f"all tasks ({run.env or 'mean over tasks'})" if task == ALL_TASKS else task
+        ax.set_title(name, fontsize=9)
+    for ax in axes.ravel()[len(run.tasks):]:
+        ax.set_visible(False)
+    figure.suptitle(title, fontsize=9)
     return figure
 
 
@@ -773,10 +816,14 @@ def make_plots(args: PlotArgs) -> list[Path]:
     plt = _pyplot()
     if not args.compare:
         for run, run_curves_, stem in zip(runs, per_run, _file_stems([r.name for r in runs])):
-            figure, ax = plt.subplots(figsize=(7, 4))
-            plot_curves(run_curves_, ax, **stats)
             title = " on ".join(s for s in (run.agent, run.env) if s)
-            ax.set_title(f"{title}\n{run.name}" if title else run.name, fontsize=9)
+            title = f"{title}\n{run.name}" if title else run.name
+            if run.tasks:
+                figure = _tasks_figure(run, run_curves_, title, stats)
+            else:
+                figure, ax = plt.subplots(figsize=(7, 4))
+                plot_curves(run_curves_, ax, **stats)
+                ax.set_title(title, fontsize=9)
             figure.text(0.985, 0.01, _ci_caption(args.num_resamples, args.confidence,
                                                 [len(c.seeds) for c in run_curves_]),
                         ha="right", va="bottom", fontsize=6, color="grey")

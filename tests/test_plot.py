@@ -210,6 +210,36 @@ def test_compare_two_agents_on_two_envs(tmp_path):
         assert float(row["ci_low"]) <= float(row["iqm"]) <= float(row["ci_high"])
 
 
+def test_multitask_run_curves_per_task_and_aggregate(tmp_path):
+    """A multitask eval.csv (a `task` column, an "all" row per seed and step): one curve per task, each with its
+    own env; the "all" curve keeps the suite's env and is left out of the cross-task aggregate (its tasks are
+    counted instead); the per-run figure is drawn."""
+    tasks = {"dmc:e1": RETURNS[("mrq", "dmc:e1")], "dmc:e2": RETURNS[("mrq", "dmc:e2")]}
+    rows = []
+    for i, step in enumerate(STEPS):
+        for seed in range(3):
+            per_task = {task: returns[seed][i] for task, returns in tasks.items()}
+            rows += [{"step": step, "seed": seed, "task": task, "return": r, "return_std": 0.0}
+                     for task, r in per_task.items()]
+            rows.append({"step": step, "seed": seed, "task": "all", "return": sum(per_task.values()) / 2,
+                         "return_std": 0.0})
+    path = write_run(tmp_path / "mt", "mrq_multitask", "dmc:mt2", rows, ["task"])
+    run = plot.load_run(path)
+    assert run.tasks == ("dmc:e1", "dmc:e2", "all")
+    curves = plot.run_curves(run)
+    assert [(c.task, c.env) for c in curves] == [("dmc:e1", "dmc:e1"), ("dmc:e2", "dmc:e2"), ("all", "dmc:mt2")]
+    np.testing.assert_array_equal(curves[1].values, RETURNS[("mrq", "dmc:e2")])
+    np.testing.assert_allclose(curves[2].final_values(), [(30 + 100) / 2, (36 + 80) / 2, (33 + 90) / 2])
+    (row,) = plot.aggregate(curves, {"dmc:e1": (0, 100), "dmc:e2": (0, 200)}, num_resamples=200)
+    assert (row["tasks"], row["runs"], row["envs"]) == (2, 6, "dmc:e1 dmc:e2")
+    assert row["iqm"] == pytest.approx((33 + 36 + 40 + 45) / 4)          # as mrq in the two-env comparison
+    out = tmp_path / "plots"
+    result = run_plot(path, "--out", out, "--num-resamples", "200")
+    assert result.returncode == 0, result.stderr
+    assert_figure(out, "mt")
+    assert {r["env"] for r in read_csv(out / "summary.csv")} == {"dmc:e1", "dmc:e2", "dmc:mt2"}
+
+
 # ------------------------------------------------------------------------------------------------------- bad input
 
 
