@@ -25,6 +25,8 @@ OffPolicyAgent (experiments/loops/off_policy.py: host envs one step at a time, J
     update        (state, key, step) -> (state, metrics)  after every env step; `step` is unbatched, so the
                                                           agent's schedule branches for real
     early_stop    optional: (state, obs, action) -> bool  ends the episode after this step as a truncation
+    multitask     True if the agent trains on a multitask env (envs/multitask.py): it acts on and stores
+                  [tasks, ...] per seed, one env of every task; the loop refuses such an env otherwise
     buffer_size   the replay transitions the agent keeps: min(config's buffer_size, total steps)
 
 OnPolicyAgent (experiments/loops/on_policy.py: whole updates on a JAX env, the env axis sharded over devices)
@@ -94,6 +96,7 @@ class OffPolicyAgent(Agent):
     store: Callable | None = None
     update: Callable | None = None
     early_stop: Callable | None = None
+    multitask: bool = False
 
     LOOP: ClassVar[str] = "off_policy"
     REQUIRED: ClassVar[tuple[str, ...]] = ("init", "act", "store", "update")

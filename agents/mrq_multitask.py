@@ -445,4 +445,5 @@ def update(state: MultitaskState, key: jax.Array, step: jax.Array) -> tuple[Mult
                              config.utd * spec.num_tasks)
 
 
-AGENT = OffPolicyAgent(name="mrq_multitask", Config=Config, init=init, act=act, store=store, update=update)
+AGENT = OffPolicyAgent(name="mrq_multitask", Config=Config, init=init, act=act, store=store, update=update,
+                       multitask=True)

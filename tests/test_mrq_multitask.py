@@ -164,3 +164,12 @@ def test_a_multitask_run_resumes_exactly_and_logs_every_task(tmp_path):
 def test_a_multitask_id_of_jax_tasks_is_refused_with_a_clear_error():
     with pytest.raises(envs.multitask.MultitaskError, match="host envs"):
         envs.make("mjx:CartpoleBalance,CheetahRun")
+
+
+def test_a_single_task_agent_on_a_multitask_env_is_refused_naming_the_multitask_agent(tmp_path):
+    result = run_inprocess("--agent", "mrq", "--env", "dmc:cartpole-balance,reacher-easy", "--total-steps", "10",
+                           "--run-dir", str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert "error: --agent mrq trains on one task" in result.stderr
+    assert "use --agent mrq_multitask" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

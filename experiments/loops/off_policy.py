@@ -83,6 +83,14 @@ class HostLoop(_SeedLoop):
         # A multitask env gives each seed one env of every task (envs/multitask.py): the agent then acts on,
         # and stores, [envs_per_seed, ...] per seed; with one env per seed, on unbatched rows.
         self.envs_per_seed = self.spec.num_tasks
+        if self.spec.tasks and not agent.multitask:
+            from experiments.loops.on_policy import LoopError
+
+            multitask = [name for name in agents.names()
+                         if isinstance(agents.get(name), agents.OffPolicyAgent) and agents.get(name).multitask]
+            raise LoopError(f"--agent {agent.name} trains on one task; {env_id} is a multitask env "
+                            f"({self.spec.num_tasks} tasks): use --agent {' or '.join(multitask)}, or one task's id "
+                            f"(e.g. {self.spec.tasks[0].env_id})")
         agent = self.agent
 
         def act(state, obs, seed_key, step, explore):
