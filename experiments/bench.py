@@ -16,6 +16,10 @@ compiling epoch (experiments/brax_baseline.py, with the shim for
 run.py: `cpu` on a CPU, `playground` elsewhere) with `--scale-envs` from the
 preset's num_envs, so every num_envs keeps the preset's unrolls per update.
 
+Multitask MR.Q (`--agent mrq_multitask --env dmc:mt4`): per seed count, one seeding episode per env, then
+`--steps` timed loop steps (each steps one env of every task per seed): agent steps/s per task per seed,
+and the replay's bytes per slot and MB per task per seed (at 1e5 transitions and at the buffer size).
+
 Off-policy agents (MR.Q):
 Each seed count builds the same loop `run.py` uses (host env stepping
 included), fills the buffer with random steps, then times one full schedule
@@ -71,6 +75,8 @@ class BenchArgs:
 
 
 def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
+    if isinstance(agent, agents.OffPolicyAgent) and agent.multitask:
+        return measure_multitask(agent, config, env_id, num_seeds, steps)
     # Training starts at the last warm-up step, so the warm-up compiles every branch
     # and the timed window holds exactly one schedule period.
     config = dataclasses.replace(config, random_steps=steps - 1)
@@ -81,6 +87,35 @@ def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
             "ms_per_step": round(1000 * elapsed / steps, 2),
             "agent_steps_per_s_per_seed": round(steps / elapsed, 2),
             "agent_steps_per_s_all_seeds": round(num_seeds * steps / elapsed, 2),
+            "compile_and_warmup_s": round(warmup, 1)}
+
+
+def measure_multitask(agent, config, env_id: str, num_seeds: int, steps: int, seeding_episodes: int = 1) -> dict:
+    """A multitask agent (mrq_multitask) on a multitask env: every loop step steps one env of each of the T tasks
+    per seed, so agent steps/s per task per seed is loop steps/s. `seeding_episodes` random episodes per env are
+    stored, one training step compiles the update, then `steps` training steps are timed (updates at `utd`)."""
+    config = dataclasses.replace(config, seeding_episodes=seeding_episodes)
+    probe = loops.make(agent, config, env_id, 1, seed=0, replay_transitions=1)
+    spec = probe.spec
+    probe.close()
+    warm = seeding_episodes * spec.max_episode_steps + 1
+    loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=warm + steps)
+    warmup, elapsed, state = _timed_chunks(loop, warm + steps, warm)
+    capacity = state["agent"].replay.capacity
+    # The per-slot arrays ([seeds, streams, capacity, ...]); the per-stream counters are a few bytes each.
+    replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state["agent"].replay)
+                       if leaf.ndim >= 3 and leaf.shape[2] == capacity)
+    loop.close()
+    tasks = spec.num_tasks
+    per_slot = replay_bytes / (num_seeds * tasks * capacity)
+    return {"num_seeds": num_seeds, "tasks": [t.env_id for t in spec.tasks], "timed_steps": steps,
+            "updates_timed": round(steps * config.utd * tasks, 1), "seconds": round(elapsed, 3),
+            "ms_per_step": round(1000 * elapsed / steps, 2),
+            "agent_steps_per_s_per_task_per_seed": round(steps / elapsed, 2),
+            "agent_steps_per_s_all_tasks_all_seeds": round(num_seeds * tasks * steps / elapsed, 2),
+            "replay_bytes_per_slot_per_task": round(per_slot, 1),
+            "replay_mb_per_task_per_seed_at_1e5": round(per_slot * 1e5 / 2**20, 2),
+            "replay_mb_per_task_per_seed_at_buffer_size": round(per_slot * config.buffer_size / 2**20, 1),
             "compile_and_warmup_s": round(warmup, 1)}
 
 
@@ -237,9 +272,12 @@ def main(args: BenchArgs) -> dict:
     base = results[0]["seconds"]
     for r in results:
         r["time_ratio_vs_first"] = round(r["seconds"] / base, 2)
+    what = ("training steps (act + env step + store + update, encoder burst amortized) after warm-up"
+            if not agent.multitask else
+            "loop steps (one env step of every task per seed: act + step + store + the updates due at utd) "
+            "after one seeding episode per env and one compiling update")
     report = {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
-              "backend": jax.default_backend(), "jax": jax.__version__,
-              "what": "training steps (act + env step + store + update, encoder burst amortized) after warm-up",
+              "backend": jax.default_backend(), "jax": jax.__version__, "what": what,
               "results": results}
     text = json.dumps(report, indent=2)
     print(text)

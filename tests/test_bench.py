@@ -1,0 +1,22 @@
+"""experiments/bench.py: the multitask measurement's fields and replay accounting (a tiny config, no seeding
+episode so the test stays short; the timings themselves are not asserted)."""
+
+import pytest
+
+import agents
+from agents import mrq_multitask as mt
+from experiments import bench
+
+
+def test_multitask_bench_reports_steps_per_task_per_seed_and_replay_bytes():
+    config = mt.Config(enc_dim=16, mlp_dim=16, latent_dim=16, num_q=3, za_dim=8, batch_size=16, utd=0.5,
+                       buffer_size=100_000)
+    result = bench.measure_multitask(agents.get("mrq_multitask"), config, "dmc:cartpole-balance,reacher-easy",
+                                     num_seeds=2, steps=4, seeding_episodes=0)
+    assert result["tasks"] == ["dmc:cartpole-balance", "dmc:reacher-easy"]
+    assert (result["num_seeds"], result["timed_steps"], result["updates_timed"]) == (2, 4, 4.0)
+    # obs: the widest task (6) + a 2-task one-hot; actions 2; + reward, flags, priority: (8 + 2 + 5) * 4 bytes.
+    assert result["replay_bytes_per_slot_per_task"] == 60.0
+    assert result["replay_mb_per_task_per_seed_at_1e5"] == round(60 * 1e5 / 2**20, 2)
+    assert result["agent_steps_per_s_all_tasks_all_seeds"] == pytest.approx(
+        4 * result["agent_steps_per_s_per_task_per_seed"], rel=0.01)
