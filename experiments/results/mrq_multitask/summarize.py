@@ -21,7 +21,9 @@ from experiments.loops.evaluation import Evaluation, evaluate_host  # noqa: E402
 from experiments.plot import bootstrap_ci  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
-RUNS = {"S": "mt4_size_S", "B": "mt4_size_B"}
+RUNS = {"S": "mt4_size_S", "B": "mt4_size_B",                        # 4k steps per task, utd 0.25
+        "S_utd0.5": "mt4_S_utd05", "B_utd0.5": "mt4_B_utd05"}           # 12k (S) and 6k (B) steps, utd 0.5
+RANDOM_AT = (4000, 6000, 12000)          # the evaluation steps whose envs and seeds the random policy replays
 EPISODES, SEEDS = 5, 2
 
 
@@ -55,9 +57,10 @@ def run_scores(run: str) -> dict[int, dict[str, np.ndarray]]:
 
 def main() -> None:
     table = []
-    for task, scores in random_scores().items():
-        est = bootstrap_ci(scores)
-        table.append(("random", 4000, task, est.value, est.low, est.high))
+    for step in RANDOM_AT:
+        for task, scores in random_scores(step=step).items():
+            est = bootstrap_ci(scores)
+            table.append(("random", step, task, est.value, est.low, est.high))
     for arm, run in RUNS.items():
         if not (HERE / run / "eval.csv").exists():
             continue
