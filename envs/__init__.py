@@ -99,8 +99,8 @@ def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs) -> HostVecEnv 
         from envs.mjx import make_playground
 
         return make_playground(name, **kwargs)
-    if env_id == "jax:PointMass":
+    if env_id in ("jax:PointMass", "jax:PointMass1D"):
         from envs.toy import make_point_mass
 
-        return make_point_mass(**kwargs)
+        return make_point_mass(**kwargs, **({"dim": 1} if env_id == "jax:PointMass1D" else {}))
     raise unknown_env_error(env_id)

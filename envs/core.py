@@ -28,6 +28,7 @@ import numpy as np
 from envs import host_state
 
 ENV_ID_FAMILIES = ("dmc", "dmc:<domain>-<task>", "gym:<id>", "mjx:<PlaygroundName>", "jax:PointMass",
+                   "jax:PointMass1D",
                    "dmc:<task>,<task>,... (multitask)", "dmc:mt4", "dmc:mt8")
 
 

@@ -14,14 +14,20 @@ Tasks differ in observation and action widths, so every task is padded to the wi
   ``action_dim`` dims to its simulator, so a padded dimension never reaches an env. ``action_masks(spec)``
   [T, action_dim] tells an agent which dims are real (to zero the rest before they reach a loss).
 
+Tasks that are all JAX envs (``mjx:CartpoleBalance,FingerSpin``, ``jax:PointMass,PointMass1D``) make one
+``MultitaskJaxEnv``: each task keeps its own state batch and ``step_batch`` steps each task's physics over its
+own envs inside one jitted program (different MJX models cannot be stacked, and a ``lax.switch`` would run
+every env through every task). No training loop runs it yet (the device loop refuses it with a message).
+
 ``EnvSpec.tasks`` lists each task's own ``TaskSpec``: its widths, episode length and action repeat; an agent
 derives per-task discounts and reward scales from it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -43,7 +49,7 @@ MAX_RETURN = {"dmc": 1000.0}
 
 
 class MultitaskError(ValueError):
-    """A multitask id that cannot be built (a repeated task, a JAX task, a bad option)."""
+    """A multitask id that cannot be built (a repeated task, host and JAX tasks mixed, a bad option)."""
 
 
 def is_multitask(env_id: str) -> bool:
@@ -124,36 +130,100 @@ class PaddedInstance:
         self.instance.close()
 
 
-def make_multitask(env_id: str, num_envs: int, seed: int, make_task, **kwargs) -> HostVecEnv:
-    """``num_envs`` env slots of every task of ``env_id`` (instance ``i * T + t``: slot i, task t, seed
-    seed + i), padded as the module docstring says; ``make_task(task_id, num_envs, seed, **kwargs)`` builds one
-    task's ``HostVecEnv`` (``envs.make``)."""
-    from envs import is_jax_env
+class MultitaskJaxState(NamedTuple):
+    """A batch of M env slots of a ``MultitaskJaxEnv``: each task's own ``JaxEnvState`` batch [M, ...] (tasks
+    cannot share one state: their physics differ), and the padded observations [M * T, obs_dim] (row i * T + t:
+    slot i, task t, as on the host)."""
 
-    tasks = task_list(env_id)
-    jax_tasks = [t for t in tasks if is_jax_env(t)]
-    if jax_tasks:
-        raise MultitaskError(f"{env_id}: multitask envs are host envs (dmc:, gym:) for now; "
-                             f"{', '.join(jax_tasks)} is a JAX env")
-    per_task = [make_task(task, num_envs, seed, **kwargs) for task in tasks]
-    specs = [env.spec for env in per_task]
+    tasks: tuple
+    obs: jax.Array
+
+
+class MultitaskJaxEnv:
+    """Several ``JaxEnv`` tasks as one batched env inside one jitted program: ``step_batch`` runs each task's
+    own physics over its own envs (a static loop over the tasks, each a ``step_batch`` of its slice), never
+    every env through every task (no ``lax.switch``). Padding and the task one-hot as the module docstring says;
+    each task's simulator gets only its own first ``action_dim`` dims of the action."""
+
+    def __init__(self, spec: EnvSpec, task_envs: list):
+        self.spec = spec
+        self.task_envs = task_envs
+        self._raw_width = spec.obs_dim - len(task_envs)
+
+    def _pad(self, per_task_obs: list) -> jax.Array:
+        """[M, d_t] per task -> [M * T, obs_dim]: padded, one-hot appended, slot-major."""
+        num_tasks = len(self.task_envs)
+        rows = [jnp.concatenate([jnp.pad(o, ((0, 0), (0, self._raw_width - o.shape[-1]))),
+                                 jnp.broadcast_to(jax.nn.one_hot(t, num_tasks), (o.shape[0], num_tasks))], -1)
+                for t, o in enumerate(per_task_obs)]
+        return jnp.stack(rows, axis=1).reshape(-1, self.spec.obs_dim)
+
+    def reset_batch(self, key: jax.Array, slots: int, clock=0) -> MultitaskJaxState:
+        """`slots` env slots of every task, each task's envs reset from its own split of `key`."""
+        keys = jax.random.split(key, len(self.task_envs))
+        states = tuple(jax.vmap(lambda k, env=env: env.reset(k, clock))(jax.random.split(keys[t], slots))
+                       for t, env in enumerate(self.task_envs))
+        return MultitaskJaxState(states, self._pad([s.obs for s in states]))
+
+    def step_batch(self, state: MultitaskJaxState, actions: jax.Array, sync_axes: tuple[str, ...] = (),
+                   stops: jax.Array | None = None):
+        """`actions` [M * T, action_dim] (row i * T + t) -> (state, StepInfo with [M * T] leaves; obs padded)."""
+        num_tasks = len(self.task_envs)
+        actions = actions.reshape(-1, num_tasks, self.spec.action_dim)
+        slots = actions.shape[0]
+        stops = jnp.zeros((slots, num_tasks), bool) if stops is None else stops.reshape(slots, num_tasks)
+        states, infos = [], []
+        for t, env in enumerate(self.task_envs):
+            task_state, info = env.step_batch(state.tasks[t], actions[:, t, :env.spec.action_dim], sync_axes,
+                                              stops[:, t])
+            states.append(task_state)
+            infos.append(info)
+        slot_major = lambda *xs: jnp.stack(xs, axis=1).reshape(slots * num_tasks, *xs[0].shape[1:])
+        # The observations differ in width per task: padded below; every other field is stacked as it is.
+        info = jax.tree.map(slot_major, *[i._replace(obs=None, final_obs=None) for i in infos])
+        obs = self._pad([s.obs for s in states])
+        info = info._replace(obs=obs, final_obs=self._pad([i.final_obs for i in infos]))
+        return MultitaskJaxState(tuple(states), obs), info
+
+
+def _multitask_spec(env_id: str, specs: list) -> EnvSpec:
     if len({spec.action_repeat for spec in specs}) != 1:
         raise MultitaskError(f"{env_id}: the tasks' action repeats differ "
                              f"({', '.join(f'{s.env_id}: {s.action_repeat}' for s in specs)})")
     raw_width = max(spec.obs_dim for spec in specs)
-    action_dim = max(spec.action_dim for spec in specs)
-    instances = [PaddedInstance(per_task[t].instances[i], t, len(tasks), raw_width, specs[t].action_dim)
-                 for i in range(num_envs) for t in range(len(tasks))]
-    spec = EnvSpec(
+    return EnvSpec(
         env_id=env_id,
-        obs_dim=raw_width + len(tasks),
-        action_dim=action_dim,
+        obs_dim=raw_width + len(specs),
+        action_dim=max(spec.action_dim for spec in specs),
         max_episode_steps=max(s.max_episode_steps for s in specs),
         action_repeat=specs[0].action_repeat,
         can_terminate=any(s.can_terminate for s in specs),
         tasks=tuple(TaskSpec(s.env_id, s.obs_dim, s.action_dim, s.max_episode_steps, s.can_terminate)
                     for s in specs),
     )
+
+
+def make_multitask(env_id: str, num_envs: int, seed: int, make_task, **kwargs) -> HostVecEnv | MultitaskJaxEnv:
+    """``num_envs`` env slots of every task of ``env_id`` (instance ``i * T + t``: slot i, task t, seed
+    seed + i), padded as the module docstring says; ``make_task(task_id, num_envs, seed, **kwargs)`` builds one
+    task's ``HostVecEnv`` (``envs.make``). Tasks that are all JAX envs (``mjx:``, ``jax:``) give one
+    ``MultitaskJaxEnv`` (its batch size is chosen at reset, as for a ``JaxEnv``)."""
+    from envs import is_jax_env
+
+    tasks = task_list(env_id)
+    jax_tasks = [t for t in tasks if is_jax_env(t)]
+    if jax_tasks and len(jax_tasks) < len(tasks):
+        raise MultitaskError(f"{env_id}: a multitask env is all host tasks (dmc:, gym:) or all JAX tasks (mjx:, "
+                             f"jax:); {', '.join(jax_tasks)} is a JAX env and the others are not")
+    if jax_tasks:
+        task_envs = [make_task(task, **kwargs) for task in tasks]
+        return MultitaskJaxEnv(_multitask_spec(env_id, [env.spec for env in task_envs]), task_envs)
+    per_task = [make_task(task, num_envs, seed, **kwargs) for task in tasks]
+    specs = [env.spec for env in per_task]
+    spec = _multitask_spec(env_id, specs)
+    instances = [PaddedInstance(per_task[t].instances[i], t, len(tasks), spec.obs_dim - len(tasks),
+                                specs[t].action_dim)
+                 for i in range(num_envs) for t in range(len(tasks))]
     return HostVecEnv(spec, instances)
 
 
@@ -163,5 +233,6 @@ def describe(spec: EnvSpec) -> str:
                      for t in spec.tasks)
 
 
-__all__ = ["SUITES", "MultitaskError", "PaddedInstance", "action_masks", "describe", "is_multitask",
+__all__ = ["SUITES", "MultitaskError", "MultitaskJaxEnv", "MultitaskJaxState", "PaddedInstance", "action_masks",
+           "describe", "is_multitask",
            "make_multitask", "normalized_score", "task_ids", "task_list"]

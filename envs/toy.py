@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from envs.core import EnvSpec, JaxEnv
 
 POINT_MASS = "jax:PointMass"
+POINT_MASS_1D = "jax:PointMass1D"       # the same task on a line: other widths, for multitask tests
 _DT = 0.05
 _DAMPING = 0.1  # velocity decay per second; keeps random-action episodes bounded
 
@@ -22,8 +23,10 @@ def make_point_mass(
     episode_length: int = 100,
     action_repeat: int = 1,
     terminate_outside: float | None = None,
+    dim: int = 2,
 ) -> JaxEnv:
-    """2-D point mass: obs = (x, y, vx, vy), action = force in [-1, 1]^2.
+    """2-D point mass: obs = (x, y, vx, vy), action = force in [-1, 1]^2 (`dim=1`: jax:PointMass1D, on a line:
+    obs (x, vx), action 1-D).
 
     Reward per frame = -|position|; starts uniformly in [-1, 1]^2 at rest.
     ``episode_length`` counts agent steps. ``terminate_outside`` (optional)
@@ -37,15 +40,15 @@ def make_point_mass(
         )
 
     def physics_reset(key, phase):
-        position = jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0)
-        physics = (position, jnp.zeros(2))
+        position = jax.random.uniform(key, (dim,), minval=-1.0, maxval=1.0)
+        physics = (position, jnp.zeros(dim))
         return physics, jnp.concatenate(physics)
 
     def physics_step(physics, action, phase):
         position, velocity = physics
         velocity = velocity * (1.0 - _DAMPING * _DT) + _DT * action
         position = position + _DT * velocity
-        reward = reward_to_goal((position, velocity), jnp.zeros(2))
+        reward = reward_to_goal((position, velocity), jnp.zeros(dim))
         if terminate_outside is None:
             terminated = jnp.zeros((), bool)
         else:
@@ -53,9 +56,9 @@ def make_point_mass(
         return (position, velocity), jnp.concatenate([position, velocity]), reward, terminated
 
     spec = EnvSpec(
-        env_id=POINT_MASS,
-        obs_dim=4,
-        action_dim=2,
+        env_id=POINT_MASS if dim == 2 else POINT_MASS_1D,
+        obs_dim=2 * dim,
+        action_dim=dim,
         max_episode_steps=episode_length,
         action_repeat=action_repeat,
         can_terminate=terminate_outside is not None,

@@ -28,7 +28,7 @@ def test_an_id_lists_its_tasks_and_suites_name_theirs():
     with pytest.raises(envs.UnknownEnvError, match="valid dm_control tasks"):
         envs.make("dmc:cartpole-balance,nope-nope")
     with pytest.raises(multitask.MultitaskError, match="JAX env"):
-        envs.make("mjx:CartpoleBalance,jax:PointMass")
+        envs.make("dmc:cartpole-balance,jax:PointMass")          # host and JAX tasks mixed
 
 
 def test_the_spec_pads_to_the_widest_task_and_appends_the_task_one_hot(mix):

@@ -197,6 +197,11 @@ class DeviceLoop(_SeedLoop):
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
         env = envs_lib.make(env_id, **(env_kwargs or {}))
+        if env.spec.tasks:
+            from experiments.loops.on_policy import LoopError
+
+            raise LoopError(f"{env_id}: multitask JAX envs (envs/multitask.py MultitaskJaxEnv) have no training "
+                            "loop yet; train multitask agents on host tasks (dmc:<task>,<task>,..., dmc:mt4)")
         super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
         agent = self.agent
 
