@@ -29,7 +29,7 @@ from envs import host_state
 
 ENV_ID_FAMILIES = ("dmc", "dmc:<domain>-<task>", "gym:<id>", "mjx:<PlaygroundName>", "jax:PointMass",
                    "jax:PointMass1D",
-                   "dmc:<task>,<task>,... (multitask)", "dmc:mt4", "dmc:mt8")
+                   "dmc:<task>,<task>,... (multitask)", "dmc:mt4", "dmc:mt8", "mjx:mt4")
 
 
 class UnknownEnvError(ValueError):

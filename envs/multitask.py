@@ -17,7 +17,8 @@ Tasks differ in observation and action widths, so every task is padded to the wi
 Tasks that are all JAX envs (``mjx:CartpoleBalance,FingerSpin``, ``jax:PointMass,PointMass1D``) make one
 ``MultitaskJaxEnv``: each task keeps its own state batch and ``step_batch`` steps each task's physics over its
 own envs inside one jitted program (different MJX models cannot be stacked, and a ``lax.switch`` would run
-every env through every task). No training loop runs it yet (the device loop refuses it with a message).
+every env through every task). The off-policy device loop runs it with one env slot of every task per seed
+(``--agent mrq_multitask --env mjx:mt4``).
 
 ``EnvSpec.tasks`` lists each task's own ``TaskSpec``: its widths, episode length and action repeat; an agent
 derives per-task discounts and reward scales from it.
@@ -40,12 +41,17 @@ SUITES: dict[str, tuple[str, ...]] = {
     # The DMC tasks of MR.Q's own benchmark that have state observations of a moderate width.
     "dmc:mt8": ("dmc:cartpole-balance", "dmc:cartpole-swingup", "dmc:reacher-easy", "dmc:ball_in_cup-catch",
                 "dmc:finger-spin", "dmc:walker-walk", "dmc:cheetah-run", "dmc:hopper-stand"),
+    # The same four on the device: MuJoCo Playground's ports of the DMC tasks (one jitted program).
+    "mjx:mt4": ("mjx:CartpoleBalance", "mjx:ReacherEasy", "mjx:BallInCup", "mjx:FingerSpin"),
 }
-"""Named task mixes: ``dmc:mt4`` is the 4-task mix of the multitask MR.Q tests and results."""
+"""Named task mixes: ``dmc:mt4`` is the 4-task mix of the multitask MR.Q tests and results, ``mjx:mt4`` its
+device counterpart."""
 
 # Returns are normalised per family to [0, 1] so that tasks can be averaged: every DMC suite task earns at
 # most 1 per frame over 1000 frames (rewards in [0, 1]), whatever the action repeat.
 MAX_RETURN = {"dmc": 1000.0}
+# Playground's DMC ports keep the suite's rewards in [0, 1] per frame over 1000 frames.
+MAX_RETURN_OF_TASK = {task: 1000.0 for task in SUITES["mjx:mt4"]}
 
 
 class MultitaskError(ValueError):
@@ -80,7 +86,7 @@ def task_list(env_id: str) -> tuple[str, ...]:
 
 def normalized_score(task_id: str, returns):
     """``returns`` of ``task_id`` divided by the family's largest return (NaN where none is known)."""
-    top = MAX_RETURN.get(task_id.partition(":")[0])
+    top = MAX_RETURN_OF_TASK.get(task_id.partition("?")[0], MAX_RETURN.get(task_id.partition(":")[0]))
     return np.asarray(returns, np.float64) / top if top else np.full(np.shape(returns), np.nan)
 
 

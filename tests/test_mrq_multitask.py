@@ -166,10 +166,29 @@ def test_a_multitask_id_mixing_host_and_jax_tasks_is_refused_with_a_clear_error(
         envs.make("dmc:cartpole-balance,jax:PointMass")
 
 
-def test_a_multitask_jax_env_is_refused_by_the_training_loop_for_now(tmp_path):
-    result = run_inprocess("--agent", "mrq_multitask", "--env", "jax:PointMass,PointMass1D", "--total-steps", "10",
+def test_a_multitask_run_on_jax_tasks_in_the_device_loop_resumes_exactly_and_logs_every_task(tmp_path):
+    args = ["--agent", "mrq_multitask", "--env", "jax:PointMass,PointMass1D", "--num-seeds", "2",
+            "--eval-every", "20", "--log-every", "20", "--eval-episodes", "2", "--buffer-size", "15", *TINY_FLAGS]
+    whole = run_inprocess(*args, "--total-steps", "40", "--run-dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    half = run_inprocess(*args, "--total-steps", "20", "--run-dir", str(tmp_path / "split"))
+    assert half.returncode == 0, half.stderr[-3000:]
+    resumed = run_inprocess("--run-dir", str(tmp_path / "split"), "--resume", "--total-steps", "40")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(tmp_path / "split" / "eval.csv") == _rows(tmp_path / "whole" / "eval.csv")
+    assert _rows(tmp_path / "split" / "train.csv") == _rows(tmp_path / "whole" / "train.csv")
+    rows = _rows(tmp_path / "whole" / "eval.csv")
+    assert [(r["step"], r["seed"], r["task"]) for r in rows[:3]] == [
+        ("20", "0", "all"), ("20", "0", "jax:PointMass"), ("20", "0", "jax:PointMass1D")]
+    returns = {r["task"]: float(r["return"]) for r in rows[:3]}
+    assert returns["all"] == pytest.approx((returns["jax:PointMass"] + returns["jax:PointMass1D"]) / 2, rel=1e-4)
+    assert "episode_return/jax:PointMass1D" in _rows(tmp_path / "whole" / "train.csv")[0]
+
+
+def test_a_single_task_agent_on_a_multitask_jax_env_is_refused(tmp_path):
+    result = run_inprocess("--agent", "sac", "--env", "jax:PointMass,PointMass1D", "--total-steps", "10",
                            "--run-dir", str(tmp_path / "run"))
-    assert result.returncode != 0 and "have no training loop yet" in result.stderr
+    assert result.returncode != 0 and "error: --agent sac trains on one task" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 

@@ -45,7 +45,11 @@ def evaluate_on_device(agent, env, agent_state, key: jax.Array, episodes: int,
     start at `clock` (the training envs' step count), so that a non-stationary
     env is evaluated on the task the agent currently faces.
     """
-    env_states = jax.vmap(lambda k: env.reset(k, clock))(jax.random.split(key, episodes))
+    if env.spec.tasks:      # a MultitaskJaxEnv: every episode on every task, [episodes * T] (e * T + t)
+        env_states = env.reset_batch(key, episodes, clock)
+        episodes *= env.spec.num_tasks
+    else:
+        env_states = jax.vmap(lambda k: env.reset(k, clock))(jax.random.split(key, episodes))
 
     def body(carry, _):
         env_states, returns, running = carry

@@ -45,6 +45,26 @@ def early_stop(agent: agents.OffPolicyAgent, state, obs: jax.Array, action: jax.
     return jnp.zeros((), bool) if agent.early_stop is None else agent.early_stop(state, obs, action)
 
 
+def _single_task_error(agent, env_id: str, spec) -> ValueError:
+    from experiments.loops.on_policy import LoopError
+
+    multitask = [name for name in agents.names()
+                 if isinstance(agents.get(name), agents.OffPolicyAgent) and agents.get(name).multitask]
+    return LoopError(f"--agent {agent.name} trains on one task; {env_id} is a multitask env ({spec.num_tasks} "
+                     f"tasks): use --agent {' or '.join(multitask)}, or one task's id (e.g. {spec.tasks[0].env_id})")
+
+
+def task_metrics(per_seed: dict, last_return: np.ndarray, episodes: np.ndarray, spec) -> None:
+    """A multitask env's episode metrics ([seeds, T] inputs): the last return per task, and over the tasks the
+    mean of the last returns of the envs that finished one."""
+    for t, task in enumerate(spec.tasks):
+        per_seed[f"episode_return/{task.env_id}"] = last_return[:, t]
+    finished = np.isfinite(last_return)
+    total = np.where(finished, last_return, 0.0).sum(axis=1)
+    per_seed["episode_return"] = np.where(finished.any(axis=1), total / np.maximum(finished.sum(1), 1), np.nan)
+    per_seed["episodes"] = episodes.sum(axis=1).astype(np.float32)
+
+
 class _SeedLoop(Loop):
     """What both loops share: the env, the replay capacity, fresh agents."""
 
@@ -84,13 +104,7 @@ class HostLoop(_SeedLoop):
         # and stores, [envs_per_seed, ...] per seed; with one env per seed, on unbatched rows.
         self.envs_per_seed = self.spec.num_tasks
         if self.spec.tasks and not agent.multitask:
-            from experiments.loops.on_policy import LoopError
-
-            multitask = [name for name in agents.names()
-                         if isinstance(agents.get(name), agents.OffPolicyAgent) and agents.get(name).multitask]
-            raise LoopError(f"--agent {agent.name} trains on one task; {env_id} is a multitask env "
-                            f"({self.spec.num_tasks} tasks): use --agent {' or '.join(multitask)}, or one task's id "
-                            f"(e.g. {self.spec.tasks[0].env_id})")
+            raise _single_task_error(agent, env_id, self.spec)
         agent = self.agent
 
         def act(state, obs, seed_key, step, explore):
@@ -170,14 +184,7 @@ class HostLoop(_SeedLoop):
             per_seed["episode_return"] = last_return
             per_seed["episodes"] = episodes.astype(np.float32)
         else:
-            # Per task, and over the tasks: the mean of the last returns of the envs that finished one.
-            for t, task in enumerate(self.spec.tasks):
-                per_seed[f"episode_return/{task.env_id}"] = last_return[:, t]
-            finished = np.isfinite(last_return)
-            total = np.where(finished, last_return, 0.0).sum(axis=1)
-            per_seed["episode_return"] = np.where(finished.any(axis=1), total / np.maximum(finished.sum(1), 1),
-                                                  np.nan)
-            per_seed["episodes"] = episodes.sum(axis=1).astype(np.float32)
+            task_metrics(per_seed, last_return, episodes, self.spec)
         return new_state, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
@@ -197,24 +204,28 @@ class DeviceLoop(_SeedLoop):
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
         env = envs_lib.make(env_id, **(env_kwargs or {}))
-        if env.spec.tasks:
-            from experiments.loops.on_policy import LoopError
-
-            raise LoopError(f"{env_id}: multitask JAX envs (envs/multitask.py MultitaskJaxEnv) have no training "
-                            "loop yet; train multitask agents on host tasks (dmc:<task>,<task>,..., dmc:mt4)")
         super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
+        # A multitask JaxEnv (envs/multitask.py) gives each seed one env of every task, [T, ...] per seed.
+        self.envs_per_seed = self.spec.num_tasks
+        multitask = bool(self.spec.tasks)
+        if multitask and not self.agent.multitask:
+            raise _single_task_error(self.agent, env_id, self.spec)
         agent = self.agent
 
         def chunk(agent_state, env_state, tracker, seed_key, steps):
             def body(carry, step):
                 agent_state, env_state, tracker = carry
-                obs = env_state.obs[0]
+                obs = env_state.obs if multitask else env_state.obs[0]
                 action = agent.act(agent_state, obs, step_key(seed_key, step, ACT), True)
                 stop = early_stop(agent, agent_state, obs, action)
                 # The seed's env is a batch of one: step_batch resets only on steps where some env of some
                 # seed finished (a real branch), where vmap(step) would pay for a reset on every step.
-                env_state, info = env.step_batch(env_state, action[None], (SEED_AXIS,), stop[None])
-                info = jax.tree.map(lambda x: x[0], info)
+                if multitask:
+                    stops = jnp.broadcast_to(jnp.asarray(stop), (self.envs_per_seed,))
+                    env_state, info = env.step_batch(env_state, action, (SEED_AXIS,), stops)
+                else:
+                    env_state, info = env.step_batch(env_state, action[None], (SEED_AXIS,), stop[None])
+                    info = jax.tree.map(lambda x: x[0], info)
                 transition = replay.Transition(obs, action, info.reward, info.final_obs,
                                                info.terminated, info.truncated)
                 agent_state, metrics = agent.update(agent.store(agent_state, transition),
@@ -223,7 +234,7 @@ class DeviceLoop(_SeedLoop):
                 tracker = {
                     "last_episode_return": jnp.where(done, info.episode_return, tracker["last_episode_return"]),
                     "episodes": tracker["episodes"] + done,
-                    "nan_resets": tracker["nan_resets"] + info.nan_reset,
+                    "nan_resets": tracker["nan_resets"] + jnp.sum(info.nan_reset),
                 }
                 return (agent_state, env_state, tracker), metrics
 
@@ -241,7 +252,10 @@ class DeviceLoop(_SeedLoop):
                                  static_argnums=2)
 
     def _reset(self, keys: jax.Array):
-        """Each seed's env as a batch of one ([seeds, 1, ...]), reset with its ENV_RESET key."""
+        """Each seed's env as a batch of one ([seeds, 1, ...]; a multitask env: one env slot of every task),
+        reset with its ENV_RESET key."""
+        if self.spec.tasks:
+            return jax.vmap(lambda key: self.env.reset_batch(key, 1))(keys)
         return jax.vmap(lambda key: jax.tree.map(lambda x: x[None], self.env.reset(key)))(keys)
 
     def memory_estimate(self) -> dict:
@@ -252,8 +266,9 @@ class DeviceLoop(_SeedLoop):
         """Fresh agents and envs for every seed (`configs`: as HostLoop.init)."""
         agent_state = self._init_agents(configs)
         env_state = self._reset(step_keys(self.seed_keys, 0, ENV_RESET))
-        tracker = {"last_episode_return": jnp.full(self.num_seeds, jnp.nan),
-                   "episodes": jnp.zeros(self.num_seeds, jnp.int32),
+        envs = (self.num_seeds, self.envs_per_seed) if self.spec.tasks else (self.num_seeds,)
+        tracker = {"last_episode_return": jnp.full(envs, jnp.nan),
+                   "episodes": jnp.zeros(envs, jnp.int32),
                    "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
         return {"agent": agent_state, "env": env_state, "tracker": tracker}
 
@@ -262,12 +277,16 @@ class DeviceLoop(_SeedLoop):
         agent_state, env_state, tracker, metrics = self._chunk(
             state["agent"], state["env"], state["tracker"], self.seed_keys, steps)
         per_seed = {k: np.asarray(v) for k, v in metrics.items()}
-        per_seed["episode_return"] = np.asarray(tracker["last_episode_return"])
-        per_seed["episodes"] = np.asarray(tracker["episodes"], np.float32)
+        if self.spec.tasks:
+            task_metrics(per_seed, np.asarray(tracker["last_episode_return"]), np.asarray(tracker["episodes"]),
+                         self.spec)
+        else:
+            per_seed["episode_return"] = np.asarray(tracker["last_episode_return"])
+            per_seed["episodes"] = np.asarray(tracker["episodes"], np.float32)
         per_seed["nan_resets"] = np.asarray(tracker["nan_resets"], np.float32)
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         keys = step_keys(self.seed_keys, step, EVAL)
         # One env per seed: the eval envs' clock is the step.
-        return Evaluation(np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))))
+        return Evaluation.of(np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))), self.spec)
