@@ -203,8 +203,8 @@ def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = N
 
     if capacity is None:
         capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
-    buffer = replay.create(capacity, spec.obs_dim, spec.action_dim,
-                           horizon=max(config.enc_horizon, config.q_horizon), initial_priority=config.min_priority)
+    buffer = replay.create(capacity, spec.obs_dim, spec.action_dim, horizon=max(config.enc_horizon, config.q_horizon),
+                           initial_priority=config.min_priority, prioritized=config.prioritized)
     return MRQState(
         encoder=trained(encoder_params, encoder_opt),
         value=trained(value_params, value_opt),
@@ -349,12 +349,13 @@ def refresh_targets(state: MRQState) -> MRQState:
     )
 
 
-def update_encoder(state: MRQState, key: jax.Array,
-                   penalty: EncoderPenalty | None = None) -> tuple[MRQState, dict]:
-    """One encoder step on a batch of H_enc-subsequences."""
+def update_encoder(state: MRQState, key: jax.Array, penalty: EncoderPenalty | None = None,
+                   start: jax.Array | None = None) -> tuple[MRQState, dict]:
+    """One encoder step on a batch of H_enc-subsequences (starting at `start`, or drawn with `key`)."""
     config = state.config
     optimizer, _, _ = _optimizers(config)
-    start = replay.sample_indices(state.replay, key, config.batch_size, config.prioritized)
+    if start is None:
+        start = replay.sample_indices(state.replay, key, config.batch_size)
     batch = replay.subsequence(state.replay, start, config.enc_horizon)
     grads, metrics = jax.grad(encoder_loss, has_aux=True)(
         state.encoder.params, state.encoder.target_params, batch, state, jax.random.fold_in(key, 1), penalty)
@@ -364,11 +365,15 @@ def update_encoder(state: MRQState, key: jax.Array,
 def encoder_burst(state: MRQState, key: jax.Array, penalty: EncoderPenalty | None = None) -> MRQState:
     """Targets refreshed, then `target_update_freq` encoder steps (one `lax.scan`).
 
-    The mean of the burst's losses is kept in `state.encoder_metrics` for logging.
+    The buffer and its priorities do not change during a burst, so all of its batches are drawn in one pass
+    before it (the same starts as drawing each step's batch with its key). The mean of the burst's losses is
+    kept in `state.encoder_metrics` for logging.
     """
+    config = state.config
     state = refresh_targets(state)
-    keys = jax.random.split(key, state.config.target_update_freq)
-    state, metrics = jax.lax.scan(lambda s, k: update_encoder(s, k, penalty), state, keys)
+    keys = jax.random.split(key, config.target_update_freq)
+    starts = jax.vmap(lambda k: replay.sample_indices(state.replay, k, config.batch_size))(keys)
+    state, metrics = jax.lax.scan(lambda s, ks: update_encoder(s, ks[0], penalty, ks[1]), state, (keys, starts))
     return state.replace(encoder_metrics=jax.tree.map(jnp.mean, metrics))
 
 
@@ -378,7 +383,7 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
     encoder_net, _, _ = _networks(config, state.spec)
     _, value_opt, policy_opt = _optimizers(config)
     k_sample, k_target = jax.random.split(key)
-    start = replay.sample_indices(state.replay, k_sample, config.batch_size, config.prioritized)
+    start = replay.sample_indices(state.replay, k_sample, config.batch_size)
     batch = replay.subsequence(state.replay, start, config.q_horizon)
 
     target = jax.lax.stop_gradient(value_target(state, batch, k_target))

@@ -28,7 +28,8 @@ mixes tasks whose rewards differ by orders of magnitude).
 
 Replay: one stream per env (replay/streams.py), uniform over within-episode windows (the reference's slice
 sampler), no prioritisation; `sampling=stratified` draws every task equally. Memory: (obs_dim + action_dim +
-5) * 4 bytes per slot per task per seed, e.g. 80 B on dmc:mt4: 8 MB per task per seed at 1e5 transitions.
+6) * 4 bytes per slot per task per seed (the sum tree included), e.g. 84 B on dmc:mt4: 8 MB per task per seed
+at 1e5 transitions.
 
 Left out of the reference: its learning-rate warm-up for multitask runs and the frozen text embeddings.
 """

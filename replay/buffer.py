@@ -20,12 +20,18 @@ Windows that would run past a TRUNCATED episode end are never sampled (there is
 no true continuation to learn from). Shorter windows (e.g. MR.Q's 3-step
 returns inside its 5-step encoder windows) use the same starts.
 
+Sampling. Starts are drawn with probability proportional to a weight per slot:
+can_start (uniform over valid starts) or, in a `prioritized` buffer, can_start x
+LAP priority. A sum tree over the weights (replay/sumtree.py) is refreshed at
+the few slots each `add` or `update_priority` changes, so a draw costs
+O(batch x log capacity) instead of a cumulative sum over the whole buffer.
+
 Memory. Per slot: obs_dim + action_dim floats plus 5 scalars (reward,
-terminated, has_transition, can_start, priority), all float32:
-(obs_dim + action_dim + 5) * 4 bytes. At the default 1e6 slots that is
-e.g. 112 MB per seed on cheetah-run (17 + 6), 312 MB on humanoid (67 + 21),
-so 10 seeds x 1e6 transitions on humanoid take about 3.1 GB of device memory.
-`capacity_for` sizes a buffer to what a run can actually fill.
+terminated, has_transition, can_start, priority) and about one float of sum
+tree, all float32: (obs_dim + action_dim + 6) * 4 bytes. At the default 1e6
+slots that is e.g. 116 MB per seed on cheetah-run (17 + 6), 316 MB on humanoid
+(67 + 21), so 10 seeds x 1e6 transitions on humanoid take about 3.2 GB of
+device memory. `capacity_for` sizes a buffer to what a run can actually fill.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from replay import sumtree
 
 
 class Transition(NamedTuple):
@@ -62,7 +70,9 @@ class ReplayBuffer:
     episode_steps: jax.Array   # int32 scalar, transitions of the current episode stored so far
     max_priority: jax.Array    # float32 scalar, priority given to new transitions
     any_terminated: jax.Array  # bool scalar, a terminal transition has been stored
+    tree: tuple                # sum tree of the sampling weights above the slots (replay/sumtree.py)
     horizon: int = struct.field(pytree_node=False, default=1)
+    prioritized: bool = struct.field(pytree_node=False, default=False)  # weights include the LAP priority
 
     @property
     def capacity(self) -> int:
@@ -90,8 +100,10 @@ def capacity_for(total_steps: int, buffer_size: int, max_episode_steps: int) -> 
     return int(transitions + math.ceil(transitions / max(max_episode_steps, 1)) + 1)
 
 
-def create(capacity: int, obs_dim: int, action_dim: int, horizon: int, initial_priority: float = 1.0) -> ReplayBuffer:
-    """An empty buffer whose starts allow windows of up to `horizon` transitions."""
+def create(capacity: int, obs_dim: int, action_dim: int, horizon: int, initial_priority: float = 1.0,
+           prioritized: bool = False) -> ReplayBuffer:
+    """An empty buffer whose starts allow windows of up to `horizon` transitions, sampled uniformly or, when
+    `prioritized`, in proportion to their LAP priority."""
     if capacity <= horizon + 1:
         raise ValueError(f"replay capacity {capacity} must exceed the subsequence horizon {horizon} + 1")
     zeros = jnp.zeros((capacity,), jnp.float32)
@@ -103,8 +115,25 @@ def create(capacity: int, obs_dim: int, action_dim: int, horizon: int, initial_p
         episode_steps=jnp.zeros((), jnp.int32),
         max_priority=jnp.asarray(initial_priority, jnp.float32),
         any_terminated=jnp.zeros((), bool),
+        tree=sumtree.create(capacity),
         horizon=horizon,
+        prioritized=prioritized,
     )
+
+
+def sampling_weight(buffer: ReplayBuffer, index: jax.Array, stream: jax.Array | None = None) -> jax.Array:
+    """The weights of slots `index` in the sampling law (0 past the end): can_start, times the priority in a
+    prioritized buffer. `stream`: as in `subsequence`, for stacked streams."""
+    at = index if stream is None else (stream, index)
+    weight = buffer.can_start.at[at].get(mode="fill", fill_value=0.0)
+    if buffer.prioritized:
+        weight = weight * buffer.priority.at[at].get(mode="fill", fill_value=0.0)
+    return weight
+
+
+def _refreshed(buffer: ReplayBuffer, index: jax.Array) -> ReplayBuffer:
+    """`buffer` with its sum tree brought up to date after the slots `index` changed."""
+    return buffer.replace(tree=sumtree.refresh(buffer.tree, lambda i: sampling_weight(buffer, i), index))
 
 
 def add(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> ReplayBuffer:
@@ -133,7 +162,7 @@ def add(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated, truncat
     opens = done & terminated & (k < episode_steps)
     can_start = can_start.at[starts].set(jnp.where(opens, 1.0, can_start[starts]))
 
-    return buffer.replace(
+    buffer = buffer.replace(
         obs=obs_table,
         action=buffer.action.at[i].set(action),
         reward=buffer.reward.at[i].set(reward),
@@ -145,19 +174,19 @@ def add(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated, truncat
         episode_steps=jnp.where(done, 0, episode_steps).astype(jnp.int32),
         any_terminated=buffer.any_terminated | terminated,
     )
+    # The slots whose can_start or priority this add may have changed.
+    return _refreshed(buffer, jnp.concatenate([jnp.stack([i, after, full_start]), starts]))
 
 
-def sample_indices(buffer: ReplayBuffer, key: jax.Array, batch_size: int, prioritized: bool) -> jax.Array:
-    """Start slots drawn with probability proportional to priority (LAP) or uniformly among valid starts.
+def sample_indices(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> jax.Array:
+    """Start slots drawn with probability proportional to the buffer's sampling weight: uniformly among valid
+    starts, or by LAP priority in a prioritized buffer.
 
-    Inverse-CDF sampling: O(capacity) for the cumulative sum, O(batch log capacity)
-    for the search. Never returns a slot with zero weight.
+    Inverse-CDF sampling down the sum tree: O(batch x log capacity). Never returns a slot with zero weight
+    (unless the buffer holds no valid start at all).
     """
-    weights = buffer.can_start * buffer.priority if prioritized else buffer.can_start
-    cumulative = jnp.cumsum(weights)
-    u = jax.random.uniform(key, (batch_size,)) * cumulative[-1]
-    index = jnp.searchsorted(cumulative, u, side="right")
-    return jnp.minimum(index, buffer.capacity - 1).astype(jnp.int32)
+    u = jax.random.uniform(key, (batch_size,)) * sumtree.total(buffer.tree)
+    return sumtree.find(buffer.tree, lambda i: sampling_weight(buffer, i), u)
 
 
 def subsequence(buffer: ReplayBuffer, start: jax.Array, length: int, stream: jax.Array | None = None) -> Subsequence:
@@ -182,15 +211,16 @@ def subsequence(buffer: ReplayBuffer, start: jax.Array, length: int, stream: jax
     )
 
 
-def update_priority(buffer: ReplayBuffer, index: jax.Array, priority: jax.Array,
-                    stream: jax.Array | None = None) -> ReplayBuffer:
-    """Set the priorities of sampled slots (of `stream`s, as in `subsequence`); new transitions get the largest
-    priority seen."""
-    at = index if stream is None else (stream, index)
-    return buffer.replace(
-        priority=buffer.priority.at[at].set(priority),
+def update_priority(buffer: ReplayBuffer, index: jax.Array, priority: jax.Array) -> ReplayBuffer:
+    """Set the priorities of sampled slots of a prioritized buffer; new transitions get the largest priority
+    seen."""
+    if not buffer.prioritized:
+        raise ValueError("update_priority on a buffer made with prioritized=False (its sampling ignores priorities)")
+    buffer = buffer.replace(
+        priority=buffer.priority.at[index].set(priority),
         max_priority=jnp.maximum(buffer.max_priority, jnp.max(priority)),
     )
+    return _refreshed(buffer, index)
 
 
 def mean_abs_reward(buffer: ReplayBuffer, eps: float = 1e-8) -> jax.Array:
@@ -209,10 +239,9 @@ class TransitionBatch(NamedTuple):
     terminated: jax.Array  # [B]  1.0 if next_obs is terminal (no bootstrap); truncation stays 0
 
 
-def sample_transitions(buffer: ReplayBuffer, key: jax.Array, batch_size: int,
-                       prioritized: bool = False) -> tuple[TransitionBatch, jax.Array]:
-    """`batch_size` one-step transitions (uniform, or by priority) and the slots they came from."""
-    index = sample_indices(buffer, key, batch_size, prioritized)
+def sample_transitions(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> tuple[TransitionBatch, jax.Array]:
+    """`batch_size` one-step transitions (uniform, or by priority in a prioritized buffer) and their slots."""
+    index = sample_indices(buffer, key, batch_size)
     after = (index + 1) % buffer.capacity
     batch = TransitionBatch(buffer.obs[index], buffer.action[index], buffer.reward[index], buffer.obs[after],
                             buffer.terminated[index])

@@ -16,10 +16,12 @@ Sampling draws (stream, start) pairs:
 * stratified: the batch split evenly over the streams (sample b comes from stream b % N), uniform inside each;
 * prioritized: proportional to LAP priority over all streams.
 
-All three draw from one cumulative sum over the N x capacity weights, then one search per sample.
+Each stream keeps its own sum tree (replay/sumtree.py): a draw picks a stream from the N stream totals,
+then descends that stream's tree, O(N + log capacity) per sample instead of a cumulative sum over all
+N x capacity slots. Whether priorities count is fixed when the streams are made (`prioritized`).
 
-Memory: per stream and per slot (obs_dim + action_dim + 5) * 4 bytes (replay/buffer.py). On `dmc:mt4`
-(padded obs 9 + one-hot 4 = 13, actions 2): 80 bytes per slot, so 1e5 transitions per task take 8 MB per task
+Memory: per stream and per slot (obs_dim + action_dim + 6) * 4 bytes (replay/buffer.py). On `dmc:mt4`
+(padded obs 9 + one-hot 4 = 13, actions 2): 84 bytes per slot, so 1e5 transitions per task take 8 MB per task
 per seed, and the follow-up's 1e6 per task take 80 MB per task per seed.
 """
 
@@ -28,15 +30,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from replay.buffer import ReplayBuffer, Subsequence, add as add_one, create as create_one, subsequence
+from replay import sumtree
+from replay.buffer import (ReplayBuffer, Subsequence, add as add_one, create as create_one, sampling_weight,
+                           subsequence)
 
 SAMPLING = ("uniform", "stratified", "prioritized")
 
 
 def create(num_streams: int, capacity: int, obs_dim: int, action_dim: int, horizon: int,
-           initial_priority: float = 1.0) -> ReplayBuffer:
-    """`num_streams` empty streams of `capacity` slots each."""
-    one = create_one(capacity, obs_dim, action_dim, horizon, initial_priority)
+           initial_priority: float = 1.0, prioritized: bool = False) -> ReplayBuffer:
+    """`num_streams` empty streams of `capacity` slots each (sampled by priority when `prioritized`)."""
+    one = create_one(capacity, obs_dim, action_dim, horizon, initial_priority, prioritized)
     return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (num_streams,) + leaf.shape), one)
 
 
@@ -54,20 +58,23 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int,
     """(stream [B], start slot [B]) of `batch_size` windows, drawn as the module docstring says."""
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
-    n, capacity = buffer.can_start.shape
-    weights = buffer.can_start * buffer.priority if sampling == "prioritized" else buffer.can_start
-    cumulative = jnp.cumsum(weights.reshape(-1))
+    if (sampling == "prioritized") != buffer.prioritized:
+        raise ValueError(f"sampling {sampling!r} from streams made with prioritized={buffer.prioritized}")
+    totals = sumtree.total(buffer.tree)                                       # [N]
+    before = jnp.cumsum(totals) - totals
     u = jax.random.uniform(key, (batch_size,))
+    # One mass in [0, every stream's total): the stream it falls in, then the mass left inside that stream.
+    mass = u * jnp.sum(totals)
+    stream = jnp.clip(jnp.searchsorted(before + totals, mass, side="right"), 0, totals.shape[0] - 1)
+    inside = mass - before[stream]
     if sampling == "stratified":
-        # Sample b searches inside stream b % N: between the cumulative totals before and after that stream.
-        totals = jnp.sum(weights, axis=1)
-        before = jnp.cumsum(totals) - totals
-        stream = jnp.arange(batch_size) % n
-        target = before[stream] + u * totals[stream]
-    else:
-        target = u * cumulative[-1]
-    index = jnp.minimum(jnp.searchsorted(cumulative, target, side="right"), n * capacity - 1)
-    return (index // capacity).astype(jnp.int32), (index % capacity).astype(jnp.int32)
+        # Sample b draws inside stream b % N, uniformly, unless that stream holds no valid start yet.
+        own = jnp.arange(batch_size) % totals.shape[0]
+        has_data = totals[own] > 0
+        stream, inside = jnp.where(has_data, own, stream), jnp.where(has_data, u * totals[own], inside)
+    stream = stream.astype(jnp.int32)
+    start = sumtree.find(buffer.tree, lambda i: sampling_weight(buffer, i, stream), inside, stream)
+    return stream, start
 
 
 def window(buffer: ReplayBuffer, stream: jax.Array, start: jax.Array, length: int) -> Subsequence:

@@ -69,8 +69,8 @@ def test_a_multitask_env_state_restores_exactly(mix):
     other.close()
 
 
-def _filled(num_tasks=2, capacity=40, steps=30, episode=10):
-    buffer = streams.create(num_tasks, capacity, obs_dim=3, action_dim=1, horizon=3)
+def _filled(num_tasks=2, capacity=40, steps=30, episode=10, prioritized=False):
+    buffer = streams.create(num_tasks, capacity, obs_dim=3, action_dim=1, horizon=3, prioritized=prioritized)
     for t in range(steps):
         task = jnp.arange(num_tasks, dtype=jnp.float32)
         obs = jnp.stack([task, jnp.full(num_tasks, t, jnp.float32), jnp.zeros(num_tasks)], -1)
@@ -82,7 +82,7 @@ def _filled(num_tasks=2, capacity=40, steps=30, episode=10):
 
 @pytest.mark.parametrize("sampling", ["uniform", "stratified", "prioritized"])
 def test_samples_carry_their_stream_s_task_and_never_cross_an_episode(sampling):
-    buffer = _filled()
+    buffer = _filled(prioritized=sampling == "prioritized")
     stream, start = streams.sample(buffer, jax.random.PRNGKey(0), 512, sampling)
     batch = streams.window(buffer, stream, start, 3)
     # Every stored obs holds its task in dim 0 and its time step in dim 1; the action and reward too.

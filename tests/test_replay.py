@@ -67,7 +67,7 @@ def test_wraparound_invalidates_overwritten_windows():
 
 def test_uniform_sampling_only_returns_valid_starts_and_covers_them():
     buffer = _fill(replay.create(100, 1, 1, 3), [(20, False), (10, True)])
-    index = np.asarray(replay.sample_indices(buffer, jax.random.PRNGKey(0), 4000, prioritized=False))
+    index = np.asarray(replay.sample_indices(buffer, jax.random.PRNGKey(0), 4000))
     valid = np.flatnonzero(np.asarray(buffer.can_start))
     assert set(index) == set(valid)
     counts = np.bincount(index, minlength=100)[valid]
@@ -75,10 +75,10 @@ def test_uniform_sampling_only_returns_valid_starts_and_covers_them():
 
 
 def test_lap_sampling_follows_priorities_and_new_items_get_the_max():
-    buffer = _fill(replay.create(100, 1, 1, 1), [(10, False)])
+    buffer = _fill(replay.create(100, 1, 1, 1, prioritized=True), [(10, False)])
     valid = np.flatnonzero(np.asarray(buffer.can_start))
     buffer = replay.update_priority(buffer, jnp.asarray(valid), jnp.where(jnp.asarray(valid) == 3, 9.0, 1.0))
-    index = np.asarray(replay.sample_indices(buffer, jax.random.PRNGKey(1), 20000, prioritized=True))
+    index = np.asarray(replay.sample_indices(buffer, jax.random.PRNGKey(1), 20000))
     share = np.mean(index == 3)
     expected = 9.0 / (9.0 + (len(valid) - 1))
     assert abs(share - expected) < 0.02
@@ -93,12 +93,12 @@ def test_mean_abs_reward_ignores_final_obs_slots():
 
 
 def test_buffer_vmaps_over_seeds():
-    buffers = jax.vmap(lambda _: replay.create(32, 2, 1, 2))(jnp.arange(3))
+    buffers = jax.vmap(lambda _: replay.create(32, 2, 1, 2, prioritized=True))(jnp.arange(3))
     add = jax.jit(jax.vmap(replay.add))
     obs = jnp.arange(6.0).reshape(3, 2)
     buffers = add(buffers, obs, jnp.zeros((3, 1)), jnp.ones(3), obs + 1, jnp.zeros(3, bool), jnp.array([True, False, False]))
     np.testing.assert_array_equal(np.asarray(buffers.insert_index), [2, 1, 1])
-    index = jax.vmap(lambda b, k: replay.sample_indices(b, k, 8, True))(buffers, jax.random.split(jax.random.PRNGKey(0), 3))
+    index = jax.vmap(lambda b, k: replay.sample_indices(b, k, 8))(buffers, jax.random.split(jax.random.PRNGKey(0), 3))
     assert index.shape == (3, 8)
 
 
