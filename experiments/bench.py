@@ -26,6 +26,14 @@ included), fills the buffer with random steps, then times one full schedule
 period of training steps (for MR.Q: 250 value/policy updates plus one
 250-step encoder burst), after compilation. "N seeds for the price of one" is
 `time_ratio_vs_1_seed`: the wall time of a step with N seeds over one seed.
+`--capacity` sizes the replay as a run of that many transitions would (a
+sampler whose cost grows with the buffer shows here, not at the default 4 x
+steps). For agents whose state holds a replay buffer the report adds the time
+of one draw of a batch (`sample_ms_per_draw`, timed alone) and its share of a
+step; MR.Q draws two batches per step (the value batch and, amortised, one
+encoder batch of the burst).
+
+    python experiments/bench.py --agent mrq --env dmc:cartpole-balance --seeds 1 --capacity 1000 500000
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import jax
 import tyro
 
 import agents
+import replay
 from experiments import loops
 from experiments.loops.driver import drive
 
@@ -72,22 +81,44 @@ class BenchArgs:
     sequential runs (each with --seeds[0] seeds), wall-clock including compilation."""
     sweep_field: str = "learning_rate"
     """The traced field the sweep varies (geometric values around the config's)."""
+    capacity: tuple[int, ...] = (0,)
+    """Off-policy agents: replay capacities in transitions to measure each seed count at (0: 4 x the timed steps,
+    as small as the measurement needs; a 500k-step run allocates 500000)."""
 
 
-def measure(agent, config, env_id: str, num_seeds: int, steps: int) -> dict:
+def measure(agent, config, env_id: str, num_seeds: int, steps: int, capacity: int = 0) -> dict:
+    """One seed count: `steps` timed training steps after a warm-up of as many; a replay of `capacity`
+    transitions (0: 4 x steps)."""
     if isinstance(agent, agents.OffPolicyAgent) and agent.multitask:
         return measure_multitask(agent, config, env_id, num_seeds, steps)
     # Training starts at the last warm-up step, so the warm-up compiles every branch
     # and the timed window holds exactly one schedule period.
     config = dataclasses.replace(config, random_steps=steps - 1)
-    loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=4 * steps)
-    warmup, elapsed, _ = _timed_chunks(loop, 2 * steps, steps)
+    loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=capacity or 4 * steps)
+    warmup, elapsed, state = _timed_chunks(loop, 2 * steps, steps)
+    result = {"num_seeds": num_seeds, "replay_slots": loop.capacity, "timed_steps": steps,
+              "seconds": round(elapsed, 3), "ms_per_step": round(1000 * elapsed / steps, 2),
+              "agent_steps_per_s_per_seed": round(steps / elapsed, 2),
+              "agent_steps_per_s_all_seeds": round(num_seeds * steps / elapsed, 2),
+              "compile_and_warmup_s": round(warmup, 1)}
+    buffer = getattr(state["agent"], "replay", None)
+    if isinstance(buffer, replay.ReplayBuffer):
+        sample_ms = 1000 * time_sampling(buffer, config.batch_size)
+        result.update({"sample_ms_per_draw": round(sample_ms, 3),
+                       "one_draw_share_of_step": round(sample_ms / result["ms_per_step"], 4)})
     loop.close()
-    return {"num_seeds": num_seeds, "timed_steps": steps, "seconds": round(elapsed, 3),
-            "ms_per_step": round(1000 * elapsed / steps, 2),
-            "agent_steps_per_s_per_seed": round(steps / elapsed, 2),
-            "agent_steps_per_s_all_seeds": round(num_seeds * steps / elapsed, 2),
-            "compile_and_warmup_s": round(warmup, 1)}
+    return result
+
+
+def time_sampling(buffer, batch_size: int, repeats: int = 50) -> float:
+    """Seconds per draw of `batch_size` starts from every seed's `buffer` (replay.sample_indices, jitted,
+    vmapped over seeds, as the update calls it), after a compiling draw."""
+    draw = jax.jit(jax.vmap(lambda b, k: replay.sample_indices(b, k, batch_size), in_axes=(0, None)))
+    jax.block_until_ready(draw(buffer, jax.random.PRNGKey(0)))
+    start = time.perf_counter()
+    for i in range(repeats):
+        jax.block_until_ready(draw(buffer, jax.random.PRNGKey(i + 1)))
+    return (time.perf_counter() - start) / repeats
 
 
 def measure_multitask(agent, config, env_id: str, num_seeds: int, steps: int, seeding_episodes: int = 1) -> dict:
@@ -101,10 +132,12 @@ def measure_multitask(agent, config, env_id: str, num_seeds: int, steps: int, se
     warm = seeding_episodes * spec.max_episode_steps + 1
     loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=warm + steps)
     warmup, elapsed, state = _timed_chunks(loop, warm + steps, warm)
-    capacity = state["agent"].replay.capacity
-    # The per-slot arrays ([seeds, streams, capacity, ...]); the per-stream counters are a few bytes each.
-    replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state["agent"].replay)
-                       if leaf.ndim >= 3 and leaf.shape[2] == capacity)
+    buffer = state["agent"].replay
+    capacity = buffer.capacity
+    # The per-slot arrays ([seeds, streams, capacity, ...]) and the sum tree above them (about one float per
+    # slot); the per-stream counters are a few bytes each.
+    replay_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(buffer) if leaf.ndim >= 3 and leaf.shape[2] == capacity)
+    replay_bytes += sum(level.nbytes for level in buffer.tree)
     loop.close()
     tasks = spec.num_tasks
     per_slot = replay_bytes / (num_seeds * tasks * capacity)
@@ -268,7 +301,7 @@ def main(args: BenchArgs) -> dict:
         return report
     config = agent.Config()
     steps = args.steps or getattr(config, "target_update_freq", 250)
-    results = [measure(agent, config, args.env, n, steps) for n in args.seeds]
+    results = [measure(agent, config, args.env, n, steps, capacity) for capacity in args.capacity for n in args.seeds]
     base = results[0]["seconds"]
     for r in results:
         r["time_ratio_vs_first"] = round(r["seconds"] / base, 2)

@@ -15,8 +15,9 @@ def test_multitask_bench_reports_steps_per_task_per_seed_and_replay_bytes():
                                      num_seeds=2, steps=4, seeding_episodes=0)
     assert result["tasks"] == ["dmc:cartpole-balance", "dmc:reacher-easy"]
     assert (result["num_seeds"], result["timed_steps"], result["updates_timed"]) == (2, 4, 4.0)
-    # obs: the widest task (6) + a 2-task one-hot; actions 2; + reward, flags, priority: (8 + 2 + 5) * 4 bytes.
-    assert result["replay_bytes_per_slot_per_task"] == 60.0
-    assert result["replay_mb_per_task_per_seed_at_1e5"] == round(60 * 1e5 / 2**20, 2)
+    # obs: the widest task (6) + a 2-task one-hot; actions 2; + reward, flags, priority and the sum tree (the 7
+    # slots of 5 transitions have 4 + 2 + 1 nodes above them): (8 + 2 + 5 + 1) * 4 bytes.
+    assert result["replay_bytes_per_slot_per_task"] == 64.0
+    assert result["replay_mb_per_task_per_seed_at_1e5"] == round(64 * 1e5 / 2**20, 2)
     assert result["agent_steps_per_s_all_tasks_all_seeds"] == pytest.approx(
         4 * result["agent_steps_per_s_per_task_per_seed"], rel=0.01)
