@@ -1,10 +1,11 @@
 """A replay buffer of several streams: one `ReplayBuffer` per env of a seed, stacked on a leading axis.
 
-An agent that steps N envs per seed (a multitask env's T tasks, envs/multitask.py) stores N transitions per
-step. Each env's episodes must stay apart (a subsequence never runs from one env's episode into another's), so
-every env writes its own stream: a `ReplayBuffer` of `capacity` slots with the layout and subsequence rules of
-replay/buffer.py. The streams are one pytree (every leaf gains a leading [N] axis), so all of it stays under
-`jit` and `vmap` over seeds.
+An agent that steps N envs per seed (SAC, TD3 and MR.Q with `--num-envs N`; a multitask env's T tasks,
+envs/multitask.py) stores N transitions per loop step. Each env's episodes must stay apart (a subsequence never
+runs from one env's episode into another's), so every env writes its own stream: a `ReplayBuffer` of `capacity`
+slots with the layout and subsequence rules of replay/buffer.py. The streams are one pytree (every leaf gains a
+leading [N] axis), so all of it stays under `jit` and `vmap` over seeds. One env per seed is one stream, and
+draws exactly the starts a lone `ReplayBuffer` with the same contents would.
 
 Stream s holds env s of the seed; in a multitask env, env slot e of task t is stream e * T + t, so the task
 of stream s is s % T (`task_of`).
@@ -27,12 +28,14 @@ per seed, and the follow-up's 1e6 per task take 80 MB per task per seed.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from replay import sumtree
-from replay.buffer import (ReplayBuffer, Subsequence, add as add_one, create as create_one, sampling_weight,
-                           subsequence)
+from replay.buffer import (ReplayBuffer, Subsequence, Transition, TransitionBatch, add as add_one,
+                           capacity_for as capacity_for_one, create as create_one, sampling_weight, subsequence)
 
 SAMPLING = ("uniform", "stratified", "prioritized")
 
@@ -44,13 +47,33 @@ def create(num_streams: int, capacity: int, obs_dim: int, action_dim: int, horiz
     return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (num_streams,) + leaf.shape), one)
 
 
+def capacity_for(transitions: int, num_streams: int, max_episode_steps: int) -> int:
+    """Slots per stream so that `num_streams` streams together hold `transitions` transitions (each stream an
+    equal share, plus its episodes' final observations: replay/buffer.py `capacity_for`)."""
+    per_stream = math.ceil(transitions / num_streams)
+    return capacity_for_one(per_stream, per_stream, max_episode_steps)
+
+
 def num_streams(buffer: ReplayBuffer) -> int:
     return buffer.obs.shape[0]
+
+
+def stream(buffer: ReplayBuffer, index: int) -> ReplayBuffer:
+    """Stream `index` alone, as a plain `ReplayBuffer` (to read one env's data with replay/buffer.py)."""
+    return jax.tree.map(lambda leaf: leaf[index], buffer)
 
 
 def add(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> ReplayBuffer:
     """Store one transition per stream (every argument has a leading [N] axis)."""
     return jax.vmap(add_one)(buffer, obs, action, reward, next_obs, terminated, truncated)
+
+
+def add_transition(buffer: ReplayBuffer, transition: Transition) -> ReplayBuffer:
+    """Store one loop step of a seed's envs: `transition` has a leading [N] axis, row e going to stream e; a
+    transition of one env (a scalar reward, as the loops hand over one env per seed) goes to the only stream."""
+    if jnp.ndim(transition.reward) == 0:
+        transition = jax.tree.map(lambda x: jnp.asarray(x)[None], transition)
+    return add(buffer, *transition)
 
 
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int,
@@ -80,6 +103,26 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int,
 def window(buffer: ReplayBuffer, stream: jax.Array, start: jax.Array, length: int) -> Subsequence:
     """The `length`-step subsequences at (stream, start) (replay/buffer.py's `subsequence`)."""
     return subsequence(buffer, start, length, stream)
+
+
+def transitions(buffer: ReplayBuffer, stream: jax.Array, index: jax.Array) -> TransitionBatch:
+    """The one-step transitions at (stream, index) [B]: the next observation is the stream's next slot."""
+    after = (index + 1) % buffer.capacity
+    return TransitionBatch(buffer.obs[stream, index], buffer.action[stream, index], buffer.reward[stream, index],
+                           buffer.obs[stream, after], buffer.terminated[stream, index])
+
+
+def update_priority(buffer: ReplayBuffer, stream: jax.Array, index: jax.Array, priority: jax.Array) -> ReplayBuffer:
+    """Set the LAP priorities of sampled (stream, index) pairs of prioritized streams. New transitions of every
+    stream get the largest priority seen in any stream, as in one buffer."""
+    if not buffer.prioritized:
+        raise ValueError("update_priority on streams made with prioritized=False (their sampling ignores "
+                         "priorities)")
+    buffer = buffer.replace(priority=buffer.priority.at[stream, index].set(priority),
+                            max_priority=jnp.maximum(buffer.max_priority, jnp.max(priority)))
+    # Only the trees above the changed slots are refreshed: O(B log capacity), not one pass per stream.
+    tree = sumtree.refresh(buffer.tree, lambda i: sampling_weight(buffer, i, stream), index, stream)
+    return buffer.replace(tree=tree)
 
 
 def task_of(stream: jax.Array, num_tasks: int) -> jax.Array:

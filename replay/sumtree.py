@@ -55,15 +55,19 @@ def _get(array: jax.Array, index: jax.Array, stream: jax.Array | None = None) ->
     return array.at[at].get(mode="fill", fill_value=0.0)
 
 
-def refresh(levels: Levels, leaf: Leaf, index: jax.Array) -> Levels:
-    """The tree after the weights of slots `index` [K] changed (`leaf` reads the new ones)."""
+def refresh(levels: Levels, leaf: Leaf, index: jax.Array, stream: jax.Array | None = None) -> Levels:
+    """The tree after the weights of slots `index` [K] changed (`leaf` reads the new ones). `stream` [K]: the
+    tree of each slot, for trees stacked on a leading axis (`leaf` then reads slot index[k] of stream[k])."""
     index = jnp.asarray(index, jnp.int32).reshape(-1)
+    if stream is not None:
+        stream = jnp.asarray(stream, jnp.int32).reshape(-1)
     new_levels, below = [], None
     for level in levels:
         index = index // 2
         left, right = 2 * index, 2 * index + 1
-        children = leaf(left) + leaf(right) if below is None else _get(below, left) + _get(below, right)
-        below = level.at[index].set(children)
+        children = (leaf(left) + leaf(right) if below is None
+                    else _get(below, left, stream) + _get(below, right, stream))
+        below = level.at[index if stream is None else (stream, index)].set(children)
         new_levels.append(below)
     return tuple(new_levels)
 
