@@ -21,13 +21,19 @@ Every record
     task_preset   optional: (preset, env_id) -> per-task flag values of that preset
 
 OffPolicyAgent (experiments/loops/off_policy.py: host envs one step at a time, JAX envs in scanned chunks)
-    store         (state, transition) -> state           the replay write of one env step
-    update        (state, key, step) -> (state, metrics)  after every env step; `step` is unbatched, so the
-                                                          agent's schedule branches for real
+    store         (state, transition) -> state           the replay write of one loop step: [N, ...] rows for
+                                                          N envs per seed, unbatched for one env
+    update        (state, key, step) -> (state, metrics)  after every loop step; `step` counts env steps per
+                                                          seed (summed over its N envs, so it grows by N) and
+                                                          is unbatched, so the agent's schedule branches for real
     early_stop    optional: (state, obs, action) -> bool  ends the episode after this step as a truncation
     multitask     True if the agent trains on a multitask env (envs/multitask.py): it acts on and stores
                   [tasks, ...] per seed, one env of every task; the loop refuses such an env otherwise
-    buffer_size   the replay transitions the agent keeps: min(config's buffer_size, total steps)
+    envs_per_seed (config) -> N: the envs each seed steps together, the config's `num_envs` (1 without one);
+                  the one place the loops read it. N > 1 needs a JAX env (the device loop steps them with
+                  `step_batch`); `act` then sees [N, obs_dim] per seed
+    replay_transitions  the replay transitions the agent keeps per seed, over all its envs: min(config's
+                  buffer_size, total steps)
 
 OnPolicyAgent (experiments/loops/on_policy.py: whole updates on a JAX env, the env axis sharded over devices)
     train_step    (state, env, env_state, key, sync_axes) -> (state, env_state, metrics): rollout + update
@@ -102,8 +108,13 @@ class OffPolicyAgent(Agent):
     REQUIRED: ClassVar[tuple[str, ...]] = ("init", "act", "store", "update")
 
     def replay_transitions(self, config: Any, total_steps: int) -> int:
-        """The transitions the replay keeps: the config's buffer size, at most the run's steps."""
+        """The transitions the replay keeps per seed: the config's buffer size, at most the run's steps."""
         return min(total_steps, config.buffer_size)
+
+    def envs_per_seed(self, config: Any) -> int:
+        """N, the envs each seed steps together: the config's `num_envs` (a static field: it shapes the
+        program), 1 for an agent whose config has none."""
+        return getattr(config, "num_envs", 1)
 
 
 @dataclasses.dataclass(frozen=True)

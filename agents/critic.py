@@ -1,14 +1,15 @@
-"""The off-policy critic pieces that SAC, TD3, LEAST, ReGraMa and RAVL share, written once.
+"""The off-policy pieces that SAC, TD3, LEAST, ReGraMa, RAVL (and MR.Q's storing and schedule) share, written once.
 
-    store            a transition into the agent's replay (and count it)
+    store            one loop step's transitions into the agent's replay, one per env stream (and count them)
+    sample_batch     one-step transitions drawn uniformly over every stream of the replay
     ensemble         the Q ensemble of a config's critic fields (num_critics, critic_hidden, activation, ...)
     td_loss          L_Q = sum_j mean_batch (Q_j(s, a) - y)^2, the targets y are the agent's own; an optional
                      penalty on the critics' last hidden pre-activations (an add-on's hook, e.g. SIGReg)
     diagnostics      the critics' plasticity on a replay batch: dormant and GraMa-inactive ratios, srank
-    scheduled_updates  the updates owed after an env step at an update-to-data ratio
+    scheduled_updates  the updates owed after a loop step of N env steps at an update-to-data ratio
 
-An agent's state needs `replay`, `env_steps`, `critic` (networks/training.py `Trained`) and `config` (with
-`batch_size`) for the pieces that read it.
+An agent's state needs `replay` (replay/streams.py: one stream per env of the seed), `env_steps`, `critic`
+(networks/training.py `Trained`) and `config` (with `batch_size`) for the pieces that read it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import replay
 from networks import plasticity
 from networks.actor_critic import QEnsemble
+from replay import streams
 
 CriticPenalty = Callable[[object, jax.Array, jax.Array], tuple[jax.Array, dict]]
 """penalty(state, features, key) -> (term added to L_Q, metrics): `features` are the last hidden layer's
@@ -34,10 +36,17 @@ def ensemble(config, init: str = "default") -> QEnsemble:
 
 
 def store(state, transition: replay.Transition):
-    """Add one transition to `state.replay` and count it in `state.env_steps`."""
-    buffer = replay.add(state.replay, transition.obs, transition.action, transition.reward,
-                        transition.next_obs, transition.terminated, transition.truncated)
-    return state.replace(replay=buffer, env_steps=state.env_steps + 1)
+    """Add one loop step's transitions to `state.replay`, env e's into stream e ([N, ...] leaves; one env's
+    unbatched transition into the only stream), and count them in `state.env_steps` (env steps, summed over
+    the seed's envs)."""
+    buffer = streams.add_transition(state.replay, transition)
+    return state.replace(replay=buffer, env_steps=state.env_steps + streams.num_streams(buffer))
+
+
+def sample_batch(state, key: jax.Array) -> replay.TransitionBatch:
+    """`state.config.batch_size` one-step transitions, uniform over the valid slots of every stream."""
+    stream, index = streams.sample(state.replay, key, state.config.batch_size)
+    return streams.transitions(state.replay, stream, index)
 
 
 def mlp(tree: dict) -> dict:
@@ -76,7 +85,7 @@ def diagnostics(state, key: jax.Array, network: QEnsemble, target_fn, loss_fn) -
     `loss_fn(params, state, batch, y)`, y = `target_fn(state, batch, key)`), and the effective rank (srank) and
     norm of the last hidden layer's features; means over critics."""
     k_sample, k_target = jax.random.split(key)
-    batch, _ = replay.sample_transitions(state.replay, k_sample, state.config.batch_size)
+    batch = sample_batch(state, k_sample)
     hidden = activations(network, state.critic.params, batch.obs, batch.action)
     target = jax.lax.stop_gradient(target_fn(state, batch, k_target))
     grads, _ = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, target)
@@ -96,19 +105,23 @@ def updates_before(step: jax.Array, learning_starts: int, updates_per_step: floa
 
 
 def scheduled_updates(update_once: Callable, state, key: jax.Array, step: jax.Array, learning_starts: int,
-                      updates_per_step: float):
-    """Run the updates due after the `step`-th stored transition (`step` counts from 1).
+                      updates_per_step: float, num_envs: int = 1):
+    """Run the updates due after a loop step that stored `num_envs` transitions, env steps `step - num_envs + 1`
+    to `step` (`step` counts env steps per seed, summed over its envs, from 1).
 
-    The first update follows step `learning_starts + 1` (CleanRL's `global_step >
+    The first update follows env step `learning_starts + 1` (CleanRL's `global_step >
     learning_starts`); from then on the update-to-data ratio `updates_per_step`
-    holds on average: 2 means two updates per step, 0.5 one update every other
-    step. `update_once(state, key, index) -> (state, metrics)` receives the
-    global update index; `step` must be the same for every seed (passed
-    unbatched), so the loop count and any schedule on `index` (e.g. a delayed
-    actor) are real branches under `vmap`, not selects. Metrics are those of
-    the last update, zeros when none ran.
+    holds per env step on average: 2 means two updates per env step, 0.5 one
+    every other env step; with N envs a loop step owes N x that (e.g. 2/128 at
+    N = 128: two updates per loop step, FastTD3's regime). `update_once(state,
+    key, index) -> (state, metrics)` receives the global update index; `step`
+    must be the same for every seed (passed unbatched), so the loop count and
+    any schedule on `index` (e.g. a delayed actor) are real branches under
+    `vmap` -- as long as `updates_per_step` is static too (a traced ratio
+    batched over lanes makes them selects). Metrics are those of the last
+    update, zeros when none ran.
     """
-    first = updates_before(step - 1, learning_starts, updates_per_step)
+    first = updates_before(step - num_envs, learning_starts, updates_per_step)
     count = updates_before(step, learning_starts, updates_per_step) - first
     metric_shapes = jax.eval_shape(update_once, state, key, first)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)

@@ -128,6 +128,9 @@ class Config(td3.Config):
 
     def validate(self) -> None:
         check_fields(self)
+        if self.num_envs != 1:      # B_Q, B_G and the patience counter follow one episode at a time
+            raise ValueError(f"--num-envs must be 1 for least (its stop rule follows one env's episode), "
+                             f"got {self.num_envs}")
         if self.base not in BASES:
             raise ValueError(f"--base must be one of {', '.join(BASES)}, got {self.base!r}")
         base_config(self).validate()

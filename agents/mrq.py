@@ -30,6 +30,14 @@ R = sum_t gamma^t * r_t * prod_{u<t} notdone_u: every reward up to and
 including the terminal one, nothing after. Without terminals (all of DMC)
 both are the same.
 
+Many envs per seed (`--num-envs N`, JAX envs): each loop step stores the N
+envs' transitions, one replay stream each (replay/streams.py: no subsequence
+runs from one env's episode into another's, LAP priorities span all streams),
+and owes `updates_per_step` x N updates (one per env step by default; e.g.
+`--updates-per-step 0.125` at N = 16 gives two per loop step). Steps
+(`--random-steps`, the ratio) count env steps summed over the N envs; the
+target/burst period stays `target_update_freq` updates.
+
 Everything below is a pure function of an `MRQState` pytree; the training
 loops in `experiments/` jit and vmap them over seeds.
 """
@@ -44,12 +52,14 @@ import optax
 from flax import struct
 
 import replay
+from agents import critic
 from agents.contract import OffPolicyAgent
 from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks.mrq import DeterministicPolicy, MRQEncoder, TwinQ
 from networks.twohot import symexp_bins, two_hot_cross_entropy
 from networks.training import Trained, apply_gradients, hard_copy, trained
+from replay import streams
 
 
 
@@ -61,7 +71,13 @@ class Config:
     batch_size: int = field(256, ">= 1")
     """Transitions (or subsequences) per update."""
     buffer_size: int = field(1_000_000, ">= 1")
-    """Replay capacity in transitions (capped at what the run can fill)."""
+    """Replay capacity in transitions per seed, over all its envs (capped at what the run can fill)."""
+    num_envs: int = field(1, ">= 1")
+    """Envs per seed stepped together (JAX envs): each loop step stores N transitions, one replay stream per
+    env; --total-steps, --random-steps and --updates-per-step count env steps summed over them."""
+    updates_per_step: float = field(1.0, "(0, 1024]", static=True, about="the update-to-data ratio")
+    """Value/policy updates per env step (a loop step of N envs owes N times this; fractions allowed). Static:
+    the encoder burst branches on the update index, which must not differ between lanes."""
     discount: float = field(0.99, "[0, 1]")
     """Discount factor gamma."""
     target_update_freq: int = field(250, ">= 1")
@@ -164,10 +180,10 @@ class MRQState:
     encoder: Trained
     value: Trained
     policy: Trained
-    replay: replay.ReplayBuffer
+    replay: replay.ReplayBuffer     # replay/streams.py: one stream per env of the seed
     reward_scale: jax.Array         # s: mean |r| in the buffer at the last target update
     target_reward_scale: jax.Array  # s_target: the previous value of s
-    env_steps: jax.Array            # transitions stored
+    env_steps: jax.Array            # transitions stored (env steps, summed over the seed's envs)
     updates: jax.Array              # value/policy updates done
     encoder_metrics: dict           # mean losses of the last encoder burst (for logging)
     config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
@@ -191,7 +207,8 @@ def _optimizers(config: Config):
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = None) -> MRQState:
-    """Fresh networks, optimizers and an empty replay of `capacity` slots (default: sized from `buffer_size`)."""
+    """Fresh networks, optimizers and an empty replay of `num_envs` streams of `capacity` slots each (default:
+    `buffer_size` shared out over the streams)."""
     encoder_net, value_net, policy_net = _networks(config, spec)
     encoder_opt, value_opt, policy_opt = _optimizers(config)
     k_enc, k_val, k_pol = jax.random.split(key, 3)
@@ -202,9 +219,10 @@ def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = N
     policy_params = policy_net.init(k_pol, jnp.zeros((1, config.zs_dim)))
 
     if capacity is None:
-        capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
-    buffer = replay.create(capacity, spec.obs_dim, spec.action_dim, horizon=max(config.enc_horizon, config.q_horizon),
-                           initial_priority=config.min_priority, prioritized=config.prioritized)
+        capacity = streams.capacity_for(config.buffer_size, config.num_envs, spec.max_episode_steps)
+    buffer = streams.create(config.num_envs, capacity, spec.obs_dim, spec.action_dim,
+                            horizon=max(config.enc_horizon, config.q_horizon), initial_priority=config.min_priority,
+                            prioritized=config.prioritized)
     return MRQState(
         encoder=trained(encoder_params, encoder_opt),
         value=trained(value_params, value_opt),
@@ -243,11 +261,13 @@ def act(state: MRQState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.A
     return jnp.where(state.env_steps < config.random_steps, uniform, noisy)
 
 
-def store(state: MRQState, transition: replay.Transition) -> MRQState:
-    """Add one transition to the replay buffer."""
-    buffer = replay.add(state.replay, transition.obs, transition.action, transition.reward,
-                        transition.next_obs, transition.terminated, transition.truncated)
-    return state.replace(replay=buffer, env_steps=state.env_steps + 1)
+store = critic.store       # one transition per env stream, counted in env_steps
+
+
+def sample_starts(state: MRQState, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(stream, start) of `batch_size` windows: by LAP priority over every stream, or uniformly."""
+    sampling = "prioritized" if state.config.prioritized else "uniform"
+    return streams.sample(state.replay, key, state.config.batch_size, sampling)
 
 
 # ----------------------------------------------------------------------------
@@ -277,7 +297,7 @@ def encoder_loss(encoder_params, target_encoder_params, batch: replay.Subsequenc
     target_zs = jax.lax.stop_gradient(
         encoder_net.apply(target_encoder_params, batch.obs[:, 1:], method=MRQEncoder.zs))
     zs = first_zs = encoder_net.apply(encoder_params, batch.obs[:, 0], method=MRQEncoder.zs)
-    use_done = state.replay.any_terminated.astype(jnp.float32)
+    use_done = jnp.any(state.replay.any_terminated).astype(jnp.float32)
     dyn_total = reward_total = done_total = 0.0
     for t in range(config.enc_horizon):
         zsa = encoder_net.apply(encoder_params, zs, batch.action[:, t], method=MRQEncoder.zsa)
@@ -350,13 +370,12 @@ def refresh_targets(state: MRQState) -> MRQState:
 
 
 def update_encoder(state: MRQState, key: jax.Array, penalty: EncoderPenalty | None = None,
-                   start: jax.Array | None = None) -> tuple[MRQState, dict]:
-    """One encoder step on a batch of H_enc-subsequences (starting at `start`, or drawn with `key`)."""
+                   starts: tuple[jax.Array, jax.Array] | None = None) -> tuple[MRQState, dict]:
+    """One encoder step on a batch of H_enc-subsequences (at `starts` = (stream, start), or drawn with `key`)."""
     config = state.config
     optimizer, _, _ = _optimizers(config)
-    if start is None:
-        start = replay.sample_indices(state.replay, key, config.batch_size)
-    batch = replay.subsequence(state.replay, start, config.enc_horizon)
+    stream, start = sample_starts(state, key) if starts is None else starts
+    batch = streams.window(state.replay, stream, start, config.enc_horizon)
     grads, metrics = jax.grad(encoder_loss, has_aux=True)(
         state.encoder.params, state.encoder.target_params, batch, state, jax.random.fold_in(key, 1), penalty)
     return state.replace(encoder=apply_gradients(state.encoder, grads, optimizer)), metrics
@@ -372,7 +391,7 @@ def encoder_burst(state: MRQState, key: jax.Array, penalty: EncoderPenalty | Non
     config = state.config
     state = refresh_targets(state)
     keys = jax.random.split(key, config.target_update_freq)
-    starts = jax.vmap(lambda k: replay.sample_indices(state.replay, k, config.batch_size))(keys)
+    starts = jax.vmap(lambda k: sample_starts(state, k))(keys)
     state, metrics = jax.lax.scan(lambda s, ks: update_encoder(s, ks[0], penalty, ks[1]), state, (keys, starts))
     return state.replace(encoder_metrics=jax.tree.map(jnp.mean, metrics))
 
@@ -383,8 +402,8 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
     encoder_net, _, _ = _networks(config, state.spec)
     _, value_opt, policy_opt = _optimizers(config)
     k_sample, k_target = jax.random.split(key)
-    start = replay.sample_indices(state.replay, k_sample, config.batch_size)
-    batch = replay.subsequence(state.replay, start, config.q_horizon)
+    stream, start = sample_starts(state, k_sample)
+    batch = streams.window(state.replay, stream, start, config.q_horizon)
 
     target = jax.lax.stop_gradient(value_target(state, batch, k_target))
     zs = encoder_net.apply(state.encoder.params, batch.obs[:, 0], method=MRQEncoder.zs)
@@ -396,7 +415,7 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
     # LAP: priority = max(max_i |Q_i - y|, min_priority)^alpha, from the critics before the step.
     td = jnp.max(jnp.abs(q - target[:, None]), axis=-1)
     priority = jnp.maximum(td, config.min_priority) ** config.alpha
-    buffer = replay.update_priority(state.replay, start, priority) if config.prioritized else state.replay
+    buffer = streams.update_priority(state.replay, stream, start, priority) if config.prioritized else state.replay
 
     grads_p, policy_metrics = jax.grad(policy_loss, has_aux=True)(
         state.policy.params, value.params, state.encoder.params, zs, state)
@@ -406,31 +425,33 @@ def update_value_and_policy(state: MRQState, key: jax.Array) -> tuple[MRQState, 
     return state.replace(value=value, policy=policy, replay=buffer, updates=state.updates + 1), metrics
 
 
-def update(state: MRQState, key: jax.Array, step: jax.Array,
-           encoder_penalty: EncoderPenalty | None = None) -> tuple[MRQState, dict]:
-    """MR.Q's training after the `step`-th stored transition (`step` counts from 1); `encoder_penalty` is an
-    add-on's hook into the encoder loss.
-
-    `step` is the same for every seed and is passed unbatched, so under `vmap`
-    the two `lax.cond`s stay real branches: the 250-step encoder burst runs
-    only every 250th update instead of being computed and discarded each step.
-    Before `random_steps` transitions are stored nothing is trained and the
-    metrics are zeros.
-    """
+def update_once(state: MRQState, key: jax.Array, index: jax.Array,
+                encoder_penalty: EncoderPenalty | None = None) -> tuple[MRQState, dict]:
+    """Update number `index` (from 0): every `target_update_freq`-th starts with the encoder burst (targets
+    refreshed, then the burst), then one value and one policy step."""
     config = state.config
     k_burst, k_update = jax.random.split(key)
-    update_index = step - config.random_steps - 1   # 0 for the first update
+    state = jax.lax.cond(index % config.target_update_freq == 0,
+                         lambda s: encoder_burst(s, k_burst, encoder_penalty), lambda s: s, state)
+    return update_value_and_policy(state, k_update)
 
-    def train(state):
-        state = jax.lax.cond(update_index % config.target_update_freq == 0,
-                             lambda s: encoder_burst(s, k_burst, encoder_penalty), lambda s: s, state)
-        return update_value_and_policy(state, k_update)
 
-    def wait(state):
-        shapes = jax.eval_shape(train, state)[1]
-        return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def update(state: MRQState, key: jax.Array, step: jax.Array,
+           encoder_penalty: EncoderPenalty | None = None) -> tuple[MRQState, dict]:
+    """MR.Q's training after the loop step that ended at env step `step` (`step` counts env steps from 1,
+    summed over the seed's envs): `updates_per_step` updates per env step once `random_steps` are stored
+    (agents/critic.py's schedule); `encoder_penalty` is an add-on's hook into the encoder loss.
 
-    return jax.lax.cond(update_index >= 0, train, wait, state)
+    `step` is the same for every seed and is passed unbatched (and the ratio is
+    static), so under `vmap` the update count and the burst's `lax.cond` stay
+    real branches: the 250-step encoder burst runs only every 250th update
+    instead of being computed and discarded each step. Before `random_steps`
+    transitions are stored nothing is trained and the metrics are zeros.
+    """
+    config = state.config
+    once = lambda s, k, i: update_once(s, k, i, encoder_penalty)
+    return critic.scheduled_updates(once, state, key, step, config.random_steps, config.updates_per_step,
+                                    config.num_envs)
 
 
 AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update)

@@ -294,10 +294,7 @@ def act(state: MultitaskState, obs: jax.Array, key: jax.Array, explore: bool) ->
 
 def store(state: MultitaskState, transition) -> MultitaskState:
     """One transition per env of the seed, each into its own stream (a single-task env: one stream)."""
-    if state.spec.num_tasks == 1 and jnp.ndim(transition.reward) == 0:
-        transition = jax.tree.map(lambda x: jnp.asarray(x)[None], transition)
-    buffer = streams.add(state.replay, transition.obs, transition.action, transition.reward,
-                         transition.next_obs, transition.terminated, transition.truncated)
+    buffer = streams.add_transition(state.replay, transition)
     return state.replace(replay=buffer, env_steps=state.env_steps + 1)
 
 

@@ -146,6 +146,9 @@ class Config(sac.Config):
 
     def validate(self) -> None:
         super().validate()
+        if self.num_envs != 1:      # a field of SAC's config that an offline agent has no use for
+            raise ValueError(f"--num-envs is for agents that step envs while training; ravl learns from a dataset "
+                             f"(leave it at 1), got {self.num_envs}")
         if self.dynamics not in ("learned", "true"):
             raise ValueError(f"--dynamics must be learned or true, got {self.dynamics!r}")
         if self.update_order not in ("edac", "sac"):

@@ -24,8 +24,8 @@ Polyak averaging. `--score redo` swaps in ReDo (Sokar et al. 2023, arXiv
 outgoing weights and the Adam moments of every changed weight.
 
 The threshold's default 0.1 is ReDo's value; the GraMa paper's own threshold was not
-read. Everything else -- acting, storing, the critic/actor/alpha updates -- is
-SAC's (agents/sac.py), imported. Diagnostics (dormant ratio at tau in {0,
+read. Everything else -- acting, storing, the critic/actor/alpha updates, many
+envs per seed (`--num-envs`) -- is SAC's (agents/sac.py), imported. Diagnostics (dormant ratio at tau in {0,
 0.025, 0.1}, GraMa-inactive ratio, srank and feature norm) are logged at every
 evaluation; the fraction of neurons reset at the last reset is a training metric.
 """
@@ -115,7 +115,7 @@ def reset_critics(state: ReGraMaState, key: jax.Array) -> ReGraMaState:
     """Score the critics' hidden neurons on a fresh batch and re-initialize the inactive ones."""
     base, config = state.sac, state.sac.config
     k_sample, k_target, k_init = jax.random.split(key, 3)
-    batch, _ = replay.sample_transitions(base.replay, k_sample, config.batch_size)
+    batch = critic.sample_batch(base, k_sample)
     masks = plasticity.neuron_masks(neuron_scores(base, batch, k_target), config.mask, config.threshold,
                                     config.percentage)
     redo = config.score == "redo"
@@ -149,7 +149,8 @@ def update_once(state: ReGraMaState, key: jax.Array, index: jax.Array) -> tuple[
 
 def update(state: ReGraMaState, key: jax.Array, step: jax.Array) -> tuple[ReGraMaState, dict]:
     config = state.sac.config
-    return critic.scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
+    return critic.scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step,
+                                    config.num_envs)
 
 
 def diagnostics(state: ReGraMaState, key: jax.Array) -> dict:

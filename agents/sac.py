@@ -16,6 +16,15 @@ Truncated transitions keep their bootstrap (only `terminated` zeroes it).
 `--updates-per-step` is the update-to-data ratio (UTD): 2 gives two critic
 updates per env step; the actor's delay counts critic updates.
 
+Many envs per seed (`--num-envs N`, JAX envs), in the style of FastTD3
+(arXiv 2505.22642): the device loop steps the seed's N envs together, every
+loop step stores all N transitions, each env into its own replay stream
+(replay/streams.py, so no sampled transition mixes two envs' episodes), and
+owes `updates_per_step` x N updates; `--total-steps`, `--learning-starts` and
+the ratio count env steps summed over the N envs. FastTD3's regime is a few
+large-batch updates per loop step: e.g. `--num-envs 128 --updates-per-step
+0.015625 --batch-size 4096` (2 updates per loop step).
+
 The pieces -- `critic_loss`, `actor_loss`, `update_critic`, `update_actor`,
 `update_once` -- are exposed so agents built on SAC (ReGraMa, LEAST, RAVL)
 reuse them; the critic code SAC shares with TD3 is agents/critic.py. An add-on
@@ -38,6 +47,7 @@ from agents.contract import OffPolicyAgent
 from agents.config import check_fields, field, hyperparameters
 from envs import EnvSpec
 from networks import distributions as dist_lib
+from replay import streams
 from networks.actor_critic import INIT_SCHEMES, LOG_STD_MODES, GaussianActor, QEnsemble
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
 from networks.training import Trained, apply_gradients, polyak, trained
@@ -48,9 +58,12 @@ class Config:
     """SAC's hyperparameters; defaults are CleanRL's."""
 
     buffer_size: int = field(1_000_000, ">= 1")
-    """Replay capacity in transitions."""
+    """Replay capacity in transitions per seed (over all its envs: each env's stream holds an equal share)."""
     batch_size: int = field(256, ">= 1")
     """Transitions per gradient step."""
+    num_envs: int = field(1, ">= 1")
+    """Envs per seed stepped together (JAX envs): each loop step stores N transitions, one replay stream per
+    env; --total-steps, --learning-starts and --updates-per-step count env steps summed over them."""
     discount: float = field(0.99, "[0, 1]")
     """gamma."""
     tau: float = field(0.005, "(0, 1]")
@@ -63,8 +76,10 @@ class Config:
     """Adam learning rate of log alpha (CleanRL uses the critics' rate)."""
     learning_starts: int = field(5_000, ">= 0")
     """Uniform random actions and no updates for this many env steps."""
-    updates_per_step: float = field(1.0, "(0, 1024]", about="the update-to-data ratio")
-    """Update-to-data ratio: critic updates per env step (fractions allowed, e.g. 0.5; at most 1024)."""
+    updates_per_step: float = field(1.0, "(0, 1024]", static=True, about="the update-to-data ratio")
+    """Update-to-data ratio: critic updates per env step (fractions allowed, e.g. 0.5; at most 1024); a loop step
+    of N envs owes N times this. Static: the update count and the delayed actor's schedule stay real branches under
+    vmap only if every lane has the same ratio."""
     policy_frequency: int = field(2, ">= 1")
     """The actor and alpha train every this many critic updates, this many times (CleanRL's delayed update)."""
     target_frequency: int = field(1, ">= 1")
@@ -137,8 +152,8 @@ class SACState:
     actor: Trained                  # no target
     log_alpha: jax.Array
     alpha_opt_state: optax.OptState
-    replay: replay.ReplayBuffer
-    env_steps: jax.Array            # transitions stored
+    replay: replay.ReplayBuffer     # replay/streams.py: one stream per env of the seed
+    env_steps: jax.Array            # transitions stored (env steps, summed over the seed's envs)
     updates: jax.Array              # critic updates done
     actor_metrics: dict             # of the last actor update (logged between the delayed updates)
     config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
@@ -150,21 +165,22 @@ class SACState:
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = None) -> SACState:
-    """Fresh networks and optimizers, and an empty replay of `capacity` slots (default: from `buffer_size`)."""
+    """Fresh networks and optimizers, and an empty replay of `num_envs` streams of `capacity` slots each
+    (default: `buffer_size` shared out over the streams)."""
     critic_opt, actor_opt, alpha_opt = optimizers(config)
     k_critic, k_actor = jax.random.split(key)
     obs, action = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.action_dim))
     critic_params = critic_network(config).init(k_critic, obs, action)
     actor_params = actor_network(config, spec).init(k_actor, obs)
     if capacity is None:
-        capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
+        capacity = streams.capacity_for(config.buffer_size, config.num_envs, spec.max_episode_steps)
     log_alpha = jnp.zeros(())
     return SACState(
         critic=trained(critic_params, critic_opt),
         actor=trained(actor_params, actor_opt, target=False),
         log_alpha=log_alpha,
         alpha_opt_state=alpha_opt.init(log_alpha),
-        replay=replay.create(capacity, spec.obs_dim, spec.action_dim, horizon=1),
+        replay=streams.create(config.num_envs, capacity, spec.obs_dim, spec.action_dim, horizon=1),
         env_steps=jnp.zeros((), jnp.int32),
         updates=jnp.zeros((), jnp.int32),
         actor_metrics={name: jnp.zeros(()) for name in ACTOR_METRICS},
@@ -290,7 +306,7 @@ def update_once(state: SACState, key: jax.Array, index: jax.Array,
     """Critic update number `index` (from 0), then the delayed actor/alpha updates and the target update."""
     config = state.config
     k_sample, k_target, k_actor = jax.random.split(key, 3)
-    batch, _ = replay.sample_transitions(state.replay, k_sample, config.batch_size)
+    batch = critic.sample_batch(state, k_sample)
     state, metrics = update_critic(state, batch, k_target, critic_penalty)
 
     def train_actor(state):
@@ -309,11 +325,13 @@ def update_once(state: SACState, key: jax.Array, index: jax.Array,
 
 def update(state: SACState, key: jax.Array, step: jax.Array,
            critic_penalty: critic.CriticPenalty | None = None) -> tuple[SACState, dict]:
-    """The updates due after the `step`-th stored transition (`updates_per_step` on average, none before
-    `learning_starts`); `critic_penalty` is an add-on's hook into the critic loss (agents/critic.py)."""
+    """The updates due after the loop step that ended at env step `step` (`updates_per_step` per env step on
+    average, none before `learning_starts`); `critic_penalty` is an add-on's hook into the critic loss
+    (agents/critic.py)."""
     config = state.config
     once = lambda s, k, i: update_once(s, k, i, critic_penalty)
-    return critic.scheduled_updates(once, state, key, step, config.learning_starts, config.updates_per_step)
+    return critic.scheduled_updates(once, state, key, step, config.learning_starts, config.updates_per_step,
+                                    config.num_envs)
 
 
 # ----------------------------------------------------------------------------

@@ -16,6 +16,11 @@ Actions live in [-1, 1] (every env of this project is scaled so); the
 exploration and smoothing noises are in those units. Truncation bootstraps.
 Storing, the critic ensemble, its TD loss, its diagnostics and the update
 schedule are the off-policy critic pieces SAC shares (agents/critic.py).
+
+Many envs per seed (`--num-envs N`, JAX envs) work as in SAC (agents/sac.py,
+FastTD3's regime): N transitions stored per loop step, one replay stream per
+env, `updates_per_step` x N updates per loop step; steps count env steps
+summed over the N envs.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from networks.actor_critic import DeterministicActor
 from networks.mlp import ACTIVATIONS, KERNEL_INITS
 from networks.actor_critic import QEnsemble
 from networks.training import Trained, apply_gradients, polyak, trained
+from replay import streams
 
 store = critic.store
 
@@ -45,9 +51,12 @@ class Config:
     """TD3's hyperparameters; defaults are CleanRL's."""
 
     buffer_size: int = field(1_000_000, ">= 1")
-    """Replay capacity in transitions."""
+    """Replay capacity in transitions per seed (over all its envs: each env's stream holds an equal share)."""
     batch_size: int = field(256, ">= 1")
     """Transitions per gradient step."""
+    num_envs: int = field(1, ">= 1")
+    """Envs per seed stepped together (JAX envs): each loop step stores N transitions, one replay stream per
+    env; --total-steps, --learning-starts and --updates-per-step count env steps summed over them."""
     discount: float = field(0.99, "[0, 1]")
     """gamma."""
     tau: float = field(0.005, "(0, 1]")
@@ -58,8 +67,10 @@ class Config:
     """Adam learning rate of the actor."""
     learning_starts: int = field(25_000, ">= 0")
     """Uniform random actions and no updates for this many env steps."""
-    updates_per_step: float = field(1.0, "(0, 1024]", about="the update-to-data ratio")
-    """Update-to-data ratio: critic updates per env step (fractions allowed; at most 1024)."""
+    updates_per_step: float = field(1.0, "(0, 1024]", static=True, about="the update-to-data ratio")
+    """Update-to-data ratio: critic updates per env step (fractions allowed; at most 1024); a loop step of N envs
+    owes N times this. Static: the update count and the delayed actor's schedule stay real branches under vmap only
+    if every lane has the same ratio."""
     policy_frequency: int = field(2, ">= 1")
     """d: the actor and the targets update every d critic updates."""
     exploration_noise: float = field(0.1, ">= 0")
@@ -112,8 +123,8 @@ def optimizers(config: Config) -> tuple[optax.GradientTransformation, optax.Grad
 class TD3State:
     critic: Trained                 # with target critics
     actor: Trained                  # with target actor
-    replay: replay.ReplayBuffer
-    env_steps: jax.Array
+    replay: replay.ReplayBuffer     # replay/streams.py: one stream per env of the seed
+    env_steps: jax.Array            # transitions stored (env steps, summed over the seed's envs)
     updates: jax.Array
     actor_metrics: dict             # of the last (delayed) actor update
     config: Config                            # hyperparameters: floats are traced leaves (agents/config.py)
@@ -125,11 +136,11 @@ def init(key: jax.Array, spec: EnvSpec, config: Config, capacity: int | None = N
     k_critic, k_actor = jax.random.split(key)
     obs, action = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.action_dim))
     if capacity is None:
-        capacity = replay.capacity_for(config.buffer_size, config.buffer_size, spec.max_episode_steps)
+        capacity = streams.capacity_for(config.buffer_size, config.num_envs, spec.max_episode_steps)
     return TD3State(
         critic=trained(critic_network(config).init(k_critic, obs, action), critic_opt),
         actor=trained(actor_network(config, spec).init(k_actor, obs), actor_opt),
-        replay=replay.create(capacity, spec.obs_dim, spec.action_dim, horizon=1),
+        replay=streams.create(config.num_envs, capacity, spec.obs_dim, spec.action_dim, horizon=1),
         env_steps=jnp.zeros((), jnp.int32),
         updates=jnp.zeros((), jnp.int32),
         actor_metrics={"actor/loss": jnp.zeros(())},
@@ -172,7 +183,7 @@ def update_once(state: TD3State, key: jax.Array, index: jax.Array) -> tuple[TD3S
     config = state.config
     critic_opt, actor_opt = optimizers(config)
     k_sample, k_noise = jax.random.split(key)
-    batch, _ = replay.sample_transitions(state.replay, k_sample, config.batch_size)
+    batch = critic.sample_batch(state, k_sample)
     target = jax.lax.stop_gradient(critic_target(state, batch, k_noise))
     grads, metrics = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, target)
     metrics["critic/grad_norm"] = optax.tree.norm(grads)
@@ -188,8 +199,10 @@ def update_once(state: TD3State, key: jax.Array, index: jax.Array) -> tuple[TD3S
 
 
 def update(state: TD3State, key: jax.Array, step: jax.Array) -> tuple[TD3State, dict]:
+    """The updates due after the loop step that ended at env step `step` (agents/critic.py's schedule)."""
     config = state.config
-    return critic.scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step)
+    return critic.scheduled_updates(update_once, state, key, step, config.learning_starts, config.updates_per_step,
+                                    config.num_envs)
 
 
 def diagnostics(state: TD3State, key: jax.Array) -> dict:

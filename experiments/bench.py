@@ -53,6 +53,7 @@ import tyro
 import agents
 import replay
 from experiments import loops
+from replay import streams
 from experiments.loops.driver import drive
 
 
@@ -111,9 +112,10 @@ def measure(agent, config, env_id: str, num_seeds: int, steps: int, capacity: in
 
 
 def time_sampling(buffer, batch_size: int, repeats: int = 50) -> float:
-    """Seconds per draw of `batch_size` starts from every seed's `buffer` (replay.sample_indices, jitted,
+    """Seconds per draw of `batch_size` starts from every seed's `buffer` (replay/streams.py `sample`, jitted,
     vmapped over seeds, as the update calls it), after a compiling draw."""
-    draw = jax.jit(jax.vmap(lambda b, k: replay.sample_indices(b, k, batch_size), in_axes=(0, None)))
+    sampling = "prioritized" if buffer.prioritized else "uniform"
+    draw = jax.jit(jax.vmap(lambda b, k: streams.sample(b, k, batch_size, sampling), in_axes=(0, None)))
     jax.block_until_ready(draw(buffer, jax.random.PRNGKey(0)))
     start = time.perf_counter()
     for i in range(repeats):

@@ -222,7 +222,8 @@ def train_behaviour(args: CollectArgs, run_dir: Path) -> dict:
                          eval_episodes=args.eval_episodes, on_eval=on_eval)
     finally:
         loop.close()
-    buffer = jax.tree.map(lambda x: np.asarray(x[0]), state["agent"].replay)
+    # Seed 0's replay; the host loop steps one env per seed, so all of it is stream 0 (replay/streams.py).
+    buffer = jax.tree.map(lambda x: np.asarray(x[0, 0]), state["agent"].replay)
     (run_dir / "evaluations.json").write_text(json.dumps([{k: h[k] for k in ("step", "return")} for h in history]))
     return {"agent": agent, "history": history, "buffer": buffer}
 

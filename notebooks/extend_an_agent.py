@@ -143,6 +143,7 @@ from agents.contract import OffPolicyAgent
 from envs import EnvSpec
 from networks.actor_critic import DeterministicActor
 from networks.training import Trained, apply_gradients, polyak, trained
+from replay import streams
 
 
 @hyperparameters
@@ -183,7 +184,7 @@ class Config:
 class DDPGState:
     critic: Trained
     actor: Trained
-    replay: replay.ReplayBuffer
+    replay: replay.ReplayBuffer       # replay/streams.py: one stream per env of the seed (here one env)
     env_steps: jax.Array
     config: Config
     spec: EnvSpec = struct.field(pytree_node=False)
@@ -199,7 +200,7 @@ def init(key, spec: EnvSpec, config: Config, capacity: int) -> DDPGState:
     obs, action = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.action_dim))
     return DDPGState(trained(critic.ensemble(config).init(k_critic, obs, action), optax.adam(config.critic_lr)),
                      trained(actor_network(config, spec).init(k_actor, obs), optax.adam(config.actor_lr)),
-                     replay.create(capacity, spec.obs_dim, spec.action_dim, horizon=1), jnp.zeros((), jnp.int32),
+                     streams.create(1, capacity, spec.obs_dim, spec.action_dim, horizon=1), jnp.zeros((), jnp.int32),
                      config, spec)
 
 
@@ -217,7 +218,7 @@ def act(state: DDPGState, obs, key, explore: bool):
 def update_once(state: DDPGState, key, index):
     config, q = state.config, critic.ensemble(state.config)
     mu = actor_network(config, state.spec)
-    batch, _ = replay.sample_transitions(state.replay, key, config.batch_size)
+    batch = critic.sample_batch(state, key)
     next_q = q.apply(state.critic.target_params, batch.next_obs, mu.apply(state.actor.target_params, batch.next_obs))
     target = batch.reward + config.discount * (1.0 - batch.terminated) * next_q[:, 0]
     grads, metrics = jax.grad(lambda p: critic.td_loss(q, p, batch, target), has_aux=True)(state.critic.params)

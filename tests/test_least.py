@@ -164,7 +164,7 @@ def test_a_stop_is_a_truncation_that_bootstraps():
     agent = state["agent"]
     stops = np.asarray(agent.counters["stops"])
     assert np.all(stops > 0), stops
-    buffer = jax.tree.map(lambda x: x[0], agent.base.replay)
+    buffer = jax.tree.map(lambda x: x[0, 0], agent.base.replay)       # seed 0's only stream (one env per seed)
     assert float(jnp.sum(buffer.terminated)) == 0.0
     # Episodes in the buffer: each ends with one empty slot holding its final obs; stopped ones are < 100 long.
     has = np.asarray(buffer.has_transition[: int(buffer.insert_index)])

@@ -8,6 +8,7 @@ import numpy as np
 
 import replay
 from agents import mrq
+from replay import streams
 from envs import EnvSpec
 
 SPEC = EnvSpec("test", obs_dim=3, action_dim=2, max_episode_steps=50, action_repeat=1, can_terminate=True)
@@ -65,7 +66,7 @@ def test_done_loss_only_once_a_terminal_is_stored():
     without = _state_with_data(terminal_every=10_000)
     with_terminal = _state_with_data(terminal_every=7)
     assert not bool(without.replay.any_terminated) and bool(with_terminal.replay.any_terminated)
-    batch = replay.subsequence(with_terminal.replay, jnp.array([0, 1]), 5)
+    batch = streams.window(with_terminal.replay, jnp.array([0, 0]), jnp.array([0, 1]), 5)   # stream 0: one env
     _, metrics = mrq.encoder_loss(without.encoder.params, without.encoder.target_params, batch, without)
     assert float(metrics["encoder/done_loss"]) == 0.0
     _, metrics = mrq.encoder_loss(with_terminal.encoder.params, with_terminal.encoder.target_params, batch, with_terminal)

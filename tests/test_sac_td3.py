@@ -9,7 +9,7 @@ import pytest
 
 import envs
 import replay
-from agents import regrama, sac, td3
+from agents import critic, regrama, sac, td3
 from experiments.loops.off_policy import DeviceLoop
 from networks import distributions as dist_lib
 from agents.critic import updates_before
@@ -104,7 +104,7 @@ def test_regrama_reset_touches_exactly_the_inactive_neurons():
     state = state.replace(sac=state.sac.replace(critic=state.sac.critic.replace(params=params)))
     key = jax.random.PRNGKey(5)
     k_sample, k_target, _ = jax.random.split(key, 3)          # the keys reset_critics uses for its batch
-    batch, _ = replay.sample_transitions(state.sac.replay, k_sample, config.batch_size)
+    batch = critic.sample_batch(state.sac, k_sample)
     flagged = {name: np.asarray(s <= 0.0) for name, s in regrama.neuron_scores(state.sac, batch, k_target).items()}
     assert np.all(flagged["hidden_0"][np.asarray(dead)])
     after = regrama.reset_critics(state, key)

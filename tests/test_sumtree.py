@@ -8,7 +8,7 @@ from scipy import stats
 
 import replay
 from agents import mrq
-from replay import sumtree
+from replay import streams, sumtree
 
 
 def _weights_leaf(weights):
@@ -99,14 +99,16 @@ def test_mrq_burst_draws_the_starts_separate_draws_would_and_trains_alike():
 
     separate = mrq.refresh_targets(state)
     for k in jax.random.split(key, config.target_update_freq):
-        start = replay.sample_indices(separate.replay, k, config.batch_size)
-        np.testing.assert_array_equal(start, replay.sample_indices(state.replay, k, config.batch_size))
+        start = mrq.sample_starts(separate, k)
+        np.testing.assert_array_equal(start, mrq.sample_starts(state, k))
         separate, _ = jax.jit(mrq.update_encoder)(separate, k)
     for a, b in zip(jax.tree.leaves(burst.encoder.params), jax.tree.leaves(separate.encoder.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def replay_priorities_spread(state):
-    """Unequal LAP priorities, so that a wrong draw would show."""
+    """Unequal LAP priorities, so that a wrong draw would show (MR.Q's replay: one stream, replay/streams.py)."""
     index = jnp.arange(0, 60, 3)
-    return state.replace(replay=replay.update_priority(state.replay, index, jnp.linspace(1.0, 8.0, index.shape[0])))
+    stream = jnp.zeros_like(index)
+    return state.replace(replay=streams.update_priority(state.replay, stream, index,
+                                                        jnp.linspace(1.0, 8.0, index.shape[0])))
