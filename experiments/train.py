@@ -77,7 +77,8 @@ class RunArgs:
     num_seeds: int = field(1, ">= 1")
     """Seeds trained at once by one vmapped program."""
     total_steps: int = field(500_000, ">= 1")
-    """Agent (environment) steps per seed; frames = steps x action repeat."""
+    """Agent (environment) steps per seed, summed over the seed's envs (--num-envs); frames = steps x action
+    repeat."""
     eval_every: int = field(5_000, ">= 1")
     """Agent steps between evaluations (a checkpoint is written at each)."""
     eval_episodes: int = field(10, ">= 1")

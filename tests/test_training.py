@@ -54,6 +54,7 @@ TINY_TD3 = ["--agent", "td3", "--learning-starts", "100", "--batch-size", "16", 
 
 @pytest.mark.parametrize("agent_flags", [
     pytest.param(TINY_TD3, id="td3"),
+    pytest.param([*TINY_TD3, "--num-envs", "4"], id="td3-4-envs-per-seed"),
     pytest.param(TINY_MRQ, id="mrq", marks=pytest.mark.long),    # MR.Q compiles for minutes; the loop is the same
 ])
 def test_vmapped_seeds_equal_separate_runs_device_loop(tmp_path, agent_flags):
@@ -72,6 +73,27 @@ def test_vmapped_seeds_equal_separate_runs_device_loop(tmp_path, agent_flags):
         # equal up to float reassociation in batched matmuls (observed: 3e-4 relative after 300 updates)
         np.testing.assert_allclose(joint[(step, 1)], single[(step, 0)], rtol=1e-3)
     assert joint[(400, 0)] != joint[(400, 1)]     # the seeds really differ
+
+
+def test_resume_with_four_envs_per_seed_equals_uninterrupted_run(tmp_path):
+    """Tiny TD3 with 4 envs per seed (--num-envs 4: 4 replay streams, 4 env states per seed): a copy of a finished
+    run resumed from its checkpoint at env step 400 rewrites exactly the rows the run wrote after it."""
+    import shutil
+
+    args = ["--env", "jax:PointMass", "--num-seeds", "2", "--num-envs", "4", "--total-steps", "800",
+            "--eval-every", "400", "--log-every", "200", "--eval-episodes", "2", *TINY_TD3]
+    reference = tmp_path / "uninterrupted"
+    result = run_cli(*args, "--run-dir", str(reference))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    result = run_cli("--run-dir", str(resumed), "--resume", "--resume-from", "400")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_rows(reference / "eval.csv")) == 2 * 2 and len(_rows(reference / "train.csv")) == 2 * 4
+    assert _rows(resumed / "eval.csv") == _rows(reference / "eval.csv")
+    assert _rows(resumed / "train.csv") == _rows(reference / "train.csv")
+    steps = sorted({int(r["step"]) for r in _rows(resumed / "train.csv")})
+    assert steps == [200, 400, 600, 800]
 
 
 def _tiny_host_agent(name):

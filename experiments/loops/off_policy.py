@@ -12,9 +12,24 @@ uninterrupted run would.
   step, store, update -- is one `lax.scan` inside `jit(vmap(...))`; the host
   only works between chunks.
 
-`update(state, key, step)` receives the environment step count unbatched, so
-the agent's schedule (e.g. MR.Q's encoder burst every 250 steps) branches for
-real under vmap.
+Envs per seed. The agent's config says how many envs each seed steps together
+(`agent.envs_per_seed(config)`, the `--num-envs` of SAC, TD3 and MR.Q; the
+FastTD3 regime). The DeviceLoop steps a seed's N envs with `step_batch` (one
+reset branch when any of them finished), `act` sees [N, obs_dim] per seed and
+`store` receives N transitions, which the agent writes to N replay streams
+(replay/streams.py). Steps count env steps per seed summed over its N envs, as
+PPO counts them: a loop step advances N (the loop's `granularity`), so
+`--total-steps`, `--eval-every` and `--log-every` round up to multiples of N,
+and `update(state, key, step)` receives that env-step count. Logged episode
+returns are the mean over the seed's envs of each one's last finished episode.
+The HostLoop steps one env per seed (N > 1 is refused there: a host env would
+step N simulators one after another, and its instance seeds are per position,
+so a seed's runs would depend on --num-seeds). A multitask env gives each seed
+one env of every task (envs/multitask.py); its agent counts loop steps.
+
+`update(state, key, step)` receives the step count unbatched, so the agent's
+schedule (e.g. MR.Q's encoder burst every 250 updates) branches for real under
+vmap.
 
 An agent may define `early_stop(state, obs, action) -> bool` (agents/least.py):
 evaluated with the action on every training step, inside the same jitted call,
@@ -36,8 +51,9 @@ import replay
 from experiments import memory
 from experiments.loops.base import Loop
 from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
-from experiments.loops.keys import ACT, ENV_RESET, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.keys import ACT, ENV_RESET, EVAL, SEED_AXIS, UPDATE, env_keys, step_key, step_keys
 from experiments.loops.lanes import Lanes
+from replay import streams
 
 
 def early_stop(agent: agents.OffPolicyAgent, state, obs: jax.Array, action: jax.Array) -> jax.Array:
@@ -54,9 +70,10 @@ def _single_task_error(agent, env_id: str, spec) -> ValueError:
                      f"tasks): use --agent {' or '.join(multitask)}, or one task's id (e.g. {spec.tasks[0].env_id})")
 
 
-def task_metrics(per_seed: dict, last_return: np.ndarray, episodes: np.ndarray, spec) -> None:
-    """A multitask env's episode metrics ([seeds, T] inputs): the last return per task, and over the tasks the
-    mean of the last returns of the envs that finished one."""
+def episode_metrics(per_seed: dict, last_return: np.ndarray, episodes: np.ndarray, spec) -> None:
+    """Episode metrics from each env's last finished return and episode count ([seeds, envs per seed]): the
+    mean of the last returns of the seed's envs that finished one (NaN before any did), the episodes of all
+    its envs, and for a multitask env ([seeds, T]) the last return per task."""
     for t, task in enumerate(spec.tasks):
         per_seed[f"episode_return/{task.env_id}"] = last_return[:, t]
     finished = np.isfinite(last_return)
@@ -73,7 +90,9 @@ class _SeedLoop(Loop):
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         self.env = env
         self.spec = env.spec
-        self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
+        # N envs per seed (the config's --num-envs), each with its own replay stream of `capacity` slots.
+        self.num_envs = self.agent.envs_per_seed(self.config)
+        self.capacity = streams.capacity_for(replay_transitions, self.num_envs, self.spec.max_episode_steps)
 
     def _init_agents(self, configs=None):
         return self.init_agents(lambda k, c: self.agent.init(k, self.spec, c, self.capacity), configs)
@@ -85,7 +104,8 @@ class _SeedLoop(Loop):
     def memory_advice(self, budget: float) -> str:
         per_seed = sum(self.memory_estimate().values()) / self.num_seeds
         fits = memory.largest_fitting(budget, per_seed)
-        return (f"{memory.gib(per_seed)} per seed with a replay of {self.capacity} slots; --num-seeds {fits} "
+        return (f"{memory.gib(per_seed)} per seed with a replay of {self.num_envs} x {self.capacity} slots; "
+                f"--num-seeds {fits} "
                 "fits" + (" (or a smaller --buffer-size)" if fits else "; use a smaller --buffer-size"))
 
 
@@ -94,6 +114,13 @@ class HostLoop(_SeedLoop):
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
+        num_envs = agents.record(agent).envs_per_seed(config)
+        if num_envs > 1:
+            from experiments.loops.on_policy import LoopError
+
+            raise LoopError(f"--num-envs {num_envs}: several envs per seed step inside the device loop, on a JAX "
+                            f"env (mjx:<PlaygroundName>, jax:PointMass); {env_id} steps on the host, one env per "
+                            "seed: leave --num-envs at 1")
         self.env_kwargs = env_kwargs or {}
         # One instance tells the spec; the num_seeds instances are built by init(), after the memory check.
         probe = envs_lib.make(env_id, num_envs=1, seed=seed, **self.env_kwargs)
@@ -184,7 +211,7 @@ class HostLoop(_SeedLoop):
             per_seed["episode_return"] = last_return
             per_seed["episodes"] = episodes.astype(np.float32)
         else:
-            task_metrics(per_seed, last_return, episodes, self.spec)
+            episode_metrics(per_seed, last_return, episodes, self.spec)
         return new_state, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
@@ -199,38 +226,43 @@ class HostLoop(_SeedLoop):
 
 
 class DeviceLoop(_SeedLoop):
-    """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
+    """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk; each seed steps
+    its N envs (or a multitask env's T tasks) together."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
                  replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
-        env = envs_lib.make(env_id, **(env_kwargs or {}))
+        num_envs = agents.record(agent).envs_per_seed(config)
+        # num_envs: a non-stationary schedule counts env steps per seed, summed over its envs.
+        env = envs_lib.make(env_id, num_envs=num_envs, **(env_kwargs or {}))
         super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
-        # A multitask JaxEnv (envs/multitask.py) gives each seed one env of every task, [T, ...] per seed.
-        self.envs_per_seed = self.spec.num_tasks
+        # A loop step is N env steps per seed; a multitask JaxEnv (envs/multitask.py) gives each seed one env of
+        # every task, [T, ...] per seed, and its agent counts loop steps.
+        self.granularity = self.num_envs
+        self.envs_per_seed = self.num_envs * self.spec.num_tasks
         multitask = bool(self.spec.tasks)
         if multitask and not self.agent.multitask:
             raise _single_task_error(self.agent, env_id, self.spec)
-        agent = self.agent
+        agent, rows = self.agent, self.envs_per_seed
+        # With one env per seed the agent acts on and stores unbatched rows (as in the host loop).
+        batched = rows > 1
 
         def chunk(agent_state, env_state, tracker, seed_key, steps):
             def body(carry, step):
                 agent_state, env_state, tracker = carry
-                obs = env_state.obs if multitask else env_state.obs[0]
+                obs = env_state.obs if batched else env_state.obs[0]
                 action = agent.act(agent_state, obs, step_key(seed_key, step, ACT), True)
-                stop = early_stop(agent, agent_state, obs, action)
-                # The seed's env is a batch of one: step_batch resets only on steps where some env of some
-                # seed finished (a real branch), where vmap(step) would pay for a reset on every step.
-                if multitask:
-                    stops = jnp.broadcast_to(jnp.asarray(stop), (self.envs_per_seed,))
-                    env_state, info = env.step_batch(env_state, action, (SEED_AXIS,), stops)
-                else:
-                    env_state, info = env.step_batch(env_state, action[None], (SEED_AXIS,), stop[None])
-                    info = jax.tree.map(lambda x: x[0], info)
-                transition = replay.Transition(obs, action, info.reward, info.final_obs,
-                                               info.terminated, info.truncated)
+                # An agent's early stop is per seed or per env; a per-seed one applies to all the seed's envs.
+                stops = jnp.broadcast_to(early_stop(agent, agent_state, obs, action), (rows,))
+                # step_batch resets only on steps where some env of some seed finished (a real branch), where
+                # vmap(step) would pay for a reset on every step.
+                env_state, info = env.step_batch(env_state, action if batched else action[None], (SEED_AXIS,),
+                                                 stops)
+                each = info if batched else jax.tree.map(lambda x: x[0], info)
+                transition = replay.Transition(obs, action, each.reward, each.final_obs, each.terminated,
+                                               each.truncated)
                 agent_state, metrics = agent.update(agent.store(agent_state, transition),
                                                     step_key(seed_key, step, UPDATE), step)
-                done = info.terminated | info.truncated
+                done = info.terminated | info.truncated                                   # [rows]
                 tracker = {
                     "last_episode_return": jnp.where(done, info.episode_return, tracker["last_episode_return"]),
                     "episodes": tracker["episodes"] + done,
@@ -252,11 +284,11 @@ class DeviceLoop(_SeedLoop):
                                  static_argnums=2)
 
     def _reset(self, keys: jax.Array):
-        """Each seed's env as a batch of one ([seeds, 1, ...]; a multitask env: one env slot of every task),
-        reset with its ENV_RESET key."""
+        """Each seed's N envs ([seeds, N, ...]; a multitask env: one env slot of every task), reset from its
+        ENV_RESET key (env 0 with the key itself: keys.py `env_keys`)."""
         if self.spec.tasks:
             return jax.vmap(lambda key: self.env.reset_batch(key, 1))(keys)
-        return jax.vmap(lambda key: jax.tree.map(lambda x: x[None], self.env.reset(key)))(keys)
+        return jax.vmap(lambda key: jax.vmap(self.env.reset)(env_keys(key, self.num_envs)))(keys)
 
     def memory_estimate(self) -> dict:
         env_state = jax.eval_shape(self._reset, step_keys(self.seed_keys, 0, ENV_RESET))
@@ -266,27 +298,34 @@ class DeviceLoop(_SeedLoop):
         """Fresh agents and envs for every seed (`configs`: as HostLoop.init)."""
         agent_state = self._init_agents(configs)
         env_state = self._reset(step_keys(self.seed_keys, 0, ENV_RESET))
-        envs = (self.num_seeds, self.envs_per_seed) if self.spec.tasks else (self.num_seeds,)
-        tracker = {"last_episode_return": jnp.full(envs, jnp.nan),
+        envs = (self.num_seeds, self.envs_per_seed)
+        # float32 given, not inferred: a weak-typed NaN would make the second chunk compile again (minutes on MJX).
+        tracker = {"last_episode_return": jnp.full(envs, jnp.nan, jnp.float32),
                    "episodes": jnp.zeros(envs, jnp.int32),
                    "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
-        return {"agent": agent_state, "env": env_state, "tracker": tracker}
+        # Committed to the device, as the chunk's outputs are: uncommitted inputs (arrays made outside jit) would
+        # make the second chunk compile again (minutes for a Playground env).
+        return jax.device_put({"agent": agent_state, "env": env_state, "tracker": tracker}, jax.devices()[0])
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
-        steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
+        """Train `num_steps` env steps per seed (a multiple of `granularity`, N) after `start_step`: loop steps
+        that end at env steps start_step + N, start_step + 2N, ..."""
+        if start_step % self.granularity or num_steps % self.granularity:
+            from experiments.loops.on_policy import LoopError
+
+            raise LoopError(f"steps must be whole loop steps of {self.granularity} env steps (one per env), got "
+                            f"{start_step} + {num_steps}")
+        steps = jnp.arange(start_step + self.granularity, start_step + num_steps + 1, self.granularity)
         agent_state, env_state, tracker, metrics = self._chunk(
             state["agent"], state["env"], state["tracker"], self.seed_keys, steps)
         per_seed = {k: np.asarray(v) for k, v in metrics.items()}
-        if self.spec.tasks:
-            task_metrics(per_seed, np.asarray(tracker["last_episode_return"]), np.asarray(tracker["episodes"]),
-                         self.spec)
-        else:
-            per_seed["episode_return"] = np.asarray(tracker["last_episode_return"])
-            per_seed["episodes"] = np.asarray(tracker["episodes"], np.float32)
+        episode_metrics(per_seed, np.asarray(tracker["last_episode_return"]), np.asarray(tracker["episodes"]),
+                        self.spec)
         per_seed["nan_resets"] = np.asarray(tracker["nan_resets"], np.float32)
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         keys = step_keys(self.seed_keys, step, EVAL)
-        # One env per seed: the eval envs' clock is the step.
-        return Evaluation.of(np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))), self.spec)
+        # The eval envs' clock is the training envs' own step count (env steps per seed / N).
+        clock = jnp.int32(step // self.granularity)
+        return Evaluation.of(np.asarray(self._evaluate(state["agent"], keys, episodes, clock)), self.spec)
