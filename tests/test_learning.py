@@ -136,6 +136,22 @@ def test_sac_learns_point_mass_in_the_device_loop(tmp_path):
     assert sum(last) / 2 >= sum(first) / 2 + 30, (first, last)
 
 
+def test_sac_learns_point_mass_with_16_envs_per_seed(tmp_path):
+    """The same reduced SAC (64x64, CleanRL's defaults otherwise: one update per env step, batch 256) with 16 envs
+    per seed (--num-envs 16: each loop step stores 16 transitions, one replay stream per env, and makes 16
+    updates), 2 seeds in the device loop, 4096 env steps per seed (256 loop steps), 1024 of them random;
+    the thresholds are the one-env test's."""
+    run_dir = tmp_path / "run"
+    result = run_cli("--agent", "sac", "--env", "jax:PointMass", "--num-seeds", "2", "--num-envs", "16",
+                     "--total-steps", "4096", "--eval-every", "1024", "--log-every", "1024", "--eval-episodes", "10",
+                     "--learning-starts", "1024", "--critic-hidden", "64", "64", "--actor-hidden", "64", "64",
+                     "--run-dir", str(run_dir), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, last = _final_returns(run_dir, 1024), _final_returns(run_dir, 4096)
+    assert len(last) == 2 and min(last) >= -45, (first, last)
+    assert sum(last) / 2 >= sum(first) / 2 + 30, (first, last)
+
+
 @long
 def test_td3_learns_cartpole_balance(tmp_path):
     """TD3 with CleanRL's defaults except 2000 random steps (instead of 25000) and Adam 1e-3 (the TD3 paper's
