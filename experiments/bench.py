@@ -182,20 +182,22 @@ def time_ours(agent, config, env_id: str, updates: int) -> dict:
             "steps_per_update": steps}
 
 
-def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dict:
+def measure_on_policy(agent, env_id: str, config, updates: int, brax: bool = True) -> dict:
+    """At `config.num_envs`: the physics limit, our PPO's training and collection steps/s and, with `brax`,
+    Brax's PPO at the same hyperparameters (`updates` timed updates after a compiling one)."""
     from experiments import brax_baseline
 
-    config = on_policy_config(agent, preset, num_envs)
     config.validate()
-    name = args.env.partition(":")[2]
+    num_envs = config.num_envs
+    name = env_id.partition(":")[2]
     physics = brax_baseline.physics_steps_per_s(name, num_envs)
-    ours = time_ours(agent, config, args.env, args.updates)
+    ours = time_ours(agent, config, env_id, updates)
     result = {"num_envs": num_envs, "num_minibatches": agent.layout(config).num_minibatches,
               "physics_sps": round(physics["env_steps_per_s"]), "ours_sps": round(ours["sps"]),
               "ours_over_physics": round(ours["sps"] / physics["env_steps_per_s"], 4),
               "ours_physics_share": round(ours["collect_share"], 3),
               "ours_learning_share": round(ours["learn_share"], 3), "ours": ours}
-    if args.brax:
+    if brax:
         reference = brax_baseline.brax_ppo_training_sps(
             name, num_envs=num_envs, unroll_length=config.unroll_length, batch_size=config.batch_size,
             num_minibatches=result["num_minibatches"], num_updates_per_batch=config.num_epochs,
@@ -203,7 +205,7 @@ def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dic
             entropy_cost=config.entropy_cost, reward_scaling=config.reward_scaling,
             clipping_epsilon=config.clip_epsilon, normalize_observations=config.normalize_observations,
             policy_hidden=config.policy_hidden, value_hidden=config.value_hidden,
-            max_grad_norm=config.max_grad_norm or None, training_steps=args.updates + 1)
+            max_grad_norm=config.max_grad_norm or None, training_steps=updates + 1)
         result["brax_sps"] = round(reference["sps"])
         result["ours_over_brax"] = round(ours["sps"] / reference["sps"], 3)
         result["brax"] = reference
@@ -213,7 +215,8 @@ def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dic
 
 def main_on_policy(agent, args: BenchArgs) -> dict:
     preset = args.preset or agent.default_preset()
-    results = [measure_on_policy(agent, args, preset, n) for n in args.num_envs]
+    results = [measure_on_policy(agent, args.env, on_policy_config(agent, preset, n), args.updates, args.brax)
+               for n in args.num_envs]
     config = dataclasses.asdict(on_policy_config(agent, preset, args.num_envs[0]))
     return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
             "device_kind": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
@@ -248,32 +251,39 @@ def _timed_run(make_loop_fn, units: int) -> dict:
 
 
 def measure_sweep(agent, args: BenchArgs) -> dict:
-    """N points of a traced field as one program (N x seeds lanes) vs N sequential runs of `seeds` seeds."""
-    from experiments.loops.lanes import Lanes
-    from experiments.loops.on_policy import OnPolicyLoop
-
-    seeds = args.seeds[0]
+    """`--sweep-points` values of `--sweep-field` around the default config (on-policy: the preset at
+    `--num-envs[0]`) as one program vs as many sequential runs."""
     if isinstance(agent, agents.OnPolicyAgent):
-        preset = args.preset or agent.default_preset()
-        config = on_policy_config(agent, preset, args.num_envs[0])
+        config = on_policy_config(agent, args.preset or agent.default_preset(), args.num_envs[0])
         units = args.updates + 1
-        build = lambda cfg, lanes, **kw: OnPolicyLoop(agent, cfg, args.env, lanes, 0, **kw)
     else:
-        config = agent.Config()
-        units = args.steps or 200
-        build = lambda cfg, lanes, **kw: loops.make(agent, cfg, args.env, lanes, 0, replay_transitions=4 * units, **kw)
-    base = getattr(config, args.sweep_field)
-    values = [float(base * 3.0 ** (i - (args.sweep_points - 1) / 2)) for i in range(args.sweep_points)]
-    lanes = [(v, s) for v in values for s in range(seeds)]
-    sweep_lanes = Lanes.of_sweep([dataclasses.replace(config, **{args.sweep_field: v}) for v in values],
-                                 list(range(seeds)))
-    one = _timed_run(lambda: build(config, len(lanes), lanes=sweep_lanes), units)
-    sequential = [_timed_run(lambda v=v: build(dataclasses.replace(config, **{args.sweep_field: v}), seeds), units)
+        config, units = agent.Config(), args.steps or 200
+    return {"agent": args.agent, **sweep_speedup(agent, args.env, config, args.sweep_field, args.sweep_points,
+                                                 args.seeds[0], units)}
+
+
+def sweep_speedup(agent, env_id: str, config, field: str, points: int, seeds: int, units: int) -> dict:
+    """`points` values of the traced `field` (geometric around config's) as one program of points x seeds lanes
+    vs `points` sequential runs of `seeds` seeds; each trains `units` updates (on-policy) or env steps."""
+    from experiments.loops.lanes import Lanes
+
+    if isinstance(agent, agents.OnPolicyAgent):
+        from experiments.loops.on_policy import OnPolicyLoop
+
+        build = lambda cfg, num_lanes, **kw: OnPolicyLoop(agent, cfg, env_id, num_lanes, 0, **kw)
+    else:
+        build = lambda cfg, num_lanes, **kw: loops.make(agent, cfg, env_id, num_lanes, 0,
+                                                        replay_transitions=4 * units, **kw)
+    base = getattr(config, field)
+    values = [float(base * 3.0 ** (i - (points - 1) / 2)) for i in range(points)]
+    sweep_lanes = Lanes.of_sweep([dataclasses.replace(config, **{field: v}) for v in values], list(range(seeds)))
+    one = _timed_run(lambda: build(config, len(sweep_lanes), lanes=sweep_lanes), units)
+    sequential = [_timed_run(lambda v=v: build(dataclasses.replace(config, **{field: v}), seeds), units)
                   for v in values]
     seq_total = sum(r["total_s"] for r in sequential)
     seq_steady = sum(r["after_first_chunk_s"] for r in sequential)
-    return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
-            "jax": jax.__version__, "field": args.sweep_field, "values": values, "seeds_per_point": seeds,
+    return {"env": env_id, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+            "jax": jax.__version__, "field": field, "values": values, "seeds_per_point": seeds,
             "units": units, "unit": "updates" if isinstance(agent, agents.OnPolicyAgent) else "env steps",
             "one_program": one, "sequential_total_s": seq_total, "sequential_after_first_chunk_s": seq_steady,
             "speedup_total": round(seq_total / one["total_s"], 2),
