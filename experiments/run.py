@@ -135,8 +135,10 @@ def parse(argv: list[str]):
     run_defaults = dataclasses.replace(run_defaults, **{k: v for k, v in task.items() if k in run_fields})
     config_defaults = dataclasses.replace(config_defaults, **{k: v for k, v in task.items() if k not in run_fields})
     if saved is not None and saved["run"].get("agent") == agent_name:
+        # The compile cache is this machine's, not the experiment's: its flags come from this command.
         run_defaults = dataclasses.replace(from_saved(RunArgs, saved["run"]), resume=False, resume_from=None,
-                                           overwrite=False)
+                                           overwrite=False, compile_cache=RunArgs.compile_cache,
+                                           compile_cache_dir=RunArgs.compile_cache_dir)
         config_defaults = from_saved(agent.Config, saved["agent_config"])
     cli_type = dataclasses.make_dataclass("Args", [
         ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_defaults)),

@@ -1,0 +1,92 @@
+"""experiments/jax_setup.py: the compile cache's directory and flags, and the matmul precision."""
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import jax_setup, run
+from experiments.jax_setup import JaxFlags, JaxSetupError
+from tests.cli_utils import run_inprocess
+
+
+@pytest.fixture
+def restore_jax_settings():
+    """The tests below change this process's JAX settings; put back the session's (conftest.py's cache)."""
+    yield
+    jax_setup.configure_jax(JaxFlags())
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]
+
+
+def test_default_cache_dir_follows_the_environment(tmp_path):
+    assert jax_setup.default_cache_dir({"CTRLRL_CACHE_DIR": str(tmp_path / "mine")}) == tmp_path / "mine"
+    assert jax_setup.default_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "ctrlrl" / "jax"
+    assert jax_setup.default_cache_dir({}) == Path("~/.cache/ctrlrl/jax").expanduser()
+
+
+def test_flags_parse_into_run_args():
+    args, _ = run.parse(["--agent", "sac"])
+    assert (args.compile_cache, args.compile_cache_dir, args.matmul_precision) == (True, None, "float32")
+    args, _ = run.parse(["--agent", "sac", "--no-compile-cache", "--compile-cache-dir", "/somewhere",
+                         "--matmul-precision", "tensorfloat32"])
+    assert (args.compile_cache, args.compile_cache_dir, args.matmul_precision) == (False, "/somewhere",
+                                                                                  "tensorfloat32")
+
+
+def test_configure_jax_sets_the_cache_and_precision_in_this_process(tmp_path, restore_jax_settings):
+    """Programs compiled after configure_jax land in its directory; --no-compile-cache writes nothing; switching
+    directories within one process works (JAX opens its cache once, at the first compilation)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    settings = jax_setup.configure_jax(JaxFlags(compile_cache_dir=str(first), matmul_precision="bfloat16"))
+    assert settings == {"matmul_precision": "bfloat16", "compile_cache_dir": str(first)}
+    assert jax.config.jax_default_matmul_precision == "bfloat16"
+    jax.jit(lambda x: jnp.sin(x) * 3.0)(jnp.ones(7)).block_until_ready()     # a program no other test builds
+    written = set(os.listdir(first))
+    assert written
+
+    args, _ = run.parse(["--agent", "sac", "--no-compile-cache", "--compile-cache-dir", str(first)])
+    assert jax_setup.configure_jax(args) == {"matmul_precision": "float32", "compile_cache_dir": None}
+    jax.jit(lambda x: jnp.cos(x) * 5.0)(jnp.ones(9)).block_until_ready()
+    assert set(os.listdir(first)) == written
+
+    jax_setup.configure_jax(JaxFlags(compile_cache_dir=str(second), matmul_precision="default"))
+    assert jax_setup.settings() == {"matmul_precision": "default", "compile_cache_dir": str(second)}
+    jax.jit(lambda x: jnp.tan(x) * 7.0)(jnp.ones(11)).block_until_ready()
+    assert os.listdir(second) and set(os.listdir(first)) == written
+
+
+def test_a_cache_directory_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(JaxSetupError, match="--compile-cache-dir .*a_file/jax: cannot write there"):
+        jax_setup.cache_directory(JaxFlags(compile_cache_dir=str(blocker / "jax")))
+    with pytest.raises(JaxSetupError, match=r"\$CTRLRL_CACHE_DIR .*a_file/jax: cannot write there"):
+        jax_setup.cache_directory(JaxFlags(), {"CTRLRL_CACHE_DIR": str(blocker / "jax")})
+    # The default location (no directory named) falls back to no cache, with a warning.
+    assert jax_setup.cache_directory(JaxFlags(), {"XDG_CACHE_HOME": str(blocker)}) is None
+    assert "warning: compile cache off: cannot write to" in capsys.readouterr().err
+
+
+def test_run_refuses_an_unwritable_cache_dir_before_writing_anything(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run_inprocess("--agent", "sac", "--env", "jax:PointMass", "--compile-cache-dir", str(blocker / "jax"),
+                           "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "cannot write there (Not a directory); choose a writable directory" in _error_line(result.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_precision_is_one_error_line(tmp_path):
+    result = run_inprocess("--matmul-precision", "tf32", "--run-dir", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert ("invalid choice 'tf32' for argument '--matmul-precision'. Expected one of ('float32', 'tensorfloat32', "
+            "'bfloat16', 'default')") in _error_line(result.stderr)
+    assert not (tmp_path / "out").exists()
