@@ -40,15 +40,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
-import tyro
 
 import agents
-from experiments import loops
+from experiments import jax_setup, loops
 from experiments.loops.driver import drive
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchArgs:
+class BenchArgs(jax_setup.JaxFlags):
     agent: str = "mrq"
     """Agent name."""
     env: str = "dmc:cartpole-balance"
@@ -250,22 +249,7 @@ def measure_sweep(agent, args: BenchArgs) -> dict:
                     "program's first chunk"}
 
 
-def main(args: BenchArgs) -> dict:
-    agent = agents.get(args.agent)
-    if args.sweep_points > 0:
-        report = measure_sweep(agent, args)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        return report
-    if isinstance(agent, agents.OnPolicyAgent):
-        report = main_on_policy(agent, args)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        return report
+def main_off_policy(agent, args: BenchArgs) -> dict:
     config = agent.Config()
     steps = args.steps or getattr(config, "target_update_freq", 250)
     results = [measure(agent, config, args.env, n, steps) for n in args.seeds]
@@ -276,9 +260,23 @@ def main(args: BenchArgs) -> dict:
             if not agent.multitask else
             "loop steps (one env step of every task per seed: act + step + store + the updates due at utd) "
             "after one seeding episode per env and one compiling update")
-    report = {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
-              "backend": jax.default_backend(), "jax": jax.__version__, "what": what,
-              "results": results}
+    return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
+            "backend": jax.default_backend(), "jax": jax.__version__, "what": what, "results": results}
+
+
+def main(args: BenchArgs) -> dict:
+    try:
+        settings = jax_setup.configure_jax(args)
+    except jax_setup.JaxSetupError as error:
+        raise SystemExit(f"error: {error}") from None
+    agent = agents.get(args.agent)
+    if args.sweep_points > 0:
+        report = measure_sweep(agent, args)
+    elif isinstance(agent, agents.OnPolicyAgent):
+        report = main_on_policy(agent, args)
+    else:
+        report = main_off_policy(agent, args)
+    report["jax_settings"] = settings
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -287,4 +285,6 @@ def main(args: BenchArgs) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(BenchArgs))
+    from experiments.run import parse_or_exit
+
+    main(parse_or_exit(BenchArgs, "Throughput benchmarks, as JSON (see the module's docstring)."))

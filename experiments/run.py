@@ -56,6 +56,16 @@ def cli(cli_type: type, argv: list[str], description: str):
         raise RunError(f"{panel_message(captured.getvalue())} (--help lists the flags)") from None
 
 
+def parse_or_exit(cli_type: type, description: str, argv: list[str] | None = None):
+    """`cli` for the entry points whose main takes the parsed flags (bench.py, compare.py): a bad flag prints one
+    `error:` line and exits with code 2."""
+    try:
+        return cli(cli_type, sys.argv[1:] if argv is None else argv, description)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 _PANEL_EDGES = "\u2502\u256d\u256e\u2570\u256f\u2500 "    # a panel's sides, corners and rules
 
 

@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import jax_setup, run
+from experiments import bench, collect, compare, jax_setup, run, sweep
 from experiments.jax_setup import JaxFlags, JaxSetupError
-from tests.cli_utils import run_inprocess
-
+from tests.cli_utils import run_main
 
 @pytest.fixture
 def restore_jax_settings():
@@ -74,19 +73,36 @@ def test_a_cache_directory_that_cannot_be_written(tmp_path, capsys):
     assert "warning: compile cache off: cannot write to" in capsys.readouterr().err
 
 
-def test_run_refuses_an_unwritable_cache_dir_before_writing_anything(tmp_path):
+@pytest.mark.parametrize("main, flags", [
+    (run.main, ["--agent", "sac", "--env", "jax:PointMass", "--run-dir"]),
+    (sweep.main, ["--agent", "sac", "--env", "jax:PointMass", "--sweep", "critic_lr=1e-3,1e-2", "--run-dir"]),
+    (collect.main, ["--env", "gym:InvertedPendulum-v5", "--policy", "random", "--out"]),
+], ids=["run", "sweep", "collect"])
+def test_an_unwritable_cache_dir_is_one_error_line_and_nothing_is_written(tmp_path, main, flags):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    result = run_inprocess("--agent", "sac", "--env", "jax:PointMass", "--compile-cache-dir", str(blocker / "jax"),
-                           "--run-dir", str(tmp_path / "run"))
+    result = run_main(main, "--compile-cache-dir", str(blocker / "jax"), *flags, str(tmp_path / "out"))
     assert result.returncode == 2
     assert "cannot write there (Not a directory); choose a writable directory" in _error_line(result.stderr)
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "out").exists()
 
 
-def test_unknown_precision_is_one_error_line(tmp_path):
-    result = run_inprocess("--matmul-precision", "tf32", "--run-dir", str(tmp_path / "out"))
-    assert result.returncode == 2
+def _bench(argv):
+    return bench.main(run.parse_or_exit(bench.BenchArgs, "bench", argv))
+
+
+def _compare(argv):
+    return compare.main(run.parse_or_exit(compare.CompareArgs, "compare", argv))
+
+
+@pytest.mark.parametrize("main, run_dir_flag", [(run.main, "--run-dir"), (_bench, "--out"), (_compare, "--run-dir")],
+                         ids=["run", "bench", "compare"])
+def test_unknown_precision_is_one_error_line(tmp_path, capsys, main, run_dir_flag):
+    try:
+        code = main(["--matmul-precision", "tf32", run_dir_flag, str(tmp_path / "out")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
     assert ("invalid choice 'tf32' for argument '--matmul-precision'. Expected one of ('float32', 'tensorfloat32', "
-            "'bfloat16', 'default')") in _error_line(result.stderr)
+            "'bfloat16', 'default')") in _error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
