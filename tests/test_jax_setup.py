@@ -1,5 +1,7 @@
-"""experiments/jax_setup.py: the compile cache's directory and flags, and the matmul precision."""
+"""experiments/jax_setup.py: the compile cache's directory and flags, the matmul precision, and that a second
+identical run loads every program from the cache instead of compiling it."""
 
+import json
 import os
 from pathlib import Path
 
@@ -7,9 +9,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import agents
 from experiments import bench, collect, compare, jax_setup, run, sweep
 from experiments.jax_setup import JaxFlags, JaxSetupError
 from tests.cli_utils import run_main
+
+# A tiny PPO (tests/test_robustness.py's TINY_PPO, one update): its cold start is mostly compilation.
+TINY_PPO_RUN = ["--agent", "ppo", "--env", "jax:PointMass", "--num-envs", "16", "--batch-size", "16",
+                "--num-minibatches", "1", "--unroll-length", "10", "--num-epochs", "1", "--policy-hidden", "8", "8",
+                "--value-hidden", "8", "8", "--total-steps", "160", "--eval-every", "160", "--log-every", "160",
+                "--eval-episodes", "1"]
+
 
 @pytest.fixture
 def restore_jax_settings():
@@ -106,3 +116,24 @@ def test_unknown_precision_is_one_error_line(tmp_path, capsys, main, run_dir_fla
     assert ("invalid choice 'tf32' for argument '--matmul-precision'. Expected one of ('float32', 'tensorfloat32', "
             "'bfloat16', 'default')") in _error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_startup_runs_are_valid_and_as_small_as_described():
+    """bench.py --startup's runs parse; MR.Q and SAC stop at the end of their warm-up, PPO after one update."""
+    parsed = {name: run.parse(flags) for name, flags in bench.STARTUP_RUNS.items()}
+    assert all(args.agent == name and args.eval_episodes == 1 for name, (args, _) in parsed.items())
+    assert parsed["mrq"][0].total_steps == parsed["mrq"][1].random_steps
+    assert parsed["sac"][0].total_steps == parsed["sac"][1].learning_starts
+    assert parsed["ppo"][0].total_steps == agents.get("ppo").layout(parsed["ppo"][1]).steps_per_update
+
+
+def test_second_identical_run_loads_every_program_from_the_cache(tmp_path):
+    """Two tiny runs in new processes, the first with an empty cache: it writes the programs, the second finds
+    every one of them (it adds no entry); config.json records the directory and the precision."""
+    result = bench.measure_startup(TINY_PPO_RUN, tmp_path)
+    assert result["cache_entries_after_cold"] > 0
+    assert result["cache_entries_added_by_warm"] == 0
+    for name in ("cold", "warm"):
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["jax"] == {"matmul_precision": "float32", "compile_cache_dir": str(tmp_path / "cache")}
+        assert config["run"]["compile_cache"] is True
