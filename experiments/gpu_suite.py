@@ -41,14 +41,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
-import tyro
 
 import agents
-from experiments import bench
+from experiments import bench, jax_setup
 
 
 @dataclasses.dataclass(frozen=True)
-class SuiteArgs:
+class SuiteArgs(jax_setup.JaxFlags):
     out: str = "gpu_suite.json"
     """The JSON file, rewritten after every measurement."""
     dry_run: bool = False
@@ -176,7 +175,12 @@ def environment() -> dict:
 
 def main(args: SuiteArgs) -> dict:
     began = time.perf_counter()
-    report = {"what": __doc__.split("\n\n")[0].strip(), "dry_run": args.dry_run, "environment": environment(),
+    try:
+        settings = jax_setup.configure_jax(args)      # full float32 matmuls unless asked otherwise (TF32 on GPUs)
+    except jax_setup.JaxSetupError as error:
+        raise SystemExit(f"error: {error}") from None
+    report = {"what": __doc__.split("\n\n")[0].strip(), "dry_run": args.dry_run,
+              "environment": {**environment(), "jax_settings": settings},
               "deadline_s": None if args.dry_run else args.deadline_s, "results": {}, "skipped": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,4 +218,7 @@ def main(args: SuiteArgs) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(SuiteArgs))
+    from experiments.run import parse_or_exit
+
+    main(parse_or_exit(SuiteArgs, "Every speed figure for a lent GPU, as JSON, inside a deadline (see the module's "
+                                  "docstring)."))

@@ -56,6 +56,16 @@ def cli(cli_type: type, argv: list[str], description: str):
         raise RunError(f"{panel_message(captured.getvalue())} (--help lists the flags)") from None
 
 
+def parse_or_exit(cli_type: type, description: str, argv: list[str] | None = None):
+    """`cli` for the entry points whose main takes the parsed flags (bench.py, compare.py): a bad flag prints one
+    `error:` line and exits with code 2."""
+    try:
+        return cli(cli_type, sys.argv[1:] if argv is None else argv, description)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 _PANEL_EDGES = "\u2502\u256d\u256e\u2570\u256f\u2500 "    # a panel's sides, corners and rules
 
 
@@ -135,8 +145,10 @@ def parse(argv: list[str]):
     run_defaults = dataclasses.replace(run_defaults, **{k: v for k, v in task.items() if k in run_fields})
     config_defaults = dataclasses.replace(config_defaults, **{k: v for k, v in task.items() if k not in run_fields})
     if saved is not None and saved["run"].get("agent") == agent_name:
+        # The compile cache is this machine's, not the experiment's: its flags come from this command.
         run_defaults = dataclasses.replace(from_saved(RunArgs, saved["run"]), resume=False, resume_from=None,
-                                           overwrite=False)
+                                           overwrite=False, compile_cache=RunArgs.compile_cache,
+                                           compile_cache_dir=RunArgs.compile_cache_dir)
         config_defaults = from_saved(agent.Config, saved["agent_config"])
     cli_type = dataclasses.make_dataclass("Args", [
         ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_defaults)),

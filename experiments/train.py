@@ -6,8 +6,10 @@ and tests can call it directly.
 
 Order of a start, so that a bad input writes nothing: the flags (every number
 finite and in its declared range, agents/config.py), the run directory's path,
-a resumed run's saved configuration and checkpoint, the env and the loop, the
-memory estimate (experiments/memory.py); only then the directory is locked
+a resumed run's saved configuration and checkpoint, JAX's settings (the compile
+cache's directory and the matmul precision, experiments/jax_setup.py: set
+before anything compiles), the env and the loop, the memory estimate
+(experiments/memory.py); only then the directory is locked
 (experiments/rundir.py: one process per run directory) and written. A start
 that fails before its first chunk of training removes what it wrote.
 
@@ -15,8 +17,8 @@ While training, SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) lets the
 current chunk finish, writes a checkpoint at its step, says so in one line and
 exits with 128 + the signal number; `--resume` then continues exactly, with no
 step trained twice. A second SIGINT stops at once (the last checkpoint stays).
-A resumed run must be the same experiment: only its length and how it is shown
-(progress bar, W&B) may change.
+A resumed run must be the same experiment: only its length, how it is shown
+(progress bar, W&B) and its compile cache may change.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 
 import agents
 from agents.config import INT32_MAX, check_fields, field
-from experiments import memory
+from experiments import jax_setup, memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from experiments.logger import RunLogger
 from experiments.loops.driver import drive, round_up
@@ -65,8 +67,8 @@ class Stopped(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class RunArgs:
-    """What to train, for how long, and where to write it."""
+class RunArgs(jax_setup.JaxFlags):
+    """What to train, for how long, where to write it, and how JAX compiles it (experiments/jax_setup.py)."""
 
     agent: str = "mrq"
     """Agent name (see agents/__init__.py)."""
@@ -168,15 +170,18 @@ def read_saved_run(run_dir: Path) -> dict:
         saved = json.loads(path.read_text())
         if not isinstance(saved.get("run"), dict) or not isinstance(saved.get("agent_config"), dict):
             raise KeyError("run / agent_config")
+        # A run saved before --matmul-precision existed ran at JAX's default precision.
+        saved["run"].setdefault("matmul_precision", "default")
         return saved
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
 
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
-    """A resumed run must be the same experiment; only its length and how it is shown may change."""
+    """A resumed run must be the same experiment; only its length, how it is shown and its compile cache may
+    change (the matmul precision may not: it changes the numbers on a GPU)."""
     mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
-               "distributed"}
+               "distributed", "compile_cache", "compile_cache_dir"}
     run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
@@ -214,7 +219,8 @@ def validate(args: RunArgs, config: Any):
 
 
 def train(args: RunArgs, config: Any) -> Path:
-    """Train `args.agent` with `config` on `args.env`; returns the run directory."""
+    """Train `args.agent` with `config` on `args.env`; returns the run directory. Sets this process's JAX compile
+    cache and matmul precision from `args` first (experiments/jax_setup.py)."""
     agent = validate(args, config)
     run_dir = RunDir(args.run_dir if args.run_dir else default_run_dir(args))
     try:
@@ -227,6 +233,10 @@ def train(args: RunArgs, config: Any) -> Path:
         _check_resume_config(saved, args, config)
     replay_transitions = (saved["replay_transitions"] if saved is not None
                           else replay_transitions_of(agent, config, args.total_steps))
+    try:
+        jax_setup.configure_jax(args)       # before anything compiles (building the loop may)
+    except jax_setup.JaxSetupError as error:
+        raise RunError(str(error)) from None
 
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
     loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
@@ -407,7 +417,7 @@ def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
     status = run_dir.status() or {}
     resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config), "derived": derived,
                 "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
-                "replay_capacity": loop.capacity, "versions": _versions(),
+                "replay_capacity": loop.capacity, "jax": jax_setup.settings(), "versions": _versions(),
                 "command": " ".join(sys.argv)}
     _write_json(path / "config.json", resolved)
     if is_main_process():

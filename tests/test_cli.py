@@ -1,10 +1,13 @@
 """Bad input to run.py: a one-line error naming the problem and the choices, exit 2, nothing written."""
 
 import json
+import os
 import shutil
 
 import pytest
 
+from experiments import run
+from experiments.train import _check_resume_config, read_saved_run
 from tests.cli_utils import TINY_MRQ, run_cli, run_inprocess
 
 
@@ -61,6 +64,8 @@ def test_finished_run_outputs(finished_run):
     assert (status["finished"], status["step"], status["schema"], status["kind"]) == (True, 200, "ctrlrl.run/1", "run")
     config = json.loads((finished_run / "config.json").read_text())
     assert config["agent_config"]["batch_size"] == 32 and config["run"]["env"] == "dmc:cartpole-balance"
+    # JAX's settings as the run used them: full float32 matmuls, the compile cache tests/conftest.py points to.
+    assert config["jax"] == {"matmul_precision": "float32", "compile_cache_dir": os.environ["CTRLRL_CACHE_DIR"]}
     rows = (finished_run / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,seed,return") and len(rows) == 3
     assert (finished_run / "train.csv").exists() and any((finished_run / "tensorboard").iterdir())
@@ -80,6 +85,25 @@ def test_resume_with_another_config_is_refused(finished_run):
     result = run_inprocess("--total-steps", "300", "--run-dir", str(finished_run), "--resume", "--random-steps", "7")
     assert result.returncode == 2
     assert "--random-steps 100 -> 7" in _error_line(result)
+
+
+def test_resume_keeps_the_matmul_precision_and_may_change_the_compile_cache(finished_run, tmp_path):
+    result = run_inprocess("--total-steps", "300", "--run-dir", str(finished_run), "--resume",
+                           "--matmul-precision", "bfloat16")
+    assert result.returncode == 2
+    assert "--matmul-precision 'float32' -> 'bfloat16'" in _error_line(result)
+    args, config = run.parse(["--run-dir", str(finished_run), "--resume", "--compile-cache-dir", str(tmp_path)])
+    assert (args.matmul_precision, args.compile_cache_dir) == ("float32", str(tmp_path))
+    _check_resume_config(read_saved_run(finished_run), args, config)          # no refusal
+    # A run saved before --matmul-precision existed ran at JAX's default precision, and resumes at it.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    saved = json.loads((finished_run / "config.json").read_text())
+    del saved["run"]["matmul_precision"]
+    (legacy / "config.json").write_text(json.dumps(saved))
+    args, config = run.parse(["--run-dir", str(legacy), "--resume"])
+    assert args.matmul_precision == "default"
+    _check_resume_config(read_saved_run(legacy), args, config)
 
 
 def test_resume_without_checkpoint(finished_run, tmp_path):
