@@ -17,8 +17,9 @@ minute on a busy 2-core machine:
   the world directory), model rollouts every 2 steps; 2 chunks of 3 gradient steps and an evaluation (1
   episode in gymnasium). With --eta 0: EDAC's diversity term divides action-gradients by their norm, and a
   tiny ReLU critic's near-zero gradients turn float32 rounding into a 1e-3 relative gap in one lane's critic
-  moments after 2 steps (eta 0 stays within 1e-6 for 6 steps); the loop's part -- the replicated world,
-  rollouts into sharded buffers, host evaluation -- is the same.
+  moments after 2 steps -- as much between 4 lanes and 2 on one device as between 1 device and 4 (eta 0
+  stays within 1e-6 for 6 steps); the loop's part -- the replicated world, rollouts into sharded buffers,
+  host evaluation -- is the same.
 * SAC, host loop, gym:InvertedPendulum-v5, 4 seeds: as above, 2 chunks of 12 env steps.
 * 6 lanes on 4 devices: placed on 3 devices, said in one line.
 

@@ -178,8 +178,9 @@ class HostLoop(_SeedLoop):
         episode_return, last_return = state["episode_return"], state["last_episode_return"]
         episodes = state["episodes"]
         metrics = None
+        from_host = self.placement.from_host      # the host's rows, for their lanes' devices
         for step in range(start_step + 1, start_step + num_steps + 1):
-            action, stop = self._act_in_training(agent_state, self.placement.put(obs), self.seed_keys, step)
+            action, stop = self._act_in_training(agent_state, from_host(obs), self.seed_keys, step)
             # An agent's stop is per seed or per env; a per-seed one applies to all the seed's envs.
             action, stop = to_host((action, stop))
             shape = np.shape(action)[:-1]
@@ -188,7 +189,7 @@ class HostLoop(_SeedLoop):
             reward, terminated, truncated, final_obs = (self._per_seed(x) for x in (
                 result.reward, result.terminated, result.truncated, result.final_obs))
             transition = replay.Transition(obs, action, reward, final_obs, terminated, truncated)
-            agent_state, metrics = self._train(agent_state, self.placement.put(transition), self.seed_keys, step)
+            agent_state, metrics = self._train(agent_state, from_host(transition), self.seed_keys, step)
             done = terminated | truncated
             episode_return = episode_return + reward
             last_return = np.where(done, episode_return, last_return)
@@ -208,7 +209,7 @@ class HostLoop(_SeedLoop):
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
         act = lambda obs, prev_reward, first: to_host(
-            self._act(state["agent"], self.placement.put(obs), self.seed_keys, step, False))
+            self._act(state["agent"], self.placement.from_host(obs), self.seed_keys, step, False))
         returns = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
         return Evaluation.of(returns, self.spec)
 

@@ -141,16 +141,16 @@ class OfflineLoop(Loop):
             return Evaluation(to_host(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL),
                                                      episodes)))
         keys = step_keys(self.seed_keys, step, ACT)
-        put = self.placement.put                       # the host envs' rows, onto their lanes' devices
+        from_host = self.placement.from_host       # the host envs' rows, for their lanes' devices
         if self.recurrent:
             carry = self._initial_carry(state["agent"], (episodes,))
 
             def act(obs, prev_reward, first):         # the carry goes from step to step
                 nonlocal carry
-                action, carry = self._act_step(state["agent"], carry, *put((obs, prev_reward, first)), keys)
+                action, carry = self._act_step(state["agent"], carry, *from_host((obs, prev_reward, first)), keys)
                 return to_host(action)
         else:
-            act = lambda obs, prev_reward, first: to_host(self._act(state["agent"], put(obs), keys))
+            act = lambda obs, prev_reward, first: to_host(self._act(state["agent"], from_host(obs), keys))
         # Each lane's own discount (a sweep may trace it), read from its state's config.
         discount = np.asarray(to_host(getattr(state["agent"].config, "discount", np.ones(self.num_seeds))),
                               np.float64)

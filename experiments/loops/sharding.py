@@ -73,6 +73,12 @@ class LanePlacement:
         """Every array of `tree` (host or device) with its axis 0 sharded over the lanes' devices."""
         return place(tree, self.lanes)
 
+    def from_host(self, tree: Any) -> Any:
+        """Host arrays (observations, transitions) for a program whose inputs are lane-sharded: as they are with
+        one process -- jit places them on its fast path, where a device_put per step would cost more than the
+        step's dispatch -- and as global arrays with several, where jit refuses sharded numpy inputs."""
+        return tree if jax.process_count() == 1 else self.put(tree)
+
     def replicate(self, tree: Any) -> Any:
         """Every array of `tree` copied to each of the lanes' devices (an offline world every lane reads)."""
         return place(tree, self.replicated)
