@@ -10,18 +10,18 @@ time to build (a dynamics ensemble) is saved under the run directory's
 
 Training is `update(state, world, key, step)`, vmapped over seeds with the
 world broadcast (in_axes None) and scanned over a chunk of gradient steps in
-one compiled call; `--total-steps` counts gradient steps.
+one compiled call; `--total-steps` counts gradient steps. Evaluation runs
+the deterministic policy in the real environment; on host envs it also
+returns the discounted returns (each lane with its agent's discount), which
+offline agents compare with their value estimates (`diagnostics`; the
+driver logs them as eval/discounted_return).
 
 Scale: the seed (lane) axis of the agent states (model-rollout buffers
 included) and keys is sharded over every device (sharding.py: a 1-D
 `jax.sharding.Mesh` of all local devices, or of all hosts' devices after
 `jax.distributed.initialize()`); the world is replicated, one copy per device
 (the memory check counts each copy). XLA partitions the update from these
-shardings: each device trains its own seeds on its own copy of the world. Evaluation runs
-the deterministic policy in the real environment; on host envs it also
-returns the discounted returns (each lane with its agent's discount), which
-offline agents compare with their value estimates (`diagnostics`; the
-driver logs them as eval/discounted_return).
+shardings: each device trains its own seeds on its own copy of the world.
 """
 
 from __future__ import annotations
