@@ -3,8 +3,8 @@ offline loops give the 1-device results, with their states really spread over th
 
 One subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=4) builds every loop twice, on 1 device and
 on all 4, and records per check "ok" or its failure; the tests below read the record. Tiny configs, and XLA
-told to compile fast (JAX_DISABLE_MOST_OPTIMIZATIONS=1, --xla_cpu_use_fusion_emitters=false: a third of the
-compile time; the same for both device counts, and the partitioning is unaffected), so that it takes about a
+told to compile fast (JAX_DISABLE_MOST_OPTIMIZATIONS=1, --xla_cpu_use_fusion_emitters=false: about a third
+of the compile time; the same for both device counts, and the partitioning is unaffected), so that it takes about a
 minute on a busy 2-core machine:
 
 * SAC, device loop, jax:PointMass, 4 seeds: 16-wide networks, batch 16, updates from step 10, replay 500;
@@ -17,7 +17,7 @@ minute on a busy 2-core machine:
   the world directory), model rollouts every 2 steps; 2 chunks of 3 gradient steps and an evaluation (1
   episode in gymnasium). With --eta 0: EDAC's diversity term divides action-gradients by their norm, and a
   tiny ReLU critic's near-zero gradients turn float32 rounding into a 1e-3 relative gap in one lane's critic
-  moments after 2 steps -- as much between 4 lanes and 2 on one device as between 1 device and 4 (eta 0
+  moments after 2 steps -- between 1 device and 4, and alike between 4 lanes and 2 on one device (eta 0
   stays within 1e-6 for 6 steps); the loop's part -- the replicated world, rollouts into sharded buffers,
   host evaluation -- is the same.
 * SAC, host loop, gym:InvertedPendulum-v5, 4 seeds: as above, 2 chunks of 12 env steps.
