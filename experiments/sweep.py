@@ -25,7 +25,9 @@ return, and the agent's diagnostics), and summary.csv: per point, the final
 return and the area under the curve (mean return over evaluations), each
 with its mean and 95% percentile-bootstrap CI over seeds. Sweeps are not
 resumable; a multi-device machine runs them with the loops' own sharding
-(on-policy: envs over a Mesh of all devices).
+over a Mesh of all devices (experiments/loops/sharding.py: on-policy, the
+envs; off-policy and offline, the lanes, so each device trains its own
+(point, seed) pairs).
 """
 
 from __future__ import annotations

@@ -12,6 +12,15 @@ uninterrupted run would.
   step, store, update -- is one `lax.scan` inside `jit(vmap(...))`; the host
   only works between chunks.
 
+Scale: the seed (lane) axis is sharded over every device (sharding.py: a 1-D
+`jax.sharding.Mesh` of all local devices, or of all hosts' devices after
+`jax.distributed.initialize()`): the agent states with their replay buffers,
+the lanes' keys and, in the device loop, the env states and trackers. XLA
+partitions the vmapped programs from these shardings, so each device trains
+its own seeds; the agents are unchanged. The host loop's env instances and
+counters stay on the host (with several processes, every process steps every
+seed's env, and each device computes its own seeds' actions and updates).
+
 `update(state, key, step)` receives the environment step count unbatched, so
 the agent's schedule (e.g. MR.Q's encoder burst every 250 steps) branches for
 real under vmap.
@@ -38,6 +47,7 @@ from experiments.loops.base import Loop
 from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
 from experiments.loops.keys import ACT, ENV_RESET, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
 from experiments.loops.lanes import Lanes
+from experiments.loops.sharding import to_host
 
 
 def early_stop(agent: agents.OffPolicyAgent, state, obs: jax.Array, action: jax.Array) -> jax.Array:
@@ -66,17 +76,18 @@ def task_metrics(per_seed: dict, last_return: np.ndarray, episodes: np.ndarray, 
 
 
 class _SeedLoop(Loop):
-    """What both loops share: the env, the replay capacity, fresh agents."""
+    """What both loops share: the env, the replay capacity, the seeds spread over devices, fresh agents."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env, lanes: Lanes | None = None):
+                 replay_transitions: int, env, lanes: Lanes | None = None, devices: list | None = None):
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         self.env = env
         self.spec = env.spec
         self.capacity = replay.capacity_for(replay_transitions, replay_transitions, self.spec.max_episode_steps)
+        self.place_lanes(devices)
 
     def _init_agents(self, configs=None):
-        return self.init_agents(lambda k, c: self.agent.init(k, self.spec, c, self.capacity), configs)
+        return self.init_agents(self.spec, configs, capacity=self.capacity)
 
     def memory_estimate(self) -> dict:
         """Device bytes of the agents' states, replay buffers included (experiments/memory.py)."""
@@ -93,12 +104,13 @@ class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None,
+                 devices: list | None = None):
         self.env_kwargs = env_kwargs or {}
         # One instance tells the spec; the num_seeds instances are built by init(), after the memory check.
         probe = envs_lib.make(env_id, num_envs=1, seed=seed, **self.env_kwargs)
         probe.close()
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lanes)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lanes, devices)
         self.env = None
         # A multitask env gives each seed one env of every task (envs/multitask.py): the agent then acts on,
         # and stores, [envs_per_seed, ...] per seed; with one env per seed, on unbatched rows.
@@ -117,10 +129,15 @@ class HostLoop(_SeedLoop):
         def store_and_update(state, transition, seed_key, step):
             return agent.update(agent.store(state, transition), step_key(seed_key, step, UPDATE), step)
 
-        # `step` is unbatched (in_axes None): the agent's schedule branches on it for real.
-        self._act = jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None, None)), static_argnums=4)
-        self._act_in_training = jax.jit(jax.vmap(act_in_training, in_axes=(0, 0, 0, None)))
-        self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0)
+        # `step` is unbatched (in_axes None): the agent's schedule branches on it for real. Everything else
+        # has a lane axis, sharded over the devices; the host's observations are put there before each call.
+        lane, replicated = self.placement.lanes, self.placement.replicated
+        self._act = jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None, None)), static_argnums=4,
+                            in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
+        self._act_in_training = jax.jit(jax.vmap(act_in_training, in_axes=(0, 0, 0, None)),
+                                        in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
+        self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0,
+                              in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
 
     # -- state ---------------------------------------------------------------
 
@@ -157,20 +174,22 @@ class HostLoop(_SeedLoop):
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         """Take `num_steps` environment steps per seed after `start_step`; returns the new state and metrics."""
-        agent_state, obs = state["agent"], state["obs"]
+        agent_state, obs = self.placement.put(state["agent"]), state["obs"]
         episode_return, last_return = state["episode_return"], state["last_episode_return"]
         episodes = state["episodes"]
         metrics = None
+        from_host = self.placement.from_host      # the host's rows, for their lanes' devices
         for step in range(start_step + 1, start_step + num_steps + 1):
-            action, stop = self._act_in_training(agent_state, obs, self.seed_keys, step)
+            action, stop = self._act_in_training(agent_state, from_host(obs), self.seed_keys, step)
             # An agent's stop is per seed or per env; a per-seed one applies to all the seed's envs.
-            stop, shape = np.asarray(stop), np.shape(action)[:-1]
+            action, stop = to_host((action, stop))
+            shape = np.shape(action)[:-1]
             stop = np.broadcast_to(stop.reshape(stop.shape + (1,) * (len(shape) - stop.ndim)), shape)
-            result = self.env.step(self._rows(np.asarray(action)), self._rows(stop))
+            result = self.env.step(self._rows(action), self._rows(stop))
             reward, terminated, truncated, final_obs = (self._per_seed(x) for x in (
                 result.reward, result.terminated, result.truncated, result.final_obs))
             transition = replay.Transition(obs, action, reward, final_obs, terminated, truncated)
-            agent_state, metrics = self._train(agent_state, transition, self.seed_keys, step)
+            agent_state, metrics = self._train(agent_state, from_host(transition), self.seed_keys, step)
             done = terminated | truncated
             episode_return = episode_return + reward
             last_return = np.where(done, episode_return, last_return)
@@ -179,7 +198,7 @@ class HostLoop(_SeedLoop):
             obs = self._per_seed(result.obs)
         new_state = {"agent": agent_state, "obs": obs, "episode_return": episode_return,
                      "last_episode_return": last_return, "episodes": episodes}
-        per_seed = {k: np.asarray(v) for k, v in (metrics or {}).items()}
+        per_seed = to_host(metrics or {})
         if self.envs_per_seed == 1:
             per_seed["episode_return"] = last_return
             per_seed["episodes"] = episodes.astype(np.float32)
@@ -189,7 +208,8 @@ class HostLoop(_SeedLoop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
-        act = lambda obs, prev_reward, first: self._act(state["agent"], obs, self.seed_keys, step, False)
+        act = lambda obs, prev_reward, first: to_host(
+            self._act(state["agent"], self.placement.from_host(obs), self.seed_keys, step, False))
         returns = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
         return Evaluation.of(returns, self.spec)
 
@@ -202,9 +222,10 @@ class DeviceLoop(_SeedLoop):
     """Off-policy training on a `JaxEnv`: env, replay and networks all inside one compiled chunk."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None,
+                 devices: list | None = None):
         env = envs_lib.make(env_id, **(env_kwargs or {}))
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes, devices)
         # A multitask JaxEnv (envs/multitask.py) gives each seed one env of every task, [T, ...] per seed.
         self.envs_per_seed = self.spec.num_tasks
         multitask = bool(self.spec.tasks)
@@ -242,21 +263,26 @@ class DeviceLoop(_SeedLoop):
             return agent_state, env_state, tracker, jax.tree.map(lambda m: m[-1], metrics)
 
         # Donate the agent state (it holds the replay buffer, the big allocation). Not the env state:
-        # Playground states alias arrays (obs appears twice), which donation rejects.
-        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0)
+        # Playground states alias arrays (obs appears twice), which donation rejects. Every input and output
+        # but the unbatched steps has a lane axis, sharded over the devices.
+        lane, replicated = self.placement.lanes, self.placement.replicated
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0,
+                              in_shardings=(lane, lane, lane, lane, replicated), out_shardings=lane)
 
         def evaluate(agent_state, key, episodes, clock):
             return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
 
         self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
-                                 static_argnums=2)
+                                 static_argnums=2, in_shardings=(lane, lane, replicated), out_shardings=lane)
 
-    def _reset(self, keys: jax.Array):
-        """Each seed's env as a batch of one ([seeds, 1, ...]; a multitask env: one env slot of every task),
-        reset with its ENV_RESET key."""
-        if self.spec.tasks:
-            return jax.vmap(lambda key: self.env.reset_batch(key, 1))(keys)
-        return jax.vmap(lambda key: jax.tree.map(lambda x: x[None], self.env.reset(key)))(keys)
+        def reset(keys):
+            # Each seed's env as a batch of one ([seeds, 1, ...]; a multitask env: one env slot of every task),
+            # reset with its ENV_RESET key.
+            if multitask:
+                return jax.vmap(lambda key: env.reset_batch(key, 1))(keys)
+            return jax.vmap(lambda key: jax.tree.map(lambda x: x[None], env.reset(key)))(keys)
+
+        self._reset = jax.jit(reset, in_shardings=lane, out_shardings=lane)
 
     def memory_estimate(self) -> dict:
         env_state = jax.eval_shape(self._reset, step_keys(self.seed_keys, 0, ENV_RESET))
@@ -267,26 +293,26 @@ class DeviceLoop(_SeedLoop):
         agent_state = self._init_agents(configs)
         env_state = self._reset(step_keys(self.seed_keys, 0, ENV_RESET))
         envs = (self.num_seeds, self.envs_per_seed) if self.spec.tasks else (self.num_seeds,)
-        tracker = {"last_episode_return": jnp.full(envs, jnp.nan),
-                   "episodes": jnp.zeros(envs, jnp.int32),
-                   "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
-        return {"agent": agent_state, "env": env_state, "tracker": tracker}
+        tracker = {"last_episode_return": np.full(envs, np.nan, np.float32),
+                   "episodes": np.zeros(envs, np.int32),
+                   "nan_resets": np.zeros(self.num_seeds, np.int32)}
+        return {"agent": agent_state, "env": env_state, "tracker": self.placement.put(tracker)}
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
-        agent_state, env_state, tracker, metrics = self._chunk(
-            state["agent"], state["env"], state["tracker"], self.seed_keys, steps)
-        per_seed = {k: np.asarray(v) for k, v in metrics.items()}
+        agent_state, env_state, tracker = self.placement.put((state["agent"], state["env"], state["tracker"]))
+        agent_state, env_state, tracker, metrics = self._chunk(agent_state, env_state, tracker, self.seed_keys,
+                                                               steps)
+        per_seed, seen = to_host((metrics, tracker))
         if self.spec.tasks:
-            task_metrics(per_seed, np.asarray(tracker["last_episode_return"]), np.asarray(tracker["episodes"]),
-                         self.spec)
+            task_metrics(per_seed, seen["last_episode_return"], seen["episodes"], self.spec)
         else:
-            per_seed["episode_return"] = np.asarray(tracker["last_episode_return"])
-            per_seed["episodes"] = np.asarray(tracker["episodes"], np.float32)
-        per_seed["nan_resets"] = np.asarray(tracker["nan_resets"], np.float32)
+            per_seed["episode_return"] = seen["last_episode_return"]
+            per_seed["episodes"] = seen["episodes"].astype(np.float32)
+        per_seed["nan_resets"] = seen["nan_resets"].astype(np.float32)
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         keys = step_keys(self.seed_keys, step, EVAL)
         # One env per seed: the eval envs' clock is the step.
-        return Evaluation.of(np.asarray(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))), self.spec)
+        return Evaluation.of(to_host(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))), self.spec)

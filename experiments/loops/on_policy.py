@@ -9,8 +9,10 @@ CPU, for no gain when an update takes seconds). The host only evaluates, logs,
 checkpoints and draws the progress bar between chunks.
 
 Scale: the env axis of the env state is sharded over every device of a 1-D
-`jax.sharding.Mesh` (all local devices; after `jax.distributed.initialize()`,
-all devices of all hosts); parameters and optimizer states are replicated.
+`jax.sharding.Mesh` (sharding.py; all local devices, after
+`jax.distributed.initialize()` all devices of all hosts); parameters and
+optimizer states are replicated. (The off-policy and offline loops shard their
+lane axis instead: they have one env per seed, or none.)
 XLA (GSPMD) partitions the program from these input shardings: the rollout
 runs where its envs live, gradients are all-reduced. Update `i` of seed `s`
 draws the key fold_in(fold_in(PRNGKey(seed + s), i), UPDATE): resuming, or
@@ -24,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 import agents
 import envs as envs_lib
@@ -33,6 +35,7 @@ from experiments.loops.base import Loop
 from experiments.loops.evaluation import Evaluation, evaluate_on_device
 from experiments.loops.keys import ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, step_key, step_keys
 from experiments.loops.lanes import Lanes
+from experiments.loops.sharding import all_devices, device_mesh
 
 
 class LoopError(ValueError):
@@ -56,13 +59,13 @@ class OnPolicyLoop(Loop):
         self.granularity = self.layout.steps_per_update     # train() advances in whole updates
         self.capacity = 0                                    # no replay buffer
 
-        devices = list(devices if devices is not None else jax.devices())
+        devices = all_devices(devices)
         if config.num_envs % len(devices):
             nearby = max(len(devices), round(config.num_envs / len(devices)) * len(devices))
             raise LoopError(f"--num-envs ({config.num_envs}) must be a multiple of the number of devices "
                             f"({len(devices)}) to shard the envs evenly; e.g. --num-envs {nearby}")
         self.devices = devices
-        self.mesh = Mesh(np.array(devices), ("env",))
+        self.mesh = device_mesh(devices, "env")
         self.replicated = NamedSharding(self.mesh, P())
         self.env_sharding = NamedSharding(self.mesh, P(None, "env"))    # [seeds, envs, ...]
         env = self.env
