@@ -73,7 +73,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Mapping, NamedTuple, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 if __package__ in (None, ""):          # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,8 +81,11 @@ if __package__ in (None, ""):          # run as a script: make the repository im
 import numpy as np
 import tyro
 
+# The statistics live in experiments/stats.py; these names stay importable from here (scripts and notebooks use them).
+from experiments.stats import (NUM_RESAMPLES, Estimate, bootstrap_ci, iqm,  # noqa: F401
+                               stratified_bootstrap_iqm)
+
 STANDARD_COLUMNS = ("step", "seed", "return", "return_std", "task", "score")
-NUM_RESAMPLES = 10_000
 UNKNOWN_ENV = "unknown env"
 TASK_COLUMN = "task"                    # a multitask run's eval.csv: one row per seed, evaluation and task
 ALL_TASKS = "all"                       # ... and its aggregate row
@@ -90,127 +93,6 @@ ALL_TASKS = "all"                       # ... and its aggregate row
 
 class PlotError(ValueError):
     """A bad input: the message names the path and what is wrong with it."""
-
-
-class Estimate(NamedTuple):
-    """A point estimate and its confidence interval (floats, or arrays over trailing axes)."""
-
-    value: Any
-    low: Any
-    high: Any
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95, seed: int = 0) -> Estimate:
-    """Mean over the first axis (seeds) with a percentile-bootstrap confidence interval.
-
-    `values` is [seeds] or [seeds, ...] (e.g. [seeds, evaluations]); the seeds are resampled with replacement
-    `num_resamples` times, the mean of each resample computed, and the interval is the (1 - confidence) / 2 and
-    (1 + confidence) / 2 quantiles of those means. NaN entries are left out (per trailing index); an index with no
-    finite value gives NaN. One seed gives a zero-width interval. The RNG is `np.random.default_rng(seed)`: the
-    same inputs give the same interval.
-    """
-    values = np.asarray(values, np.float64)
-    if values.ndim == 0 or values.shape[0] == 0:
-        raise ValueError(f"bootstrap_ci needs values of shape [seeds, ...] with at least one seed, got {values.shape}")
-    if num_resamples < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"need num_resamples >= 1 and 0 < confidence < 1, got {num_resamples}, {confidence}")
-    flat = values.reshape(values.shape[0], -1)
-    n, m = flat.shape
-    quantiles = [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0]
-    mean, low, high = (np.full(m, np.nan) for _ in range(3))
-    rng = np.random.default_rng(seed)
-    complete = np.flatnonzero(np.isfinite(flat).all(axis=0))
-    if complete.size:
-        # A resample of the seeds is a vector of counts; its mean for every column at once is counts @ values / n.
-        index = rng.integers(0, n, size=(num_resamples, n))
-        counts = np.bincount((np.arange(num_resamples)[:, None] * n + index).ravel(),
-                             minlength=num_resamples * n).reshape(num_resamples, n).astype(np.float64)
-        for start in range(0, complete.size, 256):          # bounded memory: [resamples, 256] at a time
-            columns = complete[start:start + 256]
-            means = counts @ flat[:, columns] / n
-            low[columns], high[columns] = np.quantile(means, quantiles, axis=0)
-            mean[columns] = flat[:, columns].mean(axis=0)
-    for j in np.flatnonzero(~np.isfinite(flat).all(axis=0)):
-        column = flat[np.isfinite(flat[:, j]), j]
-        if column.size == 0:
-            continue
-        means = column[rng.integers(0, column.size, size=(num_resamples, column.size))].mean(axis=1)
-        low[j], high[j] = np.quantile(means, quantiles)
-        mean[j] = column.mean()
-    # A resampled mean lies within [min, max] of the data; clipping removes rounding (constant data: zero width).
-    with np.errstate(invalid="ignore"):
-        finite_min = np.where(np.isfinite(flat), flat, np.inf).min(axis=0)
-        finite_max = np.where(np.isfinite(flat), flat, -np.inf).max(axis=0)
-        low, high = np.clip(low, finite_min, finite_max), np.clip(high, finite_min, finite_max)
-    shape = values.shape[1:]
-    if not shape:
-        return Estimate(float(mean[0]), float(low[0]), float(high[0]))
-    return Estimate(mean.reshape(shape), low.reshape(shape), high.reshape(shape))
-
-
-def iqm(values, axis: int | None = None):
-    """Interquartile mean: the mean of the middle 50% of the values.
-
-    The lowest and the highest floor(n / 4) values are dropped and the rest averaged (a 25% trimmed mean, as
-    rliable computes it): iqm([1, ..., 8]) = mean(3, 4, 5, 6) = 4.5. With axis=None all values are pooled and
-    NaNs left out (NaN if none is left); with an axis, that axis is reduced and the values must be finite.
-    """
-    values = np.asarray(values, np.float64)
-    if axis is None:
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return float("nan")
-        axis = 0
-    values = np.sort(values, axis=axis)
-    n = values.shape[axis]
-    cut = int(0.25 * n)
-    middle = np.take(values, np.arange(cut, n - cut), axis=axis)
-    result = middle.mean(axis=axis)
-    return float(result) if np.ndim(result) == 0 else result
-
-
-def _per_task(scores) -> list[np.ndarray]:
-    if isinstance(scores, Mapping):
-        tasks = [np.asarray(v, np.float64).ravel() for v in scores.values()]
-    else:
-        array = np.asarray(scores, np.float64)
-        if array.ndim == 1:
-            array = array[:, None]
-        if array.ndim != 2:
-            raise ValueError(f"scores must be [runs, tasks] (NaN for a missing run) or {{task: [runs]}}, "
-                             f"got shape {array.shape}")
-        tasks = [array[:, t] for t in range(array.shape[1])]
-    tasks = [t[np.isfinite(t)] for t in tasks]
-    tasks = [t for t in tasks if t.size]
-    if not tasks:
-        raise ValueError("stratified_bootstrap_iqm needs at least one finite score")
-    return tasks
-
-
-def stratified_bootstrap_iqm(scores, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
-                             seed: int = 0) -> Estimate:
-    """IQM of the pooled scores of all runs on all tasks, with a stratified-bootstrap confidence interval.
-
-    `scores` is an array [runs, tasks] (NaN marks a missing run; a 1-D array is one task) or a mapping
-    {task: [runs]} for tasks with different numbers of runs. A resample draws, for each task separately, as many
-    runs as it has with replacement (the tasks are the strata, so every resample keeps every task); its IQM is
-    computed over the pooled resampled scores. The interval is the percentile interval of those IQMs; the RNG is
-    `np.random.default_rng(seed)`.
-    """
-    if num_resamples < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"need num_resamples >= 1 and 0 < confidence < 1, got {num_resamples}, {confidence}")
-    tasks = _per_task(scores)
-    rng = np.random.default_rng(seed)
-    resampled = np.concatenate([task[rng.integers(0, task.size, size=(num_resamples, task.size))]
-                                for task in tasks], axis=1)                       # [resamples, all runs]
-    iqms = iqm(resampled, axis=1)
-    low, high = np.quantile(iqms, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
-    return Estimate(iqm(np.concatenate(tasks)), float(low), float(high))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""experiments/plot.py: bootstrap CIs, IQM and stratified bootstrap on known data; figures and summary.csv from fake
-run directories; bad input gives `error: ...`, exit 2 and no output."""
+"""experiments/plot.py: figures and summary.csv from fake run directories (its statistics: tests/test_stats.py); bad
+input gives `error: ...`, exit 2 and no output."""
 
 import csv
 import json
@@ -59,64 +59,7 @@ def assert_figure(out, stem):
         assert (out / f"{stem}.{suffix}").stat().st_size > 0, f"{stem}.{suffix} is empty"
 
 
-# ------------------------------------------------------------------------------------------------------------- stats
-
-
-def test_bootstrap_ci_constant_values_have_zero_width():
-    estimate = plot.bootstrap_ci([5.3, 5.3, 5.3, 5.3], num_resamples=500)
-    assert estimate == (5.3, 5.3, 5.3)
-    one_seed = plot.bootstrap_ci([[1.0, 2.0]], num_resamples=100)       # [1 seed, 2 evaluations]
-    np.testing.assert_array_equal(one_seed.low, one_seed.high)
-
-
-def test_bootstrap_ci_contains_mean_and_is_reproducible():
-    values = np.random.default_rng(1).normal(10.0, 2.0, size=20)
-    estimate = plot.bootstrap_ci(values, num_resamples=2000, seed=3)
-    assert estimate.value == pytest.approx(values.mean())
-    assert estimate.low < values.mean() < estimate.high
-    # The percentile bootstrap of the mean is close to mean +- 1.96 standard errors on Gaussian data.
-    half_width = 1.96 * values.std() / np.sqrt(values.size)
-    assert estimate.high - estimate.low == pytest.approx(2 * half_width, rel=0.2)
-    assert plot.bootstrap_ci(values, num_resamples=2000, seed=3) == estimate
-    narrower = plot.bootstrap_ci(values, num_resamples=2000, confidence=0.5, seed=3)
-    assert estimate.low < narrower.low < narrower.high < estimate.high
-
-
-def test_bootstrap_ci_over_evaluations_skips_missing_seeds():
-    values = np.array([[1.0, 10.0, 4.0], [3.0, 10.0, np.nan], [2.0, 10.0, np.nan]])   # [seeds, evaluations]
-    estimate = plot.bootstrap_ci(values, num_resamples=1000)
-    np.testing.assert_allclose(estimate.value, [2.0, 10.0, 4.0])
-    np.testing.assert_allclose(estimate.low[1:], [10.0, 4.0])
-    np.testing.assert_allclose(estimate.high[1:], [10.0, 4.0])
-    assert 1.0 <= estimate.low[0] < 2.0 < estimate.high[0] <= 3.0
-
-
-def test_iqm_by_hand():
-    assert plot.iqm(np.arange(1, 9)) == 4.5                            # mean of 3, 4, 5, 6
-    assert plot.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5                   # order does not matter
-    assert plot.iqm([1, 2, 3]) == 2.0                                  # fewer than 4: nothing trimmed
-    assert plot.iqm([1, 2, 3, 4, 100]) == 3.0                          # floor(5 / 4) = 1 trimmed per side
-    assert plot.iqm([1, 2, np.nan, 3]) == 2.0                          # NaN left out
-    np.testing.assert_allclose(plot.iqm(np.array([np.arange(1, 9), np.arange(2, 10)]), axis=1), [4.5, 5.5])
-
-
-def test_stratified_bootstrap_iqm_is_deterministic_and_stratified():
-    rng = np.random.default_rng(0)
-    scores = rng.normal(size=(5, 3)) + np.array([0.0, 10.0, 20.0])    # [runs, tasks]
-    first = plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=7)
-    assert first == plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=7)
-    assert first != plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=8)
-    assert first.value == pytest.approx(plot.iqm(scores))
-    assert first.low < first.value < first.high
-    # Every resample keeps 5 runs of each task, so the IQM stays near the middle task (not a pooled resample,
-    # which could draw all runs from one task).
-    assert 5.0 < first.low and first.high < 15.0
-    # A mapping {task: runs} allows different numbers of runs per task; NaN in the array marks a missing run.
-    ragged = {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0]}
-    padded = np.array([[1.0, 4.0], [2.0, 5.0], [3.0, np.nan]])
-    assert plot.stratified_bootstrap_iqm(ragged, 500, seed=1) == plot.stratified_bootstrap_iqm(padded, 500, seed=1)
-    constant = plot.stratified_bootstrap_iqm(np.full((4, 2), 3.0), num_resamples=100)
-    assert constant == (3.0, 3.0, 3.0)
+# ------------------------------------------------------------------------------------------------------------- runs
 
 
 def test_load_run_and_curves(tmp_path):
