@@ -308,6 +308,47 @@ def test_compare_of_methods_on_different_envs_aggregates_the_shared_envs_and_say
 AGGREGATE_STEMS = ("aggregate", "performance_profile", "probability_of_improvement")
 
 
+def test_normalisation_rules_in_order(tmp_path):
+    """--normalize, then a multitask run's score column, then config.json's references, then the env's known
+    maximum return; none for a gym env without references or for a diagnostic."""
+    hopper = write_run(tmp_path / "hopper", "bc", "gym:Hopper-v5", rows_of(UNNORMALISED[("mrq", "gym:Hopper-v5")]),
+                       extra_columns=["critic/srank"])
+    config = json.loads((hopper / "config.json").read_text())
+    (hopper / "config.json").write_text(json.dumps({**config, "dataset_meta": {"ref_min_score": -20.0,
+                                                                               "ref_max_score": 3000.0}}))
+    bare = write_run(tmp_path / "bare", "sac", "gym:Walker2d-v5", rows_of(RETURNS[("sac", "dmc:e1")]))
+    dmc = write_run(tmp_path / "dmc", "sac", "dmc:cheetah-run", rows_of(RETURNS[("sac", "dmc:e1")]))
+    curves = [c for path in (hopper, bare, dmc) for c in plot.run_curves(plot.load_run(path))]
+    found = plot.env_normalizations(curves)
+    assert found["gym:Hopper-v5"] == plot.Normalization(-20.0, 3000.0,
+                                                        "(return - random) / (expert - random), config.json")
+    assert found["gym:Walker2d-v5"] is None
+    assert found["dmc:cheetah-run"] == plot.Normalization(0.0, 1000.0, "return / 1000")
+    assert found["dmc:cheetah-run"](np.array([250.0, 1000.0])).tolist() == [0.25, 1.0]
+    given = plot.env_normalizations(curves, {None: (10.0, 20.0)})
+    assert {(n.zero, n.one) for n in given.values()} == {(10.0, 20.0)}
+    srank = plot.run_curves(plot.load_run(hopper), metric="critic/srank")
+    assert plot.env_normalizations(srank) == {"gym:Hopper-v5": None}
+    # A multitask run's score column is already normalised.
+    rows = [{"step": step, "seed": seed, "task": task, "return": 500.0, "score": 0.5, "return_std": 0.0}
+            for step in STEPS for seed in range(2) for task in ("gym:Hopper-v5", "dmc:cheetah-run", "all")]
+    multitask = write_run(tmp_path / "mt", "mrq_multitask", "dmc:mix", rows, ["task", "score"])
+    scores = plot.run_curves(plot.load_run(multitask), metric="score")
+    assert set(plot.env_normalizations(scores).values()) == {plot.SCORE_COLUMN}
+    comparison = plot.compare_scores(scores)
+    assert comparison.unit == "normalised score" and comparison.envs == ["gym:Hopper-v5", "dmc:cheetah-run"]
+
+
+def test_final_values_at_different_budgets_are_noted(tmp_path):
+    short = [row for row in rows_of(RETURNS[("sac", "dmc:e1")]) if row["step"] < 300]
+    write_run(tmp_path / "runs" / "mrq", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")]))
+    write_run(tmp_path / "runs" / "sac", "sac", "dmc:e1", short)
+    curves = [c for run in plot.load_runs([tmp_path / "runs"]) for c in plot.run_curves(run)]
+    plot.label_for_comparison(curves)
+    assert plot.compare_scores(curves).notes() == [
+        "final values are taken at different budgets (last evaluation step, every env): mrq 300, sac 200"]
+
+
 def test_methods_are_told_apart_by_their_config_on_every_env(tmp_path):
     """Two runs of one agent on an env differ in config.json: the differing fields name the methods, the same on
     every env, so the aggregate counts one configuration as one method."""
