@@ -283,9 +283,9 @@ def recovery(steps: list[int], returns: np.ndarray, kls: np.ndarray, switches: l
 
 def recovery_ci(rows: list[dict]) -> list[dict]:
     """recovery()'s rows of one env and method, per switch: the mean over seeds with a 95% bootstrap CI
-    (experiments/plot.bootstrap_ci) of every measure; steps_to_recover over the seeds that recovered, beside how
+    (experiments/stats.bootstrap_ci) of every measure; steps_to_recover over the seeds that recovered, beside how
     many did."""
-    from experiments.plot import bootstrap_ci
+    from experiments.stats import bootstrap_ci
 
     out = []
     for switch in sorted({r["switch_step"] for r in rows}):

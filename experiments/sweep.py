@@ -140,7 +140,7 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
 
 def summarize(rows: list[dict], names: list[str]) -> list[dict]:
     """Per point: final return and AUC (mean over evaluations), mean and 95% bootstrap CI over seeds."""
-    from experiments.plot import bootstrap_ci
+    from experiments.stats import bootstrap_ci
 
     points: dict[tuple, dict[int, list]] = {}
     for r in rows:
