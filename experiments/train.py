@@ -178,6 +178,7 @@ def read_saved_run(run_dir: Path) -> dict:
             raise KeyError("run / agent_config")
         # A run saved before --matmul-precision existed ran at JAX's default precision.
         saved["run"].setdefault("matmul_precision", "default")
+        saved["run"].setdefault("env_module", [])           # ... and before --env-module, imported nothing
         return saved
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
