@@ -21,7 +21,9 @@ the space. Checkpoints (``--resume``):
   ``get_state() -> dict`` and ``set_state(dict)`` of plain data. An env with
   an attribute of another kind (a pygame surface, a simulator handle) cannot
   be saved: its run trains and checkpoints the agents, warns once, and
-  ``--resume`` of it is refused in one line naming the attribute.
+  ``--resume`` of it is refused in one line naming the attribute. (With its own
+  get_state, the numpy random generators among its attributes are still
+  saved here: gymnasium's ``np_random`` needs no code of its own.)
 """
 
 from __future__ import annotations
@@ -361,7 +363,7 @@ class BoxEnvInstance:
             raise ValueError(f"the env was {' > '.join(saved_types)}, here it is "
                              f"{' > '.join(type(layer).__name__ for layer in layers)}.")
         for layer, (_, attributes) in zip(layers, state["layers"]):
-            _set_layer_state(layer, attributes, is_env=layer is self.env.unwrapped)
+            _set_layer_state(layer, attributes)
         self._seed = state["first_reset_seed"]
 
     def close(self) -> None:
@@ -392,30 +394,31 @@ def _is_construction(name: str, value: Any) -> bool:
 
 
 def _layer_state(layer, is_env: bool) -> dict[str, Any]:
-    """A layer's state: its own get_state() (the env, where it defines get_state and set_state), else its
-    plain-data attributes, with numpy random generators as their bit generator states."""
-    if is_env and callable(getattr(layer, "get_state", None)) and callable(getattr(layer, "set_state", None)):
-        own = layer.get_state()
-        if not (isinstance(own, dict) and _is_plain(own)):
-            raise NotSaved(f"{type(layer).__name__}.get_state() returned something other than a dict of plain data")
-        return {"get_state": copy.deepcopy(own)}
+    """A layer's state: the bit generator states of its numpy random generators (gymnasium's ``np_random``), and
+    either its own ``get_state()`` (the env, where it defines get_state and set_state) or its plain-data
+    attributes."""
+    own = is_env and callable(getattr(layer, "get_state", None)) and callable(getattr(layer, "set_state", None))
     attributes, generators = {}, {}
     for name, value in vars(layer).items():
         if isinstance(value, np.random.Generator):
             generators[name] = ("Generator", value.bit_generator.state)
         elif isinstance(value, np.random.RandomState):
             generators[name] = ("RandomState", value.get_state(legacy=False))
+        elif own:
+            continue
         elif _is_plain(value):
             attributes[name] = copy.deepcopy(value)
         elif not _is_construction(name, value):
             raise NotSaved(f"{type(layer).__name__}.{name} is of type {type(value).__name__}, not plain data")
+    if own:
+        state = layer.get_state()
+        if not (isinstance(state, dict) and _is_plain(state)):
+            raise NotSaved(f"{type(layer).__name__}.get_state() returned something other than a dict of plain data")
+        return {"get_state": copy.deepcopy(state), "generators": generators}
     return {"attributes": attributes, "generators": generators}
 
 
-def _set_layer_state(layer, state: dict[str, Any], is_env: bool) -> None:
-    if "get_state" in state:
-        layer.set_state(copy.deepcopy(state["get_state"]))
-        return
+def _set_layer_state(layer, state: dict[str, Any]) -> None:
     for name, (kind, value) in state["generators"].items():
         generator = getattr(layer, name, None)
         if generator is None:       # not drawn yet here (gymnasium makes np_random at the first reset)
@@ -429,6 +432,9 @@ def _set_layer_state(layer, state: dict[str, Any], is_env: bool) -> None:
             generator.bit_generator.state = value        # raises ValueError for another bit generator type
         else:
             generator.set_state(value)
+    if "get_state" in state:
+        layer.set_state(copy.deepcopy(state["get_state"]))
+        return
     # Attributes made after the checkpoint (e.g. in a later reset) did not exist then: remove them.
     for name in [k for k, v in vars(layer).items() if _is_plain(v) and k not in state["attributes"]]:
         delattr(layer, name)

@@ -242,6 +242,71 @@ def test_resume_of_an_env_that_cannot_be_saved_is_refused_in_one_line():
         envs.make("unsaveable:Env", num_envs=1).set_state(blob)
 
 
+class _Counter(gymnasium.Env):
+    """Observes a noisy count: its future depends on its count and on its legacy numpy RandomState."""
+    observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,))
+    action_space = gymnasium.spaces.Box(-1, 1, (1,))
+
+    def __init__(self, with_handle=False):
+        self.legacy_random = np.random.RandomState(0)
+        self.count = 0
+        if with_handle:
+            self.handle = object()
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.count = int(self.np_random.integers(10))
+        return np.array([self.count + self.legacy_random.normal()]), {}
+
+    def step(self, action):
+        self.count += 1
+        return np.array([self.count + self.legacy_random.normal()]), float(action[0]), False, False, {}
+
+
+class _CounterWithOwnState(_Counter):
+    """The same with an attribute that is not plain data, and get_state / set_state of its own."""
+
+    def __init__(self):
+        super().__init__(with_handle=True)
+
+    def get_state(self):
+        return {"count": self.count, "legacy_random": self.legacy_random.get_state(legacy=False)}
+
+    def set_state(self, state):
+        self.count = state["count"]
+        self.legacy_random.set_state(state["legacy_random"])
+
+
+@pytest.mark.parametrize("env_class", [_Counter, _CounterWithOwnState])
+def test_a_generic_env_resumes_exactly_from_its_attributes_or_its_own_get_state(env_class):
+    envs.register("counter:Env", lambda: gymnasium.wrappers.TimeLimit(env_class(), 4), replace=True)
+    original = envs.make("counter:Env", num_envs=2, seed=0)
+    original.reset()
+    original.step(np.zeros((2, 1)))
+    blob = original.get_state()
+    expected = [original.step(np.zeros((2, 1))) for _ in range(5)]     # across the 4-step limit and a reset
+    resumed = envs.make("counter:Env", num_envs=2, seed=5)
+    resumed.set_state(blob)
+    for want in expected:
+        got = resumed.step(np.zeros((2, 1)))
+        np.testing.assert_array_equal(got.obs, want.obs)
+        np.testing.assert_array_equal(got.truncated, want.truncated)
+
+
+def test_a_registered_factory_may_return_a_jax_env():
+    from envs.toy import make_point_mass
+
+    envs.register("wrapped:PointMass", make_point_mass, replace=True)
+    env = envs.make("wrapped:PointMass?episode_length=9")
+    assert env.spec.env_id == "wrapped:PointMass" and env.spec.max_episode_steps == 9 and envs.is_jax_env(
+        "wrapped:PointMass")
+    on_a_line = make_point_mass(dim=1)                   # its obs is (x, vx): 2 wide, not the 2-D spec's 4
+    envs.register("wrapped:Wrong", lambda: envs.JaxEnv(make_point_mass().spec, on_a_line._physics_reset,
+                                                       on_a_line._physics_step), replace=True)
+    with pytest.raises(envs.UnsupportedEnvError, match=r"wrapped:Wrong: reset's obs has shape \(2,\)"):
+        envs.make("wrapped:Wrong")
+
+
 @pytest.mark.parametrize("space, message", [
     ("discrete", "the action space Discrete(3) is not a Box"),
     ("dict", "the observation space Dict('x': Box(-1.0, 1.0, (1,), float32)) is not a Box; the agents need Box "
