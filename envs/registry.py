@@ -41,7 +41,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from envs.core import HostVecEnv, JaxEnv, PureJaxEnv, UnsupportedEnvError, check_jax_env
-from envs.options import EnvOptionError, literal
+from envs.options import EnvOptionError, literal, parse_query
 
 ENTRY_POINT_GROUP = "ctrlrl.envs"
 BUILT_IN = ("dmc", "gym", "mjx", "jax")
@@ -119,11 +119,13 @@ def is_jax(env_id: str) -> bool:
 def make(env_id: str, num_envs: int, seed: int, **kwargs) -> HostVecEnv | JaxEnv:
     """Build the registered ``env_id``: its ``?key=value`` options (converted by ``options.literal``) and
     ``kwargs`` (as they are) are the factory's keyword arguments."""
-    from envs.options import parse_query
-
     base, options = parse_query(env_id)
     factory, rest = lookup(base)
-    arguments = {**{k: literal(v) for k, v in options.items()}, **kwargs}
+    arguments = {k: literal(v) for k, v in options.items()}
+    clash = {k for k in arguments if k in kwargs and kwargs[k] != arguments[k]}
+    if clash:
+        raise ValueError(f"{env_id}: {', '.join(sorted(clash))} given both in the id and as an argument")
+    arguments.update(kwargs)
     positional = () if rest is None else (rest,)
     _check_arguments(env_id, factory, positional, arguments)
 
@@ -167,7 +169,7 @@ def import_modules(modules: Sequence[str]) -> None:
     """Import each module named (e.g. ``mypackage.envs``) so that its ``envs.register`` calls run; the current
     directory is on the path, as for ``python -m``. A module that cannot be found raises EnvModuleError in one
     line; an error inside the module itself propagates with its traceback."""
-    if os.getcwd() not in sys.path:
+    if modules and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     for module in modules:
         try:
