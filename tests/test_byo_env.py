@@ -122,6 +122,9 @@ def test_a_registered_gymnasium_env_is_a_host_env_with_scaled_actions(user):
     for _ in range(6):
         result = env.step(np.zeros((2, 1)))
     assert result.truncated.all()                               # the 7-step limit of the id's option
+    # A checkpoint's env state names its env: another env's is refused.
+    with pytest.raises(ValueError, match="saved from 'gym:Pendulum-v1', this env is 'mygym:Lift'"):
+        env.set_state(envs.make("gym:Pendulum-v1", num_envs=2).get_state())
     assert "mygym:<name>" in envs.list_env_ids() and "myjax:Hover" in envs.list_env_ids()
     with pytest.raises(envs.UnknownEnvError, match=r"'atari:Pong'.*mygym:<name>.*myjax:Hover"):
         envs.make("atari:Pong")
