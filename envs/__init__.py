@@ -25,7 +25,6 @@ non-stationary schedule from env steps per seed to steps per env.
 from __future__ import annotations
 
 from envs.core import (
-    ENV_ID_FAMILIES,
     EnvSpec,
     HostVecEnv,
     JaxEnv,

@@ -497,7 +497,9 @@ class PureJaxEnv:
         """The ``JaxEnv`` of this env, its shapes checked against ``spec`` (``check_jax_env``)."""
         if not isinstance(getattr(self, "spec", None), EnvSpec):
             raise UnsupportedEnvError(f"{type(self).__name__} has no spec: set self.spec = envs.EnvSpec(...)")
-        env = JaxEnv(self.spec, lambda key, phase: self.reset(key), lambda state, action, phase: self.step(state, action))
+        # A user's env knows no phases (envs/nonstationary.py): the frame functions drop them.
+        env = JaxEnv(self.spec, lambda key, phase: self.reset(key),
+                     lambda state, action, phase: self.step(state, action))
         check_jax_env(env)
         return env
 

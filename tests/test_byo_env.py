@@ -177,7 +177,7 @@ def test_a_jax_env_that_does_not_fit_its_spec_is_one_clear_error():
         WrongWidth().as_jax_env()
 
 
-def test_an_entry_point_registers_a_family_with_no_import(user_dir, monkeypatch):
+def test_an_entry_point_registers_a_family_with_no_import(user_dir):
     dist = user_dir / "ctrlrl_test_user_envs-0.1.dist-info"
     dist.mkdir(exist_ok=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ctrlrl-test-user-envs\nVersion: 0.1\n")
