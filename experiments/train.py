@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 import agents
+import envs
 from agents.config import INT32_MAX, check_fields, field
 from experiments import jax_setup, memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
@@ -73,7 +74,12 @@ class RunArgs(jax_setup.JaxFlags):
     agent: str = "mrq"
     """Agent name (see agents/__init__.py)."""
     env: str = "dmc"
-    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass."""
+    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass, or one registered
+    with envs.register (see --env-module); options follow a '?': dmc:walker-walk?action_repeat=4&episode_length=250
+    (envs/options.py)."""
+    env_module: tuple[str, ...] = ()
+    """Modules to import before the env is made, e.g. mypackage.envs: their envs.register calls make your own
+    env ids valid (the current directory is on the path). Saved in config.json: --resume imports them again."""
     seed: int = field(0, ">= 0")
     """First seed; seed i of the run uses seed + i."""
     num_seeds: int = field(1, ">= 1")
@@ -172,6 +178,7 @@ def read_saved_run(run_dir: Path) -> dict:
             raise KeyError("run / agent_config")
         # A run saved before --matmul-precision existed ran at JAX's default precision.
         saved["run"].setdefault("matmul_precision", "default")
+        saved["run"].setdefault("env_module", [])           # ... and before --env-module, imported nothing
         return saved
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
@@ -303,6 +310,10 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
     from replay.datasets import DatasetError
 
     agent = agents.record(agent)
+    try:
+        envs.import_modules(args.env_module)      # a user's envs.register calls, before the env is made
+    except envs.EnvModuleError as error:
+        raise RunError(str(error)) from None
     num_seeds = args.num_seeds if lanes is None else len(lanes)
     world_dir = None
     if isinstance(agent, agents.OfflineAgent):

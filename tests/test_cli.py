@@ -95,11 +95,12 @@ def test_resume_keeps_the_matmul_precision_and_may_change_the_compile_cache(fini
     args, config = run.parse(["--run-dir", str(finished_run), "--resume", "--compile-cache-dir", str(tmp_path)])
     assert (args.matmul_precision, args.compile_cache_dir) == ("float32", str(tmp_path))
     _check_resume_config(read_saved_run(finished_run), args, config)          # no refusal
-    # A run saved before --matmul-precision existed ran at JAX's default precision, and resumes at it.
+    # A run saved before --matmul-precision existed ran at JAX's default precision, and resumes at it (and one
+    # saved before --env-module imported no module).
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     saved = json.loads((finished_run / "config.json").read_text())
-    del saved["run"]["matmul_precision"]
+    del saved["run"]["matmul_precision"], saved["run"]["env_module"]
     (legacy / "config.json").write_text(json.dumps(saved))
     args, config = run.parse(["--run-dir", str(legacy), "--resume"])
     assert args.matmul_precision == "default"

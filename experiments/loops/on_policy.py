@@ -50,7 +50,8 @@ class OnPolicyLoop(Loop):
         agent = agents.record(agent)
         if not envs_lib.is_jax_env(env_id):
             raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
-                            f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
+                            f"jax:PointMass, or an envs.PureJaxEnv you register), not {env_id!r}: its rollout runs "
+                            "on the device")
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         agent, config = self.agent, self.config
         self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
