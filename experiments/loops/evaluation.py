@@ -185,6 +185,18 @@ class LaneEvaluator:
                                              out_shardings=lane))
         self._from_host = placement.from_host if placement is not None else (lambda tree: tree)
 
+    @classmethod
+    def of(cls, agent, config, env_id: str, spec, seed: int, *, jax_env=None, env_kwargs: dict | None = None,
+           placement=None) -> "LaneEvaluator":
+        """The evaluator of `agent`'s loop (its record's LOOP) with `config`. Where the JAX eval envs start: the
+        off-policy device loop's one env per seed has taken `step` steps; the on-policy loop's `num_envs` envs per
+        seed have taken step // num_envs each; the offline loop's envs never stepped (0). The off-policy loops split
+        a multitask env's returns per task; the offline loop also gives the discounted returns."""
+        loop = agent.LOOP
+        clock = {"off_policy": lambda step: step, "on_policy": lambda step: step // config.num_envs}.get(loop)
+        return cls(agent, env_id, spec, seed, jax_env=jax_env, clock=clock, env_kwargs=env_kwargs,
+                   per_task=loop == "off_policy", discounted=loop == "offline", placement=placement)
+
     def __call__(self, agent_state, seed_keys: jax.Array, step: int, episodes: int, *,
                  lanes: Sequence[int] | None = None, discount=1.0, explore: bool = False, recorder=None) -> Evaluation:
         """Returns [lanes, episodes] of the lanes whose stacked states and root keys are given (`lanes`: their

@@ -133,8 +133,8 @@ class HostLoop(_SeedLoop):
                                         in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
         self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0,
                               in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
-        self.evaluator = LaneEvaluator(agent, env_id, self.spec, seed, env_kwargs=self.env_kwargs,
-                                       placement=self.placement)
+        self.evaluator = LaneEvaluator.of(agent, self.config, env_id, self.spec, seed, env_kwargs=self.env_kwargs,
+                                          placement=self.placement)
 
     # -- state ---------------------------------------------------------------
 
@@ -263,9 +263,8 @@ class DeviceLoop(_SeedLoop):
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0,
                               in_shardings=(lane, lane, lane, lane, replicated), out_shardings=lane)
 
-        # One env per seed: the eval envs' clock is the step.
-        self.evaluator = LaneEvaluator(agent, env_id, self.spec, seed, jax_env=env, clock=lambda step: step,
-                                       placement=self.placement)
+        self.evaluator = LaneEvaluator.of(agent, self.config, env_id, self.spec, seed, jax_env=env,
+                                          placement=self.placement)
 
         def reset(keys):
             # Each seed's env as a batch of one ([seeds, 1, ...]; a multitask env: one env slot of every task),

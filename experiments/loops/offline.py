@@ -81,8 +81,8 @@ class OfflineLoop(Loop):
                               in_shardings=(lane, replicated, lane, replicated), out_shardings=lane)
         # Evaluation in the real env (experiments/loops/evaluation.py): on host envs with the discounted returns too,
         # and through a carry for agents that act from a history (NEUBAY: initial_carry + act_step).
-        self.evaluator = LaneEvaluator(agent, env_id, self.spec, seed, jax_env=self.env if self.is_jax else None,
-                                       per_task=False, discounted=True, placement=self.placement)
+        self.evaluator = LaneEvaluator.of(agent, config, env_id, self.spec, seed,
+                                          jax_env=self.env if self.is_jax else None, placement=self.placement)
 
     def _init_agents(self, configs=None):
         return self.init_agents(self.spec, configs, world=self.world)

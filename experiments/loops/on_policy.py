@@ -80,9 +80,7 @@ class OnPolicyLoop(Loop):
             out_shardings=(self.replicated, self.env_sharding, self.replicated),
             donate_argnums=(0, 1))
 
-        # The eval envs start at the training envs' own step count; returns as they come (no per-task split).
-        self.evaluator = LaneEvaluator(agent, env_id, self.spec, seed, jax_env=env,
-                                       clock=lambda step: step // config.num_envs, per_task=False)
+        self.evaluator = LaneEvaluator.of(agent, config, env_id, self.spec, seed, jax_env=env)
 
         def init_state(keys, configs):
             agent_state = jax.vmap(lambda k, c: agent.init(step_key(k, 0, INIT), self.spec, c))(keys, configs)
