@@ -65,6 +65,8 @@ class EvaluateArgs:
     """Video width in pixels (even)."""
     video_height: int = field(240, ">= 16")
     """Video height in pixels (even)."""
+    video_shadows: bool = False
+    """Draw shadows and reflections (off by default: on a CPU they cost 20 times the rest of a frame)."""
     compile_cache: bool = True
     """Keep compiled programs on disk (experiments/jax_setup.py); --no-compile-cache turns it off."""
     compile_cache_dir: str | None = None
@@ -117,7 +119,8 @@ def evaluate(args: EvaluateArgs) -> dict:
     recorder = None
     if args.video:
         video.check_available()
-        recorder = video.Recorder(lanes, args.video_episodes, args.video_width, args.video_height)
+        recorder = video.Recorder(lanes, args.video_episodes, args.video_width, args.video_height,
+                                  args.video_shadows)
     try:
         jax_setup.configure_jax(jax_setup.JaxFlags(args.compile_cache, args.compile_cache_dir,
                                                    args.matmul_precision or export.matmul_precision))
