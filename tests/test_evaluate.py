@@ -158,6 +158,23 @@ def test_every_agents_export_acts_as_its_agent(name, tmp_path):
             np.testing.assert_allclose(np.asarray(mine), np.asarray(action), rtol=1e-6, atol=1e-6)
 
 
+def test_an_agent_that_cannot_be_exported_says_why():
+    """An offline agent whose init needs its world cannot be loaded from an export: the export refuses it by name
+    (training then says so once and goes on without exports)."""
+    import dataclasses
+
+    from agents import bc
+    from envs.core import EnvSpec
+
+    needs_world = dataclasses.replace(bc.AGENT, name="bc_needs_world",
+                                      init=lambda key, spec, config, world: bc.init(key, spec, config, world["data"]))
+    spec = EnvSpec("gym:InvertedPendulum-v5", 4, 1, 1000, 1, True)
+    exporter = policy.Exporter(_Loop(needs_world, spec, bc.Config(), 0), eval_episodes=1)
+    with pytest.raises(policy.ExportError, match="agent 'bc_needs_world' cannot be exported: its init fails "
+                                                 "without a training world .* must accept world=None"):
+        exporter.export({}, step=1)
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------------
