@@ -99,7 +99,7 @@ def evaluate(args: EvaluateArgs) -> dict:
     import envs as envs_lib
     from experiments import jax_setup
     from experiments.logger import CsvLog, eval_rows
-    from experiments.policy import ExportEvaluator, find_export, read_export
+    from experiments.policy import ExportError, ExportEvaluator, find_export, read_export
     from experiments.train import RunError
 
     try:
@@ -127,8 +127,9 @@ def evaluate(args: EvaluateArgs) -> dict:
     except jax_setup.JaxSetupError as error:
         raise RunError(str(error)) from None
     try:
-        evaluator = ExportEvaluator(export, env_id)       # UnknownEnvError names the valid ids
-    except envs_lib.UnknownEnvError:
+        # UnknownEnvError names the valid ids; ExportError an env of other widths.
+        evaluator = ExportEvaluator(export, env_id)
+    except (envs_lib.UnknownEnvError, ExportError):
         raise
     except ValueError as error:                            # an env option that does not fit, ...
         raise RunError(str(error)) from None

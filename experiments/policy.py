@@ -68,10 +68,11 @@ def abstract_state(agent, spec: EnvSpec, config: Any, capacity: int) -> Any:
     """One lane's state as shapes (`jax.eval_shape` of `init`: nothing allocated)."""
     try:
         return jax.eval_shape(_init_lane(agent, spec, capacity), jax.random.PRNGKey(0), config)
-    except Exception as error:  # an agent whose init cannot run without its world, ...
-        raise ExportError(f"agent {agent.name!r} cannot be exported: its init fails without a training world "
-                          f"({type(error).__name__}: {error}); an offline agent's init must accept world=None "
-                          "(agents/contract.py)") from None
+    except Exception as error:  # an offline agent whose init cannot run without its world, ...
+        why = (f"its init fails without a training world ({type(error).__name__}: {error}); an offline agent's "
+               "init must accept world=None (agents/contract.py)" if isinstance(agent, agents.OfflineAgent) else
+               f"its init cannot be traced with shapes alone ({type(error).__name__}: {error})")
+        raise ExportError(f"agent {agent.name!r} cannot be exported: {why}") from None
 
 
 def _acting(agent, spec: EnvSpec) -> list[Callable]:
@@ -200,7 +201,7 @@ class ExportEvaluator:
     around an export's policies, on the export's env or `env_id` (same observation and action widths). Built once,
     it evaluates every export of the run with the same compiled programs (training videos).
 
-    `evaluator(export, step, episodes)` gives the run's evaluation at `step` of the export's lanes: the same
+    `evaluator(export, lanes, episodes)` gives the run's evaluation at the export's step of those lanes: the same
     returns as the run's eval.csv rows of that step (deterministic), or the exploring policy's (`explore`)."""
 
     def __init__(self, export: PolicyExport, env_id: str | None = None):
@@ -310,20 +311,20 @@ def read_export(path: str | os.PathLike) -> PolicyExport:
         meta = json.loads(data["meta"])
         spec = dict(meta["env_spec"])
         spec["tasks"] = tuple(TaskSpec(**task) for task in spec.get("tasks", ()))
-        leaves = {str(p): np.asarray(a) for p, a in data["leaves"].items()}
-        agent_name = meta["agent"]
         seeds = tuple(int(s) for s in meta["seeds"])
+        leaves = {str(p): np.asarray(a) for p, a in data["leaves"].items()}
         if any(a.shape[:1] != (len(seeds),) for a in leaves.values()):
             raise ValueError("leaves without one row per seed")
-        fields = (meta["env_id"], EnvSpec(**spec), int(meta["step"]), int(meta["seed"]), seeds,
-                  int(meta["eval_episodes"]), int(meta["replay_capacity"]), str(meta["matmul_precision"]))
+        export = PolicyExport(agent_name=meta["agent"], env_id=meta["env_id"], spec=EnvSpec(**spec), config=None,
+                              step=int(meta["step"]), seed=int(meta["seed"]), seeds=seeds,
+                              eval_episodes=int(meta["eval_episodes"]), capacity=int(meta["replay_capacity"]),
+                              matmul_precision=str(meta["matmul_precision"]), leaves=leaves)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ExportError(f"{path} is corrupt ({type(error).__name__}: {error})") from None
-    export = PolicyExport(agent_name, fields[0], fields[1], None, *fields[2:], leaves)
     try:
         config = from_saved(export.agent.Config, meta["agent_config"])
     except (TypeError, ValueError) as error:
-        raise ExportError(f"{path}: its agent_config does not fit agent {agent_name!r}: {error}") from None
+        raise ExportError(f"{path}: its agent_config does not fit agent {export.agent_name!r}: {error}") from None
     return dataclasses.replace(export, config=config)
 
 
