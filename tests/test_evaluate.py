@@ -15,6 +15,7 @@ Reduced configs: 16-wide networks, 200 env steps (50 random), videos 64 x 48 pix
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -161,8 +162,6 @@ def test_every_agents_export_acts_as_its_agent(name, tmp_path):
 def test_an_agent_that_cannot_be_exported_says_why():
     """An offline agent whose init needs its world cannot be loaded from an export: the export refuses it by name
     (training then says so once and goes on without exports)."""
-    import dataclasses
-
     from agents import bc
     from envs.core import EnvSpec
 
@@ -195,6 +194,20 @@ def sac_export(tmp_path_factory):
     policy.Exporter(_Loop(agent, spec, config, 64), eval_episodes=1).write(
         run_dir / "checkpoints" / "5" / policy.FILE, state, step=5)
     return run_dir
+
+
+def test_a_failed_export_write_leaves_the_previous_file_whole(sac_export, monkeypatch):
+    path = sac_export / "checkpoints" / "5" / policy.FILE
+    before = path.read_bytes()
+    export = policy.read_export(path)
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        policy.write_export(path, dataclasses.replace(export, step=6))
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == [policy.FILE]
 
 
 @pytest.mark.parametrize("case, args, expected", [
