@@ -104,6 +104,24 @@ def scale_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nd
     return low + (action + 1.0) * 0.5 * (high - low)
 
 
+@dataclasses.dataclass
+class MujocoScene:
+    """What drawing one MuJoCo env needs (experiments/video.py): its model and data (``mujoco.MjModel``,
+    ``mujoco.MjData``), the ``camera`` (a camera id, -1 the free camera, or a ``mujoco.MjvCamera``), and ``fps``,
+    the frames per second of one frame per agent step."""
+
+    model: Any
+    data: Any
+    camera: Any
+    fps: float
+
+
+def default_camera(model) -> int:
+    """The camera a video is drawn from where the env names none: the model's first (dm_control's suite and its
+    Playground ports define a fixed or tracking one per task), else the free camera (-1)."""
+    return 0 if model.ncam > 0 else -1
+
+
 # --------------------------------------------------------------------------
 # Host environments (numpy, vectorized over independent instances)
 # --------------------------------------------------------------------------

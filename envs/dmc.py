@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.core import EnvSpec, HostVecEnv, scale_action, unknown_env_error
+from envs.core import EnvSpec, HostVecEnv, MujocoScene, default_camera, scale_action, unknown_env_error
 from envs.host_state import array_fields
 from envs.options import EnvOptionError
 
@@ -101,6 +101,12 @@ class DmcInstance:
             if time_step.last():  # the time limit can fall inside a repeat
                 break
         return _flatten(time_step.observation), reward, False, time_step.last()
+
+    def scene(self) -> MujocoScene:
+        """The simulator as it is now, for drawing (one frame per agent step: action repeat x control step)."""
+        physics = self.env.physics
+        return MujocoScene(physics.model.ptr, physics.data.ptr, default_camera(physics.model.ptr),
+                           1.0 / (self.env.control_timestep() * self._action_repeat))
 
     def get_state(self) -> dict[str, Any]:
         import mujoco

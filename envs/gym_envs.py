@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from envs.core import EnvSpec, HostVecEnv, UnsupportedEnvError, scale_action, unknown_env_error
+from envs.core import EnvSpec, HostVecEnv, MujocoScene, UnsupportedEnvError, scale_action, unknown_env_error
 from envs.host_state import array_fields
 
 
@@ -113,6 +113,24 @@ class GymInstance:
         whose model rollouts restart the simulator from dataset states (agents/ravl.py --dynamics true)."""
         data = self.env.unwrapped.data
         return {"qpos": np.array(data.qpos, np.float32), "qvel": np.array(data.qvel, np.float32)}
+
+    def scene(self) -> MujocoScene:
+        """The simulator as it is now, for drawing: gymnasium's free camera with the env's own default settings
+        (distance, elevation, tracked body), as its rgb_array rendering uses them."""
+        import mujoco
+
+        sim = self.env.unwrapped
+        camera = mujoco.MjvCamera()
+        mujoco.mjv_defaultFreeCamera(sim.model, camera)
+        config = getattr(getattr(sim, "mujoco_renderer", None), "default_cam_config", None) or {}
+        for name, value in config.items():
+            if isinstance(value, np.ndarray):
+                getattr(camera, name)[:] = value
+            else:
+                setattr(camera, name, value)
+        if config.get("trackbodyid", -1) >= 0:
+            camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+        return MujocoScene(sim.model, sim.data, camera, 1.0 / sim.dt)
 
     def _wrappers(self) -> tuple[Any, Any]:
         """The ``TimeLimit`` and ``OrderEnforcing`` wrappers, whose counters are state.

@@ -92,4 +92,12 @@ def make_playground(
     # Playground's actions are already in [-1, 1]; JaxEnv clips them there.
     jax_env = JaxEnv(spec, physics_reset, physics_step)
     jax_env.playground = env      # for envs/nonstationary.py (dynamics and reward switches)
+    # For videos (experiments/video.py): what of a state drawing it needs, as Playground's own render_array sets
+    # it, and the model and frame rate (one frame per agent step) to draw it with.
+    jax_env.render_state = lambda state: {name: getattr(state.data, name) for name in RENDER_FIELDS}
+    jax_env.render_model = env.mj_model
+    jax_env.render_fps = 1.0 / (env.dt * action_repeat)
     return jax_env
+
+
+RENDER_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "xfrc_applied")

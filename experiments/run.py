@@ -174,6 +174,10 @@ def parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("--video-every") for arg in argv):
+        from experiments import video
+
+        video.configure_headless()      # before anything imports mujoco, which then keeps its GL backend
     try:
         run_args, config = parse(argv)
         run_dir = train(run_args, config)

@@ -114,6 +114,11 @@ class RunArgs(jax_setup.JaxFlags):
     preset: str | None = None
     """Named preset of the agent's flags, applied before the flags given (PPO: playground, cpu; default
     for PPO: cpu on a CPU backend, playground on GPU/TPU)."""
+    video_every: int | None = field(None, ">= 1")
+    """Every N evaluations, also write MP4s of seed 0's first --video-episodes evaluation episodes to
+    <run-dir>/videos/<step>/ (off by default; needs the video extra, experiments/video.py)."""
+    video_episodes: int = field(1, ">= 1")
+    """Episodes drawn at each --video-every evaluation."""
 
     def validate(self) -> None:
         try:
@@ -188,7 +193,7 @@ def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
     """A resumed run must be the same experiment; only its length, how it is shown and its compile cache may
     change (the matmul precision may not: it changes the numbers on a GPU)."""
     mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
-               "distributed", "compile_cache", "compile_cache_dir"}
+               "distributed", "compile_cache", "compile_cache_dir", "video_every", "video_episodes"}
     run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
@@ -248,6 +253,8 @@ def train(args: RunArgs, config: Any) -> Path:
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
     loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
     try:
+        if args.video_every is not None:
+            _check_video(args, loop)
         memory.check(loop)
         if is_main_process():
             _claim(run_dir, args)
@@ -263,6 +270,17 @@ def train(args: RunArgs, config: Any) -> Path:
         raise RunError(f"out of device memory while training: {memory.describe(loop)}") from None
     finally:
         loop.close()
+
+
+def _check_video(args: RunArgs, loop) -> None:
+    """RunError unless this machine can draw the run's env (experiments/video.py)."""
+    from experiments import video
+
+    try:
+        video.check_available()
+        video.check_env(args.env, getattr(loop, "env", None))
+    except video.VideoError as error:
+        raise RunError(f"--video-every: {error}") from None
 
 
 def _claim(run_dir: RunDir, args: RunArgs) -> None:
@@ -467,6 +485,55 @@ def _drop_checkpoints_after(checkpointer: Checkpointer, step: int) -> None:
         checkpointer.delete(later)
 
 
+class _PolicyExports:
+    """The policy export written beside every checkpoint (experiments/policy.py), and the videos drawn from it
+    every --video-every evaluations (experiments/video.py). An agent that cannot be exported is said once, and
+    the run goes on without exports."""
+
+    def __init__(self, args: RunArgs, loop, run_dir: Path):
+        from experiments.policy import Exporter
+
+        self.args, self.run_dir = args, run_dir
+        self.exporter = Exporter(loop, args.eval_episodes, args.matmul_precision)
+        self.failed = False
+        self.last = None                 # the latest export (host arrays), for the videos
+        self.evaluations = 0
+        self._video_evaluator = None
+
+    def write(self, checkpoint_dir: Path, state, step: int) -> None:
+        from experiments.policy import FILE, ExportError
+
+        if self.failed:
+            return
+        try:
+            # Every process takes part (a sharded state is gathered), the main one writes.
+            self.last = self.exporter.write(checkpoint_dir / FILE, state["agent"], step, write=is_main_process())
+        except ExportError as error:
+            self.failed = True
+            print(f"warning: no policy exports for this run: {error}", file=sys.stderr, flush=True)
+
+    def video(self, step: int) -> None:
+        """At every --video-every-th evaluation: seed 0's first --video-episodes evaluation episodes, evaluated
+        again from the export with the same keys and env seeds, drawn to videos/<step>/."""
+        self.evaluations += 1
+        every = self.args.video_every
+        if every is None or self.evaluations % every or self.last is None or not is_main_process():
+            return
+        import envs as envs_lib
+        from experiments import video
+        from experiments.policy import ExportEvaluator
+
+        if self._video_evaluator is None:
+            self._video_evaluator = ExportEvaluator(self.last)
+        recorder = video.Recorder([0], self.args.video_episodes, 320, 240)
+        # Host envs: seed 0's k-th episode has the same env instance whatever the number of episodes, so only the
+        # drawn ones are run; JAX envs draw their episodes' keys from the count, so all of them run.
+        jax_env = envs_lib.is_jax_env(self.args.env)
+        episodes = self.args.eval_episodes if jax_env else min(self.args.video_episodes, self.args.eval_episodes)
+        self._video_evaluator(self.last, [0], episodes, recorder=recorder)
+        recorder.write(self.run_dir / "videos" / str(step))
+
+
 def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: RunDir, stop: _GracefulStop) -> int:
     """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations with a
     checkpoint each, and a checkpoint before stopping on a signal; returns the final step."""
@@ -477,8 +544,11 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
     postfix = {"sps": "-", "eval_return": "-"}
     interval = {"start": time.perf_counter(), "step": start_step}
 
+    exports = _PolicyExports(args, loop, run_dir.path)
+
     def save(step: int, state) -> None:
         checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode()})
+        exports.write(checkpointer.directory / str(step), state, step)
         _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
 
     def on_log(step: int, per_seed: dict) -> None:
@@ -492,6 +562,7 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
     def on_eval(step: int, state, evaluation, diagnostics: dict) -> None:
         logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks)
         save(step, state)
+        exports.video(step)
         postfix["eval_return"] = f"{float(np.mean(evaluation.returns)):.1f}"
         bar.set_postfix(postfix)
         interval["start"] = time.perf_counter()    # evaluation time is not training time

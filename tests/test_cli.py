@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from experiments import run
+from experiments import evaluate, run
 from experiments.train import _check_resume_config, read_saved_run
-from tests.cli_utils import TINY_MRQ, run_cli, run_inprocess
+from tests.cli_utils import TINY_MRQ, assert_evaluate_reproduces, run_cli, run_inprocess, run_main
 
 
 def _error_line(result) -> str:
@@ -70,6 +70,25 @@ def test_finished_run_outputs(finished_run):
     assert rows[0].startswith("step,seed,return") and len(rows) == 3
     assert (finished_run / "train.csv").exists() and any((finished_run / "tensorboard").iterdir())
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()) == ["100", "200"]
+
+
+def test_evaluate_reproduces_the_runs_eval_rows_and_draws_it_on_dmc_and_mjx(finished_run, tmp_path):
+    """experiments/evaluate.py on MR.Q's export gives eval.csv's rows of both checkpoints; --video draws its
+    episode on dm_control (500 agent steps, one frame each) and on MJX (mjx:CartpoleBalance has dm_control
+    cartpole's widths; 1000 steps)."""
+    from tests.test_evaluate import VIDEO, frames
+
+    for step in (100, 200):
+        assert_evaluate_reproduces(finished_run, tmp_path / f"{step}.csv", step)
+    assert_evaluate_reproduces(finished_run, tmp_path / "video.csv", 200, "--video", *VIDEO, "--video-dir",
+                               str(tmp_path / "dmc"))
+    assert frames(tmp_path / "dmc" / "seed0_episode0.mp4") == (500, (48, 64, 3))
+    result = run_main(evaluate.main, "--run-dir", str(finished_run), "--env", "mjx:CartpoleBalance", "--video", *VIDEO,
+                      "--video-dir", str(tmp_path / "mjx"), "--out", str(tmp_path / "mjx.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert frames(tmp_path / "mjx" / "seed0_episode0.mp4") == (1000, (48, 64, 3))
+    rows = json.loads((tmp_path / "mjx.json").read_text())["rows"]
+    assert [(r["env"], r["policy"], r["step"]) for r in rows] == [("mjx:CartpoleBalance", "deterministic", 200)]
 
 
 def test_refuses_to_overwrite_a_finished_run(finished_run):
