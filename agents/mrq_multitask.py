@@ -31,7 +31,9 @@ sampler), no prioritisation; `sampling=stratified` draws every task equally. Mem
 6) * 4 bytes per slot per task per seed (the sum tree included), e.g. 84 B on dmc:mt4: 8 MB per task per seed
 at 1e5 transitions.
 
-Left out of the reference: its learning-rate warm-up for multitask runs and the frozen text embeddings.
+Left out of the reference: pretraining on demonstrations (`use_demos`), with the learning-rate warm-up the
+reference switches on only for it (config.py: `if cfg.use_demos and cfg.checkpoint is None`), and the frozen
+text embeddings.
 """
 
 from __future__ import annotations

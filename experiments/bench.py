@@ -20,6 +20,11 @@ Multitask MR.Q (`--agent mrq_multitask --env dmc:mt4`): per seed count, one seed
 `--steps` timed loop steps (each steps one env of every task per seed): agent steps/s per task per seed,
 and the replay's bytes per slot and MB per task per seed (at 1e5 transitions and at the buffer size).
 
+Start-up with the compile cache (`--startup mrq ppo sac`): each agent's short run.py run (`STARTUP_RUNS`),
+twice, each in a new process, with the compile cache in a new empty directory: the first run (cold)
+compiles every program and writes it to the cache, the second (warm) loads them. Wall-clock seconds of
+each, their ratio, and the cache's entries after each (the warm run should add none).
+
 Off-policy agents (MR.Q):
 Each seed count builds the same loop `run.py` uses (host env stepping
 included), fills the buffer with random steps, then times one full schedule
@@ -40,7 +45,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,17 +57,34 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
-import tyro
+import numpy as np
 
 import agents
 import replay
-from experiments import loops
-from replay import streams
+from experiments import jax_setup, loops
 from experiments.loops.driver import drive
+from replay import streams
+
+RUN_PY = Path(__file__).resolve().parent / "run.py"
+
+STARTUP_RUNS = {
+    "mrq": ["--agent", "mrq", "--env", "dmc:cartpole-balance", "--random-steps", "300", "--total-steps", "300",
+            "--eval-every", "300", "--log-every", "300", "--eval-episodes", "1"],
+    "ppo": ["--agent", "ppo", "--env", "mjx:CartpoleBalance", "--preset", "cpu", "--num-envs", "64", "--batch-size",
+            "16", "--total-steps", "1920", "--eval-every", "1920", "--log-every", "1920", "--eval-episodes", "1"],
+    "sac": ["--agent", "sac", "--env", "dmc:cartpole-balance", "--learning-starts", "300", "--total-steps", "300",
+            "--eval-every", "300", "--log-every", "300", "--eval-episodes", "1"],
+}
+"""The short run.py runs whose start-up `--startup` measures: the smallest runs that build every program a longer
+run uses, with one evaluation episode. MR.Q and SAC (default networks) step dm_control on the host and stop at
+the end of their random warm-up: their update is one compiled program whose training branch is built whether
+or not it runs, and an update's own compute (MR.Q's first is a 250-step encoder burst) is not start-up.
+PPO (the cpu preset's networks, 64 envs in 4 minibatches of 16) steps MJX inside its compiled program and
+trains one update (1920 env steps per seed)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchArgs:
+class BenchArgs(jax_setup.JaxFlags):
     agent: str = "mrq"
     """Agent name."""
     env: str = "dmc:cartpole-balance"
@@ -85,6 +111,13 @@ class BenchArgs:
     capacity: tuple[int, ...] = (0,)
     """Off-policy agents: replay capacities in transitions to measure each seed count at (0: 4 x the timed steps,
     as small as the measurement needs; a 500k-step run allocates 500000)."""
+    startup: tuple[str, ...] = ()
+    """Measure start-up with the compile cache cold and warm instead, for these agents' short runs (mrq, ppo, sac:
+    STARTUP_RUNS); --agent and --env are ignored."""
+    startup_repeats: int = 1
+    """--startup: cold/warm pairs per agent, each with a new cache (the JSON gives each and the medians)."""
+    note: str | None = None
+    """Free text recorded in the JSON (e.g. what else the machine was running)."""
 
 
 def measure(agent, config, env_id: str, num_seeds: int, steps: int, capacity: int = 0) -> dict:
@@ -184,20 +217,22 @@ def time_ours(agent, config, env_id: str, updates: int) -> dict:
             "steps_per_update": steps}
 
 
-def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dict:
+def measure_on_policy(agent, env_id: str, config, updates: int, brax: bool = True) -> dict:
+    """At `config.num_envs`: the physics limit, our PPO's training and collection steps/s and, with `brax`,
+    Brax's PPO at the same hyperparameters (`updates` timed updates after a compiling one)."""
     from experiments import brax_baseline
 
-    config = on_policy_config(agent, preset, num_envs)
     config.validate()
-    name = args.env.partition(":")[2]
+    num_envs = config.num_envs
+    name = env_id.partition(":")[2]
     physics = brax_baseline.physics_steps_per_s(name, num_envs)
-    ours = time_ours(agent, config, args.env, args.updates)
+    ours = time_ours(agent, config, env_id, updates)
     result = {"num_envs": num_envs, "num_minibatches": agent.layout(config).num_minibatches,
               "physics_sps": round(physics["env_steps_per_s"]), "ours_sps": round(ours["sps"]),
               "ours_over_physics": round(ours["sps"] / physics["env_steps_per_s"], 4),
               "ours_physics_share": round(ours["collect_share"], 3),
               "ours_learning_share": round(ours["learn_share"], 3), "ours": ours}
-    if args.brax:
+    if brax:
         reference = brax_baseline.brax_ppo_training_sps(
             name, num_envs=num_envs, unroll_length=config.unroll_length, batch_size=config.batch_size,
             num_minibatches=result["num_minibatches"], num_updates_per_batch=config.num_epochs,
@@ -205,7 +240,7 @@ def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dic
             entropy_cost=config.entropy_cost, reward_scaling=config.reward_scaling,
             clipping_epsilon=config.clip_epsilon, normalize_observations=config.normalize_observations,
             policy_hidden=config.policy_hidden, value_hidden=config.value_hidden,
-            max_grad_norm=config.max_grad_norm or None, training_steps=args.updates + 1)
+            max_grad_norm=config.max_grad_norm or None, training_steps=updates + 1)
         result["brax_sps"] = round(reference["sps"])
         result["ours_over_brax"] = round(ours["sps"] / reference["sps"], 3)
         result["brax"] = reference
@@ -215,7 +250,8 @@ def measure_on_policy(agent, args: BenchArgs, preset: str, num_envs: int) -> dic
 
 def main_on_policy(agent, args: BenchArgs) -> dict:
     preset = args.preset or agent.default_preset()
-    results = [measure_on_policy(agent, args, preset, n) for n in args.num_envs]
+    results = [measure_on_policy(agent, args.env, on_policy_config(agent, preset, n), args.updates, args.brax)
+               for n in args.num_envs]
     config = dataclasses.asdict(on_policy_config(agent, preset, args.num_envs[0]))
     return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
             "device_kind": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
@@ -250,32 +286,39 @@ def _timed_run(make_loop_fn, units: int) -> dict:
 
 
 def measure_sweep(agent, args: BenchArgs) -> dict:
-    """N points of a traced field as one program (N x seeds lanes) vs N sequential runs of `seeds` seeds."""
-    from experiments.loops.lanes import Lanes
-    from experiments.loops.on_policy import OnPolicyLoop
-
-    seeds = args.seeds[0]
+    """`--sweep-points` values of `--sweep-field` around the default config (on-policy: the preset at
+    `--num-envs[0]`) as one program vs as many sequential runs."""
     if isinstance(agent, agents.OnPolicyAgent):
-        preset = args.preset or agent.default_preset()
-        config = on_policy_config(agent, preset, args.num_envs[0])
+        config = on_policy_config(agent, args.preset or agent.default_preset(), args.num_envs[0])
         units = args.updates + 1
-        build = lambda cfg, lanes, **kw: OnPolicyLoop(agent, cfg, args.env, lanes, 0, **kw)
     else:
-        config = agent.Config()
-        units = args.steps or 200
-        build = lambda cfg, lanes, **kw: loops.make(agent, cfg, args.env, lanes, 0, replay_transitions=4 * units, **kw)
-    base = getattr(config, args.sweep_field)
-    values = [float(base * 3.0 ** (i - (args.sweep_points - 1) / 2)) for i in range(args.sweep_points)]
-    lanes = [(v, s) for v in values for s in range(seeds)]
-    sweep_lanes = Lanes.of_sweep([dataclasses.replace(config, **{args.sweep_field: v}) for v in values],
-                                 list(range(seeds)))
-    one = _timed_run(lambda: build(config, len(lanes), lanes=sweep_lanes), units)
-    sequential = [_timed_run(lambda v=v: build(dataclasses.replace(config, **{args.sweep_field: v}), seeds), units)
+        config, units = agent.Config(), args.steps or 200
+    return {"agent": args.agent, **sweep_speedup(agent, args.env, config, args.sweep_field, args.sweep_points,
+                                                 args.seeds[0], units)}
+
+
+def sweep_speedup(agent, env_id: str, config, field: str, points: int, seeds: int, units: int) -> dict:
+    """`points` values of the traced `field` (geometric around config's) as one program of points x seeds lanes
+    vs `points` sequential runs of `seeds` seeds; each trains `units` updates (on-policy) or env steps."""
+    from experiments.loops.lanes import Lanes
+
+    if isinstance(agent, agents.OnPolicyAgent):
+        from experiments.loops.on_policy import OnPolicyLoop
+
+        build = lambda cfg, num_lanes, **kw: OnPolicyLoop(agent, cfg, env_id, num_lanes, 0, **kw)
+    else:
+        build = lambda cfg, num_lanes, **kw: loops.make(agent, cfg, env_id, num_lanes, 0,
+                                                        replay_transitions=4 * units, **kw)
+    base = getattr(config, field)
+    values = [float(base * 3.0 ** (i - (points - 1) / 2)) for i in range(points)]
+    sweep_lanes = Lanes.of_sweep([dataclasses.replace(config, **{field: v}) for v in values], list(range(seeds)))
+    one = _timed_run(lambda: build(config, len(sweep_lanes), lanes=sweep_lanes), units)
+    sequential = [_timed_run(lambda v=v: build(dataclasses.replace(config, **{field: v}), seeds), units)
                   for v in values]
     seq_total = sum(r["total_s"] for r in sequential)
     seq_steady = sum(r["after_first_chunk_s"] for r in sequential)
-    return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
-            "jax": jax.__version__, "field": args.sweep_field, "values": values, "seeds_per_point": seeds,
+    return {"env": env_id, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+            "jax": jax.__version__, "field": field, "values": values, "seeds_per_point": seeds,
             "units": units, "unit": "updates" if isinstance(agent, agents.OnPolicyAgent) else "env steps",
             "one_program": one, "sequential_total_s": seq_total, "sequential_after_first_chunk_s": seq_steady,
             "speedup_total": round(seq_total / one["total_s"], 2),
@@ -285,22 +328,7 @@ def measure_sweep(agent, args: BenchArgs) -> dict:
                     "program's first chunk"}
 
 
-def main(args: BenchArgs) -> dict:
-    agent = agents.get(args.agent)
-    if args.sweep_points > 0:
-        report = measure_sweep(agent, args)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        return report
-    if isinstance(agent, agents.OnPolicyAgent):
-        report = main_on_policy(agent, args)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        return report
+def main_off_policy(agent, args: BenchArgs) -> dict:
     config = agent.Config()
     steps = args.steps or getattr(config, "target_update_freq", 250)
     results = [measure(agent, config, args.env, n, steps, capacity) for capacity in args.capacity for n in args.seeds]
@@ -311,9 +339,89 @@ def main(args: BenchArgs) -> dict:
             if not agent.multitask else
             "loop steps (one env step of every task per seed: act + step + store + the updates due at utd) "
             "after one seeding episode per env and one compiling update")
-    report = {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
-              "backend": jax.default_backend(), "jax": jax.__version__, "what": what,
-              "results": results}
+    return {"agent": args.agent, "env": args.env, "device": str(jax.devices()[0]),
+            "backend": jax.default_backend(), "jax": jax.__version__, "what": what, "results": results}
+
+
+def measure_startup(run_flags: list[str], work_dir: Path) -> dict:
+    """`experiments/run.py *run_flags` twice, each a new process, with the compile cache in `work_dir`/cache (new,
+    so the first run finds it empty) and run directories `work_dir`/cold and /warm: the wall-clock seconds of
+    each run (interpreter start to exit), cold over warm, the cache's entries after each, and the machine's
+    1-minute load average before each run (other work on the machine slows both)."""
+    cache = Path(work_dir) / "cache"
+    if cache.exists():
+        raise ValueError(f"{cache} exists: the cold run needs a new, empty cache directory")
+    entries, seconds, load = {}, {}, {}
+    for name in ("cold", "warm"):
+        command = [sys.executable, str(RUN_PY), *run_flags, "--no-progress", "--compile-cache-dir", str(cache),
+                   "--run-dir", str(Path(work_dir) / name)]
+        load[name] = round(os.getloadavg()[0], 2)
+        began = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, cwd=RUN_PY.parent.parent)
+        seconds[name] = time.perf_counter() - began
+        if result.returncode != 0:
+            raise RuntimeError(f"{shlex.join(command)} failed (exit {result.returncode}): {result.stderr[-2000:]}")
+        entries[name] = {p.name for p in cache.iterdir()}
+    return {"cold_s": round(seconds["cold"], 2), "warm_s": round(seconds["warm"], 2),
+            "cold_over_warm": round(seconds["cold"] / seconds["warm"], 2),
+            "cache_entries_after_cold": len(entries["cold"]),
+            "cache_entries_added_by_warm": len(entries["warm"] - entries["cold"]),
+            "cache_mb": round(sum(p.stat().st_size for p in cache.iterdir()) / 2**20, 2),
+            "load_average_1min_before": load}
+
+
+def main_startup(args: BenchArgs) -> dict:
+    """`measure_startup` of each agent's STARTUP_RUNS run, --startup-repeats times (a new cache each time)."""
+    unknown = [name for name in args.startup if name not in STARTUP_RUNS]
+    if unknown:
+        raise SystemExit(f"error: --startup {' '.join(unknown)}: no short run defined; valid: "
+                         f"{', '.join(STARTUP_RUNS)}")
+    if args.startup_repeats < 1:
+        raise SystemExit(f"error: --startup-repeats must be >= 1, got {args.startup_repeats}")
+    results = {}
+    for name in args.startup:
+        flags = [*STARTUP_RUNS[name], "--matmul-precision", args.matmul_precision]
+        repeats = []
+        for _ in range(args.startup_repeats):
+            with tempfile.TemporaryDirectory(prefix=f"startup_{name}_") as work_dir:
+                repeats.append(measure_startup(flags, Path(work_dir)))
+            print(json.dumps({name: repeats[-1]}), file=sys.stderr, flush=True)
+        cold, warm = (round(float(np.median([r[k] for r in repeats])), 2) for k in ("cold_s", "warm_s"))
+        results[name] = {"command": shlex.join(["python", "experiments/run.py", *flags, "--no-progress",
+                                                "--compile-cache-dir", "<new dir>", "--run-dir", "<new dir>"]),
+                         "cold_s": cold, "warm_s": warm, "cold_over_warm": round(cold / warm, 2),
+                         "repeats": repeats}
+    command = ["python", "experiments/bench.py", "--startup", *args.startup, "--startup-repeats",
+               str(args.startup_repeats), *(["--matmul-precision", args.matmul_precision]
+                                            if args.matmul_precision != "float32" else []),
+               *(["--note", args.note] if args.note else []), *(["--out", args.out] if args.out else [])]
+    return {"command": shlex.join(command), "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+            "jax": jax.__version__, "cpu_count": os.cpu_count(),
+            "what": "wall-clock seconds of a short run.py run (python start to exit: imports, env, compilation, "
+                    "training, one evaluation, checkpoints), first with an empty compile cache (cold: compiles "
+                    "and writes every program), then again with the same cache (warm: loads them), each in a new "
+                    "process; cold_s and warm_s are medians over the repeats, each repeat with a new cache",
+            "results": results}
+
+
+def main(args: BenchArgs) -> dict:
+    try:
+        settings = jax_setup.configure_jax(args)
+    except jax_setup.JaxSetupError as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.startup:
+        report = main_startup(args)
+    else:
+        agent = agents.get(args.agent)
+        if args.sweep_points > 0:
+            report = measure_sweep(agent, args)
+        elif isinstance(agent, agents.OnPolicyAgent):
+            report = main_on_policy(agent, args)
+        else:
+            report = main_off_policy(agent, args)
+    report["jax_settings"] = settings
+    if args.note:
+        report["note"] = args.note
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -322,4 +430,6 @@ def main(args: BenchArgs) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(BenchArgs))
+    from experiments.run import parse_or_exit
+
+    main(parse_or_exit(BenchArgs, "Throughput and start-up benchmarks, as JSON (see the module's docstring)."))

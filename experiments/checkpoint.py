@@ -9,6 +9,10 @@ writer threads, is a storm of tracebacks); any other write failure is
 re-raised as one OSError. Restoring validates against the structure a
 fresh `init` produces, so a checkpoint from another agent, env or config is
 rejected with a clear message instead of silently mis-loading.
+
+Sharded states (experiments/loops/sharding.py) are saved as whole arrays
+(orbax writes each device's slices) and restored onto the shardings of that
+fresh `init`: a checkpoint written on 4 devices resumes on 1, 2 or 8.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ class Checkpointer:
         """Save `tree` (arrays) and `meta` (JSON) as checkpoint `step`; blocks until written. A disk too full
         for it, or a failed write, raises OSError naming the checkpoint (the earlier ones stay intact)."""
         target = str(self.directory / str(step))
-        need = sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)) + 2**20
+        # Sizes from shapes: a sharded array is not copied to the host (nor gathered from other hosts) to count it.
+        need = sum(np.size(x) * np.dtype(x.dtype).itemsize if hasattr(x, "dtype") else np.asarray(x).nbytes
+                   for x in jax.tree.leaves(tree)) + 2**20
         free = shutil.disk_usage(self.directory).free
         if free < need:
             raise OSError(errno.ENOSPC, f"No space left on device: the checkpoint needs about {need / 2**20:.1f} "
@@ -118,6 +124,9 @@ def _restore_empty(restored: Any, target: Any) -> Any:
 
 def _check_finite(tree: Any, where: Path) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        array = np.asarray(leaf)
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        if not np.issubdtype(np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype, np.floating):
+            continue
+        # A sharded array is checked where it lies, slice by slice (with several processes, each its own).
+        parts = [shard.data for shard in leaf.addressable_shards] if isinstance(leaf, jax.Array) else [leaf]
+        if not all(np.all(np.isfinite(np.asarray(part))) for part in parts):
             raise CheckpointError(f"checkpoint {where} holds non-finite values in {jax.tree_util.keystr(path)}")

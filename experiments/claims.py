@@ -4,7 +4,7 @@
 
 For each env, phase (the stretch between two task switches) and method: the mean evaluation return over the
 phase's last `--last` evaluations, and the chosen diagnostics at the phase's last evaluation, each as the mean
-over seeds with a 95% percentile-bootstrap CI (experiments/plot.bootstrap_ci). Every method is also compared
+over seeds with a 95% percentile-bootstrap CI (experiments/stats.bootstrap_ci). Every method is also compared
 with the reference arm seed by seed (the arms share seeds, so the difference is paired): the mean difference
 and its CI, and so is every diagnostic (`<name>_diff_mean/low/high`). recovery_ci.csv (written by compare.py) holds
 steps-to-recover and the KL from the pre-switch policy. A stationary env id is one phase (phase 0).
@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.compare import episode_span, switch_steps  # noqa: E402
-from experiments.plot import bootstrap_ci  # noqa: E402
+from experiments.stats import bootstrap_ci  # noqa: E402
 
 DIAGNOSTICS = ("srank", "dormant", "isotropy", "feature_norm", "grama_inactive",
                # LEAST's episode statistics (least/*), cumulative: their value at the phase's last evaluation

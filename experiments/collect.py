@@ -14,13 +14,13 @@ D4RL cannot be downloaded here, so its recipe is followed with our agents:
 * `medium-replay` -- the replay buffer of that training run up to the medium snapshot.
 * `medium-expert` -- medium and expert data, `--steps` transitions each, concatenated (D4RL's mixture).
 
-Every file records, as HDF5 attributes, the env id, the policy, the seed, the number of transitions,
-the code version, and the random and expert reference returns (`ref_min_score`, `ref_max_score`, as
-D4RL names them) that normalized scores use: 100 (R - random) / (expert - random). For gymnasium
-envs, `infos/qpos` and `infos/qvel` hold the simulator state of each observation (for rollouts in the
-true simulator, agents/ravl.py `--dynamics true`), except in `medium-replay`: it is the behaviour agent's
-replay buffer, which keeps observations only. Files are written atomically; training the behaviour
-agent writes an ordinary run directory (`--run-dir`).
+Every file records, as HDF5 attributes, the env id, the policy, the seed, the number of transitions, the
+code version, the matmul precision (experiments/jax_setup.py), and the random and expert reference returns
+(`ref_min_score`, `ref_max_score`, as D4RL names them) that normalized scores use:
+100 (R - random) / (expert - random). For gymnasium envs, `infos/qpos` and `infos/qvel` hold the simulator
+state of each observation (for rollouts in the true simulator, agents/ravl.py `--dynamics true`), except
+in `medium-replay`: it is the behaviour agent's replay buffer, which keeps observations only. Files are
+written atomically; training the behaviour agent writes an ordinary run directory (`--run-dir`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import jax
 import numpy as np
 
 from agents.config import check_fields, field
+from experiments import jax_setup
+from experiments.jax_setup import JaxFlags
 
 POLICIES = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -49,7 +51,7 @@ class CollectError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class CollectArgs:
+class CollectArgs(JaxFlags):
     env: str = "gym:Hopper-v5"
     """Host environment id (gym:<id> or dmc:<domain>-<task>)."""
     policy: Literal["random", "medium", "expert", "medium-replay", "medium-expert"] = "medium-replay"
@@ -251,13 +253,17 @@ def collect(args: CollectArgs) -> Path:
     from replay import datasets
 
     args.validate()
+    try:
+        jax_settings = jax_setup.configure_jax(args)       # before anything compiles
+    except jax_setup.JaxSetupError as error:
+        raise CollectError(str(error)) from None
     spec = envs.make(args.env, num_envs=1, seed=args.seed)   # UnknownEnvError names the valid ids
     action_dim = spec.spec.action_dim
     spec.close()
     reference = rollout(args.env, random_policy(action_dim), 0, args.seed + 10_000, episodes=args.reference_episodes)
     ref_random = float(np.mean(reference["returns"]))
     metadata = {"env_id": args.env, "policy": args.policy, "seed": args.seed, "code_version": code_version(),
-                "ref_min_score": ref_random}
+                "matmul_precision": jax_settings["matmul_precision"], "ref_min_score": ref_random}
 
     if args.policy == "random":
         data = rollout(args.env, random_policy(action_dim), args.steps, args.seed)["arrays"]

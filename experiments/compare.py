@@ -19,7 +19,7 @@ method (a stopped comparison keeps the methods it finished):
 * `diagnostics.csv` -- env, method, step, seed and the agent's diagnostics at each evaluation
                        (dormant ratio, srank, isotropy of each network's representation)
 * `<env>.png`       -- return over steps, mean +- std over seeds, switches marked
-* `summary.json`    -- the settings and recovery_ci, written last (a finished comparison)
+* `summary.json`    -- the settings, JAX's (matmul precision, compile cache) and recovery_ci, written last
 
 Methods: `ppo` (clipped surrogate), `ppo_kl` (clipped surrogate + `--kl-coef` x
 KL to the old policy), `gtr` (agents/gtr.py with its defaults, or the `--gtr-*`
@@ -43,9 +43,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import tyro
 
 from envs import nonstationary
+from experiments.jax_setup import JaxFlags
 
 METHODS = ("ppo", "ppo_kl", "gtr", "sigreg", "sigreg_off")
 RECOVERED_FRACTION = 0.9     # "recovered": back to 90% of the way from the post-switch floor to the pre-switch return
@@ -53,7 +53,7 @@ PRE_SWITCH_EVALUATIONS = 2   # the pre-switch return is the mean of the last eva
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareArgs:
+class CompareArgs(JaxFlags):
     run_dir: str = "runs/compare"
     """Where the CSVs, plots and summary go (created; a directory with a comparison in it is refused)."""
     envs: tuple[str, ...] = ("jax:PointMass?switch=action_sign&every=400000",
@@ -283,9 +283,9 @@ def recovery(steps: list[int], returns: np.ndarray, kls: np.ndarray, switches: l
 
 def recovery_ci(rows: list[dict]) -> list[dict]:
     """recovery()'s rows of one env and method, per switch: the mean over seeds with a 95% bootstrap CI
-    (experiments/plot.bootstrap_ci) of every measure; steps_to_recover over the seeds that recovered, beside how
+    (experiments/stats.bootstrap_ci) of every measure; steps_to_recover over the seeds that recovered, beside how
     many did."""
-    from experiments.plot import bootstrap_ci
+    from experiments.stats import bootstrap_ci
 
     out = []
     for switch in sorted({r["switch_step"] for r in rows}):
@@ -338,10 +338,13 @@ def _write_csv(path: Path, data: list[dict]) -> None:
 
 
 def main(args: CompareArgs) -> dict:
+    from experiments import jax_setup
+
     try:
         methods = methods_to_run(args.methods)
         configs = {m: method_config(m, args) for m in methods}       # every bad flag refused before training
-    except ValueError as error:
+        jax_settings = jax_setup.configure_jax(args)                  # before anything compiles
+    except ValueError as error:                                       # JaxSetupError included
         raise SystemExit(f"error: {error}") from None
     for env_id in args.envs:
         if nonstationary.split_env_id(env_id)[1] is None:
@@ -371,7 +374,7 @@ def main(args: CompareArgs) -> dict:
                                     ("diagnostics.csv", diagnostic_rows)):
                 _write_csv(run_dir / file_name, data)
             plot(run_dir / f"{name}.png", env_id, curves, switches)
-    summary = {"settings": dataclasses.asdict(args), "methods": methods,
+    summary = {"settings": dataclasses.asdict(args), "jax": jax_settings, "methods": methods,
                "configs": {m: dataclasses.asdict(c) for m, (_, c) in configs.items()}, "recovery": table}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(table, indent=1))
@@ -379,4 +382,6 @@ def main(args: CompareArgs) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(CompareArgs))
+    from experiments.run import parse_or_exit
+
+    main(parse_or_exit(CompareArgs, "PPO, PPO+KL, GTR and SIGReg across task switches (see the module's docstring)."))

@@ -90,7 +90,7 @@ def _finished(run_dir: Path) -> bool:
 
 
 def summarize(run_dir: Path, names: list[str], last: int) -> list[dict]:
-    from experiments.plot import bootstrap_ci
+    from experiments.stats import bootstrap_ci
 
     rows = []
     for name in names:

@@ -30,9 +30,12 @@ def tree_bytes(tree) -> int:
 
 
 def available(devices=None) -> tuple[float, str]:
-    """(bytes, where): the summed `bytes_limit` of the devices, or the host's physical memory on a CPU."""
+    """(bytes, where): the summed `bytes_limit` of the devices (a loop's `devices`: every device its lanes or
+    envs are spread over, on every host), or the host's physical memory on a CPU."""
     devices = list(devices if devices is not None else jax.local_devices())
-    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    # Only a device of this process reports its memory; the devices of a run are all of one kind.
+    probe = next((d for d in devices if d.process_index == jax.process_index()), devices[0])
+    stats = probe.memory_stats() if hasattr(probe, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return float(stats["bytes_limit"]) * len(devices), f"{len(devices)} x {devices[0].device_kind}"
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host memory"

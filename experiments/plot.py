@@ -3,21 +3,28 @@
     python experiments/plot.py runs/mrq/dmc_walker-walk/20250101-120000
     python experiments/plot.py runs/sweep_lr --group-by learning_rate
     python experiments/plot.py runs/mrq runs/sac --compare --out plots/mrq_vs_sac
-    python experiments/plot.py runs/offline --compare --normalize "d4rl:hopper=-20.3,3234.3" "d4rl:walker=1.6,4592.3"
+    python experiments/plot.py runs/offline --compare --normalize gym:Hopper-v5=-20.3,3234.3 gym:Walker2d-v5=1.6,4592.3
+    python experiments/plot.py runs/mrq runs/sac --compare --size 3.3 2.4 --title "" --ylabel "episode return"
 
 Each RUN_DIR is a run directory (it holds an eval.csv) or a folder searched
 recursively for run directories (a sweep folder, `runs/mrq`, ...). Written
-into `--out`:
+into `--out`, every figure as a 300-dpi PNG and an SVG (text kept as text):
 
-* without `--compare`, per run: `<run>.png` and `<run>.svg` -- the metric over
-  steps, the mean over seeds with a percentile-bootstrap confidence interval
-  over seeds (`--confidence`, `--num-resamples`, RNG seeded with `--seed`, so
-  the same data give the same plot);
+* without `--compare`, per run: `<run>.png/.svg` -- the metric over steps:
+  the mean over seeds (line) with a percentile-bootstrap confidence interval
+  over seeds (band; `--confidence`, `--num-resamples`, RNG seeded with `--seed`,
+  so the same data give the same files);
 * with `--compare`: `<env>.png/.svg` -- every run and agent on that env in one
-  figure (one figure per env), and `aggregate.png/.svg` -- per method, the
-  interquartile mean (IQM) across tasks of the final scores with a stratified
-  bootstrap confidence interval (Agarwal et al., 2021, "Deep RL at the edge of
-  the statistical precipice"), and `aggregate.csv` with those numbers;
+  figure (one figure per env), and the aggregate across envs of each method's
+  final scores (Agarwal et al., 2021, "Deep RL at the edge of the statistical
+  precipice"; experiments/stats.py): `aggregate.png/.svg/.csv` -- the
+  interquartile mean (IQM) of all its runs and the mean of its per-env means,
+  each with a stratified-bootstrap confidence interval (envs are the strata,
+  runs are resampled within each env); `performance_profile.png/.svg/.csv` --
+  the fraction of its runs scoring above each threshold, with bands; and
+  `probability_of_improvement.png/.svg/.csv` -- for each pair of methods X, Y,
+  P(X > Y): the probability that a run of X beats a run of Y on the same env,
+  averaged over envs, with its CI;
 * always `summary.csv` -- per curve: final value (mean over seeds, CI low and
   high), area under the curve (mean over evaluations), IQM over seeds of the
   final value.
@@ -36,31 +43,61 @@ Multitask runs (an eval.csv with a `task` column, as `--env dmc:mt4` writes it):
 is the task, plus the "all" curve (the mean over tasks, under the suite's env id). The per-run figure has a
 panel per task and one for "all"; with `--compare`, each task is an env of its own (a multitask run's task
 sits beside single-task runs on it), and the aggregate counts the tasks, not the "all" rows. `--metric
-score` plots the normalized score the multitask evaluation writes (DMC: return / 1000).
+score` plots the normalised score the multitask evaluation writes (DMC: return / 1000).
 
 Final value: per seed, the value at its last evaluation; the curve's final
 step is its last evaluation step. Area under the curve: per seed, the mean of
 its values over evaluations, then the mean over seeds. Missing values (NaN,
 e.g. a diagnostic not computed yet) are left out.
 
-Labels (`--compare`): a curve is labelled with the agent name from
-config.json (else the run directory's name) and its sweep point; runs of the
-same label on the same env are told apart by their directory. The env comes
-from config.json (else "unknown env"). A method of the aggregate is a label;
-its tasks are the envs it ran on.
+Bands. The legend gives each curve's seeds ("mrq (5 seeds)"). From 3 seeds the
+band is the CI; with 2 seeds a percentile-bootstrap "95% CI" is just the range
+of the two, so the legend and caption call it "range over 2 seeds"; 1 seed has
+no band. The aggregate's caption says so too when an env has fewer than 3 runs.
 
-Normalized scores (aggregate only): 100 * (R - random) / (expert - random),
-D4RL's convention (as replay.datasets.normalized_score): 0 = a random policy,
-100 = an expert. `--normalize RANDOM,EXPERT` sets the references for every
-env, `--normalize ENV=RANDOM,EXPERT ...` per env (every env then needs one).
-Without the flag, references are found in config.json (keys `ref_min_score`
-and `ref_max_score` anywhere in it, D4RL's names, or a `reference_returns`
-entry `{"random": R, "expert": E}`); if every env has them the aggregate is
-normalized, otherwise it is over raw returns.
+Labels (`--compare`): a curve is labelled with the method it belongs to: the
+agent name from config.json (else the run directory's name) and its sweep
+point; where one env has that label from several runs, the fields of their
+config.json "agent_config" that differ are added, on every env ("least
+base=sac"), and runs that still share a label on an env are told apart by
+their directory. The env comes from config.json (else "unknown env").
 
-Library use (notebooks): `load_run`, `find_runs`, `run_curves`, `bootstrap_ci`,
-`iqm`, `stratified_bootstrap_iqm`, `plot_runs`, `plot_curves`, `summarize`,
-`aggregate`. Bad input exits with `error: ...` and code 2, writing nothing.
+What the aggregate pools. A method's tasks are the envs it ran on. Only envs
+that every method ran on are aggregated: where the methods' env sets differ,
+the others are left out and a note says which, on stdout and on the aggregate
+figures; methods that share no env are refused. The last evaluation step of
+each method is noted where it differs (final values at different budgets).
+The final values of several envs are pooled only as normalised scores,
+(value - zero) / (one - zero), per env from the first rule that applies:
+
+* (1) `--normalize RANDOM,EXPERT` (every env) or `--normalize ENV=RANDOM,EXPERT
+  ...` (those envs): zero = a random policy's return, one = an expert's
+  (D4RL's normalised score / 100);
+* (2) `--metric score`: the multitask evaluation's normalised score, as it is;
+* (3) `--metric return`: reference returns in config.json (keys `ref_min_score`
+  and `ref_max_score` anywhere in it, D4RL's names, or a `reference_returns`
+  entry `{"random": R, "expert": E}`), else the project's maximum return of
+  the env (envs.multitask.normalized_score: every DMC task and Playground's
+  DMC ports in `mjx:mt4`, return / 1000).
+
+Where an aggregated env has none (gym and JAX envs without references, a
+diagnostic metric), `--compare` exits with an error naming those envs: raw
+returns of envs scaled 0-3000 and 0-10 would pool into a number the first
+decides. `--aggregate raw` pools the raw values anyway, every aggregate figure
+labelled "raw return (not normalised; pooled across tasks)"; `--aggregate
+none` skips the aggregate. One env alone needs no normalisation (its own
+units).
+
+Figures: `--title` (every figure; "{env}" in it becomes the figure's env, ""
+removes titles), `--xlabel` and `--ylabel` (the learning curves' axes; defaults
+"env steps per seed", or "gradient updates" for offline runs, and the metric:
+"return", "normalised score"), `--size W H` (inches, every figure).
+
+Library use (notebooks): `load_run`, `find_runs`, `run_curves`, `plot_runs`,
+`plot_curves`, `summarize`, `compare_scores`, `aggregate`, `profile_rows`,
+`improvement_rows`; the statistics are in experiments/stats.py (`bootstrap_ci`,
+`iqm`, `stratified_bootstrap_iqm` also importable from here). Bad input exits
+with `error: ...` and code 2, writing nothing.
 """
 
 from __future__ import annotations
@@ -72,8 +109,9 @@ import json
 import math
 import re
 import sys
+import textwrap
 from pathlib import Path
-from typing import Annotated, Any, Mapping, NamedTuple, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 if __package__ in (None, ""):          # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,8 +119,12 @@ if __package__ in (None, ""):          # run as a script: make the repository im
 import numpy as np
 import tyro
 
+# The statistics live in experiments/stats.py; these names stay importable from here (scripts and notebooks use them).
+from experiments.stats import (NUM_RESAMPLES, Estimate, bootstrap_ci, iqm,  # noqa: F401
+                               performance_profile, probability_of_improvement, stratified_bootstrap_iqm,
+                               stratified_bootstrap_mean)
+
 STANDARD_COLUMNS = ("step", "seed", "return", "return_std", "task", "score")
-NUM_RESAMPLES = 10_000
 UNKNOWN_ENV = "unknown env"
 TASK_COLUMN = "task"                    # a multitask run's eval.csv: one row per seed, evaluation and task
 ALL_TASKS = "all"                       # ... and its aggregate row
@@ -90,127 +132,6 @@ ALL_TASKS = "all"                       # ... and its aggregate row
 
 class PlotError(ValueError):
     """A bad input: the message names the path and what is wrong with it."""
-
-
-class Estimate(NamedTuple):
-    """A point estimate and its confidence interval (floats, or arrays over trailing axes)."""
-
-    value: Any
-    low: Any
-    high: Any
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95, seed: int = 0) -> Estimate:
-    """Mean over the first axis (seeds) with a percentile-bootstrap confidence interval.
-
-    `values` is [seeds] or [seeds, ...] (e.g. [seeds, evaluations]); the seeds are resampled with replacement
-    `num_resamples` times, the mean of each resample computed, and the interval is the (1 - confidence) / 2 and
-    (1 + confidence) / 2 quantiles of those means. NaN entries are left out (per trailing index); an index with no
-    finite value gives NaN. One seed gives a zero-width interval. The RNG is `np.random.default_rng(seed)`: the
-    same inputs give the same interval.
-    """
-    values = np.asarray(values, np.float64)
-    if values.ndim == 0 or values.shape[0] == 0:
-        raise ValueError(f"bootstrap_ci needs values of shape [seeds, ...] with at least one seed, got {values.shape}")
-    if num_resamples < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"need num_resamples >= 1 and 0 < confidence < 1, got {num_resamples}, {confidence}")
-    flat = values.reshape(values.shape[0], -1)
-    n, m = flat.shape
-    quantiles = [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0]
-    mean, low, high = (np.full(m, np.nan) for _ in range(3))
-    rng = np.random.default_rng(seed)
-    complete = np.flatnonzero(np.isfinite(flat).all(axis=0))
-    if complete.size:
-        # A resample of the seeds is a vector of counts; its mean for every column at once is counts @ values / n.
-        index = rng.integers(0, n, size=(num_resamples, n))
-        counts = np.bincount((np.arange(num_resamples)[:, None] * n + index).ravel(),
-                             minlength=num_resamples * n).reshape(num_resamples, n).astype(np.float64)
-        for start in range(0, complete.size, 256):          # bounded memory: [resamples, 256] at a time
-            columns = complete[start:start + 256]
-            means = counts @ flat[:, columns] / n
-            low[columns], high[columns] = np.quantile(means, quantiles, axis=0)
-            mean[columns] = flat[:, columns].mean(axis=0)
-    for j in np.flatnonzero(~np.isfinite(flat).all(axis=0)):
-        column = flat[np.isfinite(flat[:, j]), j]
-        if column.size == 0:
-            continue
-        means = column[rng.integers(0, column.size, size=(num_resamples, column.size))].mean(axis=1)
-        low[j], high[j] = np.quantile(means, quantiles)
-        mean[j] = column.mean()
-    # A resampled mean lies within [min, max] of the data; clipping removes rounding (constant data: zero width).
-    with np.errstate(invalid="ignore"):
-        finite_min = np.where(np.isfinite(flat), flat, np.inf).min(axis=0)
-        finite_max = np.where(np.isfinite(flat), flat, -np.inf).max(axis=0)
-        low, high = np.clip(low, finite_min, finite_max), np.clip(high, finite_min, finite_max)
-    shape = values.shape[1:]
-    if not shape:
-        return Estimate(float(mean[0]), float(low[0]), float(high[0]))
-    return Estimate(mean.reshape(shape), low.reshape(shape), high.reshape(shape))
-
-
-def iqm(values, axis: int | None = None):
-    """Interquartile mean: the mean of the middle 50% of the values.
-
-    The lowest and the highest floor(n / 4) values are dropped and the rest averaged (a 25% trimmed mean, as
-    rliable computes it): iqm([1, ..., 8]) = mean(3, 4, 5, 6) = 4.5. With axis=None all values are pooled and
-    NaNs left out (NaN if none is left); with an axis, that axis is reduced and the values must be finite.
-    """
-    values = np.asarray(values, np.float64)
-    if axis is None:
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return float("nan")
-        axis = 0
-    values = np.sort(values, axis=axis)
-    n = values.shape[axis]
-    cut = int(0.25 * n)
-    middle = np.take(values, np.arange(cut, n - cut), axis=axis)
-    result = middle.mean(axis=axis)
-    return float(result) if np.ndim(result) == 0 else result
-
-
-def _per_task(scores) -> list[np.ndarray]:
-    if isinstance(scores, Mapping):
-        tasks = [np.asarray(v, np.float64).ravel() for v in scores.values()]
-    else:
-        array = np.asarray(scores, np.float64)
-        if array.ndim == 1:
-            array = array[:, None]
-        if array.ndim != 2:
-            raise ValueError(f"scores must be [runs, tasks] (NaN for a missing run) or {{task: [runs]}}, "
-                             f"got shape {array.shape}")
-        tasks = [array[:, t] for t in range(array.shape[1])]
-    tasks = [t[np.isfinite(t)] for t in tasks]
-    tasks = [t for t in tasks if t.size]
-    if not tasks:
-        raise ValueError("stratified_bootstrap_iqm needs at least one finite score")
-    return tasks
-
-
-def stratified_bootstrap_iqm(scores, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
-                             seed: int = 0) -> Estimate:
-    """IQM of the pooled scores of all runs on all tasks, with a stratified-bootstrap confidence interval.
-
-    `scores` is an array [runs, tasks] (NaN marks a missing run; a 1-D array is one task) or a mapping
-    {task: [runs]} for tasks with different numbers of runs. A resample draws, for each task separately, as many
-    runs as it has with replacement (the tasks are the strata, so every resample keeps every task); its IQM is
-    computed over the pooled resampled scores. The interval is the percentile interval of those IQMs; the RNG is
-    `np.random.default_rng(seed)`.
-    """
-    if num_resamples < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"need num_resamples >= 1 and 0 < confidence < 1, got {num_resamples}, {confidence}")
-    tasks = _per_task(scores)
-    rng = np.random.default_rng(seed)
-    resampled = np.concatenate([task[rng.integers(0, task.size, size=(num_resamples, task.size))]
-                                for task in tasks], axis=1)                       # [resamples, all runs]
-    iqms = iqm(resampled, axis=1)
-    low, high = np.quantile(iqms, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
-    return Estimate(iqm(np.concatenate(tasks)), float(low), float(high))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -538,10 +459,78 @@ def found_references(run: Run) -> tuple[float, float] | None:
     return (random, expert) if random != expert else None
 
 
-def normalized(returns, reference: tuple[float, float]):
-    """100 * (R - random) / (expert - random) (D4RL's normalized score)."""
-    random, expert = reference
-    return 100.0 * (np.asarray(returns, np.float64) - random) / (expert - random)
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """An env's normalised score: (value - zero) / (one - zero), 0 at `zero` and 1 at `one`."""
+
+    zero: float
+    """The value that scores 0: a random policy's return (D4RL's reference), or 0 for a maximum-return scale."""
+    one: float
+    """The value that scores 1: an expert's return, or the largest return the env can give."""
+    source: str
+    """Where the pair comes from, as the figures say it (e.g. "return / 1000")."""
+
+    def __call__(self, values):
+        return (np.asarray(values, np.float64) - self.zero) / (self.one - self.zero)
+
+
+SCORE_COLUMN = Normalization(0.0, 1.0, "eval.csv's normalised score")
+
+
+def known_normalization(env: str) -> Normalization | None:
+    """The project's normalised score of `env`'s return (envs.multitask.normalized_score: the return divided by
+    the largest return of the env's family or task, e.g. 1000 for every DMC task and Playground's ports of
+    them), or None where the project knows none (gym, jax:PointMass, other mjx tasks)."""
+    from envs.multitask import normalized_score          # imports JAX: only where a return needs a scale
+
+    per_unit_return = float(normalized_score(env, 1.0))
+    if not math.isfinite(per_unit_return) or per_unit_return <= 0.0:
+        return None
+    top = 1.0 / per_unit_return
+    return Normalization(0.0, top, f"return / {top:g}")
+
+
+def env_normalizations(curves: Sequence[Curve], given: Mapping[str | None, tuple[float, float]] | None = None
+                       ) -> dict[str, Normalization | None]:
+    """Per env of `curves`, how its values become a normalised score, first rule that applies:
+
+    1. `given` (`--normalize`): {env: (random, expert)}, or {None: (random, expert)} for every env;
+    2. metric `score`: the multitask evaluation's own normalised score, as it is;
+    3. metric `return`: reference returns in a run's config.json (`found_references`), else the project's
+       maximum return of the env (`known_normalization`: DMC and Playground's DMC ports, return / 1000);
+    4. otherwise none (None): a gym or JAX env without references, or a diagnostic metric.
+    """
+    given = given or {}
+    out: dict[str, Normalization | None] = {}
+    for curve in curves:
+        env = curve.env
+        if env in out:
+            continue
+        if env in given or None in given:
+            random, expert = given.get(env, given.get(None))
+            out[env] = Normalization(random, expert, "(return - random) / (expert - random), --normalize")
+        elif curve.metric == "score":
+            out[env] = SCORE_COLUMN
+        elif curve.metric == "return":
+            references = [r for r in (found_references(c.run) for c in curves if c.env == env) if r is not None]
+            if references:
+                random, expert = references[0]
+                out[env] = Normalization(random, expert, "(return - random) / (expert - random), config.json")
+            else:
+                out[env] = known_normalization(env)
+        else:
+            out[env] = None
+    return out
+
+
+def _flat(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def method_key(curve: Curve) -> str:
@@ -550,70 +539,228 @@ def method_key(curve: Curve) -> str:
 
 
 def label_for_comparison(curves: Sequence[Curve]) -> None:
-    """Set each curve's label to its method key, told apart by its run's name where one env has it twice."""
+    """Set each curve's label to the method it belongs to across envs.
+
+    The method is the agent and its sweep point (`method_key`). Where one env holds that key from several runs,
+    the fields of config.json's "agent_config" that differ between those runs are added to the key, for every run
+    of that key on every env ("least base=sac critic_lr=0.001"), so that one configuration is one method wherever
+    it ran and the label says what tells the methods apart. Runs that still share a label on an env (the same
+    configuration twice) are told apart by their directory.
+    """
+    runs_of: dict[tuple[str, str], dict[Path, Run]] = {}
     for curve in curves:
-        curve.label = method_key(curve)
-    seen: dict[tuple[str, str], int] = {}
+        runs_of.setdefault((method_key(curve), curve.env), {})[curve.run.path] = curve.run
+    differing: dict[str, list[str]] = {}
+    for (key, _), runs in runs_of.items():
+        if len(runs) < 2:
+            continue
+        configs = [_flat(run.config.get("agent_config") or {}) for run in runs.values()]
+        names = differing.setdefault(key, [])
+        for name in dict.fromkeys(n for config in configs for n in config):
+            if len({repr(config.get(name)) for config in configs}) > 1 and name not in names:
+                names.append(name)
     for curve in curves:
-        seen[(curve.env, curve.label)] = seen.get((curve.env, curve.label), 0) + 1
+        key = method_key(curve)
+        config = _flat(curve.run.config.get("agent_config") or {})
+        fields = " ".join(f"{name}={_format_value(config.get(name))}" for name in differing.get(key, ()))
+        curve.label = f"{key} {fields}" if fields else key
+    seen: dict[tuple[str, str], set[Path]] = {}
     for curve in curves:
-        if seen[(curve.env, method_key(curve))] > 1:
-            curve.label = f"{method_key(curve)} ({curve.run.name})"
+        seen.setdefault((curve.env, curve.label), set()).add(curve.run.path)
+    for curve in curves:
+        if len(seen[(curve.env, curve.label)]) > 1:
+            curve.label = f"{curve.label} ({curve.run.name})"
 
 
-def resolve_references(curves: Sequence[Curve], given: Mapping[str | None, tuple[float, float]]
-                       ) -> dict[str, tuple[float, float]] | None:
-    """Per env (random, expert) references: from `given` (every env must have one), else from config.json if every
-    env has them, else None (the aggregate uses raw values)."""
-    envs = list(dict.fromkeys(c.env for c in curves))
-    if given:
-        missing = [e for e in envs if e not in given and None not in given]
-        if missing:
-            raise PlotError(f"--normalize gives no references for env {', '.join(map(repr, missing))}; "
-                            "add ENV=RANDOM,EXPERT for it, or one RANDOM,EXPERT for every env")
-        return {e: given.get(e, given.get(None)) for e in envs}
-    references: dict[str, tuple[float, float]] = {}
-    for curve in curves:
-        reference = found_references(curve.run)
-        if reference is not None:
-            references.setdefault(curve.env, reference)
-    if references and len(references) < len(envs):
-        missing = [e for e in envs if e not in references]
-        print(f"note: config.json has no reference returns for {', '.join(missing)}; the aggregate is over raw "
-              "values (pass --normalize to normalize)", file=sys.stderr)
-    return references if len(references) == len(envs) else None
+AGGREGATE_MODES = ("normalized", "raw", "none")
 
 
-def aggregate(curves: Sequence[Curve], references: Mapping[str, tuple[float, float]] | None = None,
-              num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95, seed: int = 0) -> list[dict]:
-    """Per method (`Curve.label` without its env): the IQM over its tasks (envs) and runs (seeds) of the final
-    value, normalized per env when `references` are given, with a stratified-bootstrap CI (tasks are strata)."""
-    by_method: dict[str, dict[str, list[np.ndarray]]] = {}
+@dataclasses.dataclass
+class Comparison:
+    """What the aggregate of `--compare` pools: per method, the final value of each of its runs on each env that
+    every method ran on (normalised unless `normalized` is False)."""
+
+    scores: dict[str, dict[str, np.ndarray]]
+    """{method: {env: [runs]}}, the same envs for every method."""
+    envs: list[str]
+    """The envs aggregated: those every method ran on."""
+    left_out: dict[str, list[str]]
+    """{method: the envs it ran on that some other method did not} (only methods with such envs)."""
+    unit: str
+    """What the scores are, for axis labels: "normalised score", "raw return (not normalised; ...)", ..."""
+    normalized: bool
+    normalizations: dict[str, Normalization]
+    """{env: Normalization} of the aggregated envs ({} when not normalised)."""
+    last_steps: dict[str, dict[str, float]]
+    """{method: {env: the step of its last evaluation}}: the budget at which its final values were taken."""
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.scores)
+
+    def runs_per_env(self) -> tuple[int, int]:
+        """The fewest and the most runs any method has on any aggregated env."""
+        counts = [s.size for tasks in self.scores.values() for s in tasks.values()]
+        return min(counts), max(counts)
+
+    def notes(self) -> list[str]:
+        """What a reader of the aggregate must know: envs left out, budgets that differ between methods."""
+        notes = []
+        if self.left_out:
+            left = "; ".join(f"{m}: {', '.join(envs)}" for m, envs in self.left_out.items())
+            notes.append(f"the methods ran on different envs: the aggregate is over the "
+                         f"{_count(len(self.envs), 'env')} every method ran on ({', '.join(self.envs)}); "
+                         f"left out: {left}")
+        differ = [env for env in self.envs if len({self.last_steps[m][env] for m in self.methods}) > 1]
+        if differ and all(len(set(self.last_steps[m].values())) == 1 for m in self.methods):
+            steps = ", ".join(f"{m} {self.last_steps[m][differ[0]]:g}" for m in self.methods)
+            notes.append(f"final values are taken at different budgets (last evaluation step, every env): {steps}")
+        elif differ:
+            steps = "; ".join(f"{env}: " + ", ".join(f"{m} {self.last_steps[m][env]:g}" for m in self.methods)
+                              for env in differ)
+            notes.append(f"final values are taken at different budgets (last evaluation step): {steps}")
+        return notes
+
+
+def _count(n: int, noun: str) -> str:
+    """"1 seed", "5 seeds"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def compare_scores(curves: Sequence[Curve], given: Mapping[str | None, tuple[float, float]] | None = None,
+                   mode: str = "normalized") -> Comparison:
+    """The final values the aggregate pools, per method (`Curve.label`) and env, under the rules of the module
+    docstring: only the envs every method ran on; normalised per env, or refused (PlotError) when more than one
+    env is pooled and one has no normalisation, unless `mode` is "raw" (raw values, labelled as such)."""
+    if mode not in ("normalized", "raw"):
+        raise PlotError(f"--aggregate must be one of {', '.join(AGGREGATE_MODES)}, got {mode!r}")
+    finals: dict[str, dict[str, list[np.ndarray]]] = {}
+    last_steps: dict[str, dict[str, float]] = {}
     for curve in curves:
         if curve.task == ALL_TASKS:            # a multitask run's own aggregate: its tasks are counted instead
             continue
         final = curve.final_values()
         final = final[np.isfinite(final)]
-        if references is not None:
-            final = normalized(final, references[curve.env])
-        by_method.setdefault(curve.label, {}).setdefault(curve.env, []).append(final)
-    rows = []
-    for method, tasks in by_method.items():
-        scores = {env: np.concatenate(parts) for env, parts in tasks.items()}
-        scores = {env: s for env, s in scores.items() if s.size}
-        if not scores:
+        if not final.size:
             continue
-        estimate = stratified_bootstrap_iqm(scores, num_resamples, confidence, seed)
-        rows.append({"method": method, "tasks": len(scores), "runs": int(sum(s.size for s in scores.values())),
-                     "score": "normalized " + curves[0].metric if references is not None else curves[0].metric,
-                     "iqm": estimate.value, "ci_low": estimate.low, "ci_high": estimate.high,
-                     "envs": " ".join(scores)})
+        finals.setdefault(curve.label, {}).setdefault(curve.env, []).append(final)
+        steps = last_steps.setdefault(curve.label, {})
+        steps[curve.env] = max(steps.get(curve.env, -math.inf), float(curve.steps[-1]))
+    if not finals:
+        raise PlotError(f"no run has a finite final {curves[0].metric if curves else 'value'}: nothing to aggregate")
+    env_order = list(dict.fromkeys(env for tasks in finals.values() for env in tasks))
+    common = [env for env in env_order if all(env in tasks for tasks in finals.values())]
+    if not common:
+        ran = "; ".join(f"{method}: {', '.join(tasks)}" for method, tasks in finals.items())
+        raise PlotError(f"--compare: no env is shared by every method, so no aggregate compares them ({ran}); "
+                        "give runs of the same envs, or --aggregate none for the per-env figures only")
+    left_out = {method: [env for env in tasks if env not in common] for method, tasks in finals.items()}
+    left_out = {method: envs for method, envs in left_out.items() if envs}
+    metric = curves[0].metric
+    normalizations = env_normalizations([c for c in curves if c.env in common], given)
+    missing = [env for env in common if normalizations.get(env) is None]
+    if mode == "raw" or (missing and len(common) == 1):
+        normalized, normalizations = False, {}
+        unit = (f"raw {metric} (not normalised; pooled across tasks)" if len(common) > 1
+                else f"{metric} on {common[0]}")
+    elif missing:
+        noun = "has" if len(missing) == 1 else "have"
+        raise PlotError(
+            f"--compare pools the final {metric} of {len(common)} envs, but {', '.join(missing)} {noun} no "
+            f"normalised score (no --normalize reference, no reference returns in config.json, no known maximum "
+            f"return), and raw values of different scales cannot be pooled; pass --normalize ENV=RANDOM,EXPERT for "
+            f"{'it' if len(missing) == 1 else 'each'}, or --aggregate raw to pool raw values (labelled as not "
+            f"normalised), or --aggregate none")
+    else:
+        normalized = True
+        normalizations = {env: normalizations[env] for env in common}
+        unit = "normalised score" if metric in ("return", "score") else f"normalised {metric}"
+    scores = {}
+    for method, tasks in finals.items():
+        scores[method] = {}
+        for env in common:
+            values = np.concatenate(tasks[env])
+            scores[method][env] = normalizations[env](values) if normalized else values
+    return Comparison(scores=scores, envs=common, left_out=left_out, unit=unit, normalized=normalized,
+                      normalizations=normalizations,
+                      last_steps={m: {e: last_steps[m][e] for e in common} for m in scores})
+
+
+def aggregate(comparison: Comparison, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
+              seed: int = 0) -> list[dict]:
+    """Per method: the IQM over its runs on every env (pooled) and the mean over envs of its mean per env, each
+    with a stratified-bootstrap confidence interval (envs are the strata; experiments/stats.py)."""
+    rows = []
+    for method, tasks in comparison.scores.items():
+        iqm_ = stratified_bootstrap_iqm(tasks, num_resamples, confidence, seed)
+        mean_ = stratified_bootstrap_mean(tasks, num_resamples, confidence, seed)
+        counts = [s.size for s in tasks.values()]
+        rows.append({"method": method, "envs": len(tasks), "runs": int(sum(counts)),
+                     "runs_per_env": f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}",
+                     "score": comparison.unit,
+                     "iqm": iqm_.value, "iqm_low": iqm_.low, "iqm_high": iqm_.high,
+                     "mean": mean_.value, "mean_low": mean_.low, "mean_high": mean_.high,
+                     "env_ids": " ".join(tasks), "left_out": " ".join(comparison.left_out.get(method, []))})
+    return rows
+
+
+def profile_thresholds(comparison: Comparison, num: int = 101) -> np.ndarray:
+    """`num` thresholds from the lowest to the highest score of any run (a unit range where they are equal)."""
+    values = np.concatenate([s for tasks in comparison.scores.values() for s in tasks.values()])
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, num)
+
+
+def profile_rows(comparison: Comparison, taus=None, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
+                 seed: int = 0) -> list[dict]:
+    """Per method and threshold tau: the fraction of its runs scoring above tau (per env, then averaged over
+    envs) with a stratified-bootstrap band: the performance profile of Agarwal et al. (2021)."""
+    taus = profile_thresholds(comparison) if taus is None else np.asarray(taus, np.float64)
+    rows = []
+    for method, tasks in comparison.scores.items():
+        profile = performance_profile(tasks, taus, num_resamples, confidence, seed)
+        rows += [{"method": method, "tau": float(t), "fraction": float(v), "low": float(lo), "high": float(hi)}
+                 for t, v, lo, hi in zip(taus, *profile)]
+    return rows
+
+
+def improvement_rows(comparison: Comparison, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
+                     seed: int = 0) -> list[dict]:
+    """For every pair of methods (X before Y in the comparison's order): P(X > Y), the probability that a run of X
+    scores above a run of Y on the same env (ties 1/2), averaged over envs, with its stratified-bootstrap CI.
+    P(Y > X) = 1 - P(X > Y)."""
+    rows = []
+    for x, y in itertools.combinations(comparison.methods, 2):
+        estimate = probability_of_improvement(comparison.scores[x], comparison.scores[y], num_resamples,
+                                              confidence, seed)
+        rows.append({"x": x, "y": y, "probability": estimate.value, "low": estimate.low, "high": estimate.high})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------------------------
+
+DPI = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """What the command line sets on every figure: title (None: automatic; "{env}" in it is replaced by the
+    figure's env), axis labels of the learning curves (None: automatic), size in inches (None: per figure)."""
+
+    title: str | None = None
+    xlabel: str | None = None
+    ylabel: str | None = None
+    size: tuple[float, float] | None = None
+
+    def figure_title(self, automatic: str, env: str = "") -> str:
+        return automatic if self.title is None else self.title.replace("{env}", env)
+
+    def figsize(self, automatic: tuple[float, float]) -> tuple[float, float]:
+        return tuple(self.size) if self.size is not None else automatic
 
 
 def _pyplot():
@@ -626,11 +773,45 @@ def _pyplot():
     return plt
 
 
+def band_label(num_seeds: int, confidence: float = 0.95) -> str:
+    """What the shaded band around a mean over seeds is: a CI from 3 seeds on; with 2 seeds the percentile
+    bootstrap gives their range, so it is called that; with 1 seed there is none."""
+    if num_seeds >= 3:
+        return f"{confidence:.0%} CI"
+    if num_seeds == 2:
+        return "range over 2 seeds"
+    return "1 seed, no band"
+
+
+def curve_legend(label: str, num_seeds: int, confidence: float = 0.95) -> str:
+    """"mrq (5 seeds)", "mrq (range over 2 seeds)", "mrq (1 seed)"."""
+    if num_seeds == 2:
+        return f"{label} ({band_label(2, confidence)})"
+    return f"{label} ({_count(num_seeds, 'seed')})"
+
+
+def metric_label(metric: str) -> str:
+    """The y axis of learning curves: "return", "normalised score" (the multitask `score`), or the column's name."""
+    return {"score": "normalised score"}.get(metric, metric)
+
+
+def steps_label(curves: Sequence[Curve]) -> str:
+    """The x axis: eval.csv's step counts env steps per seed (agent steps, each `action repeat` frames), or
+    gradient updates for offline runs (config.json's run has a dataset)."""
+    offline = {bool(_config_value(c.run.config, "dataset")) for c in curves}
+    if offline == {True}:
+        return "gradient updates"
+    if offline == {False, True}:
+        return "env steps per seed (offline runs: gradient updates)"
+    return "env steps per seed"
+
+
 def plot_curves(curves: Sequence[Curve], ax=None, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
-                seed: int = 0, legend: bool = True):
-    """Each curve's mean over seeds with its percentile-bootstrap CI over seeds (shaded); returns the axes."""
+                seed: int = 0, legend: bool = True, style: Style = Style()):
+    """Each curve's mean over seeds (line) with its percentile-bootstrap CI over seeds (band; with 2 seeds their
+    range, with 1 seed none; the legend says which); returns the axes."""
     if ax is None:
-        _, ax = _pyplot().subplots(figsize=(7, 4))
+        _, ax = _pyplot().subplots(figsize=style.figsize((7, 4)))
     colors = None
     if len(curves) > 10:
         import matplotlib
@@ -639,11 +820,13 @@ def plot_curves(curves: Sequence[Curve], ax=None, num_resamples: int = NUM_RESAM
     for i, curve in enumerate(curves):
         estimate = bootstrap_ci(curve.values, num_resamples, confidence, seed)
         color = colors[i] if colors is not None else None
-        (line,) = ax.plot(curve.steps, estimate.value, label=f"{curve.label} ({len(curve.seeds)} seeds)",
+        (line,) = ax.plot(curve.steps, estimate.value, label=curve_legend(curve.label, len(curve.seeds), confidence),
                           color=color, marker="o" if len(curve.steps) == 1 else None)
-        ax.fill_between(curve.steps, estimate.low, estimate.high, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("steps per seed")
-    ax.set_ylabel(curves[0].metric if curves else "")
+        if len(curve.seeds) > 1:
+            ax.fill_between(curve.steps, estimate.low, estimate.high, color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+    ax.set_xlabel(style.xlabel if style.xlabel is not None else steps_label(curves))
+    ax.set_ylabel(style.ylabel if style.ylabel is not None else metric_label(curves[0].metric) if curves else "")
     ax.grid(alpha=0.3)
     if legend and curves:
         ax.legend(fontsize=8)
@@ -661,60 +844,155 @@ def plot_runs(runs: Run | str | Path | Sequence[Run | str | Path], ax=None, metr
     return plot_curves(curves, ax, num_resamples, confidence, seed, legend)
 
 
-def _ci_caption(num_resamples: int, confidence: float, num_seeds: Sequence[int]) -> str:
-    seeds = f"{min(num_seeds)}" if min(num_seeds) == max(num_seeds) else f"{min(num_seeds)}-{max(num_seeds)}"
-    return (f"mean over {seeds} seeds, {confidence:.0%} CI: percentile bootstrap over seeds, "
-            f"{num_resamples} resamples")
+def curves_caption(num_seeds: Sequence[int], num_resamples: int, confidence: float) -> str:
+    """What the line and the band of learning curves are, for seed counts `num_seeds` (one per curve)."""
+    parts = ["line: mean over seeds"]
+    if max(num_seeds) >= 3:
+        parts.append(f"band: {confidence:.0%} CI, percentile bootstrap over seeds ({num_resamples} resamples)")
+    if 2 in num_seeds:
+        parts.append(("band: " if max(num_seeds) < 3 else "with 2 seeds: ")
+                     + f"range over 2 seeds (too few seeds for a {confidence:.0%} CI)")
+    return "; ".join(parts)
 
 
-def _aggregate_figure(rows: list[dict], num_resamples: int, confidence: float):
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(rows)))
-    y = np.arange(len(rows))[::-1]
-    values = np.array([r["iqm"] for r in rows])
-    errors = np.array([[r["iqm"] - r["ci_low"] for r in rows], [r["ci_high"] - r["iqm"] for r in rows]])
-    ax.errorbar(values, y, xerr=np.maximum(errors, 0.0), fmt="o", capsize=4)
-    ax.set_yticks(y, [f"{r['method']} ({r['tasks']} tasks)" for r in rows])
-    ax.set_xlabel(f"IQM of final {rows[0]['score']}" + (" (0 = random, 100 = expert)"
-                                                         if rows[0]["score"].startswith("normalized") else ""))
-    ax.set_title(f"{confidence:.0%} CI: stratified bootstrap over runs per task, {num_resamples} resamples",
-                 fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_ylim(-0.7, len(rows) - 0.3)
-    figure.tight_layout()
+def _interval_text(comparison: Comparison, confidence: float, num_resamples: int) -> str:
+    fewest, most = comparison.runs_per_env()
+    runs = f"{fewest}" if fewest == most else f"{fewest}-{most}"
+    text = (f"intervals: {confidence:.0%} stratified bootstrap over the runs of each env ({num_resamples} "
+            f"resamples), {runs} runs per env")
+    if fewest < 3:
+        text += f"; with {_count(fewest, 'run')} on an env they are close to a range, not a {confidence:.0%} CI"
+    return text
+
+
+def _normalization_text(comparison: Comparison) -> str:
+    if not comparison.normalized:
+        return ("NOT NORMALISED: raw values of every env pooled; an env of larger scale dominates"
+                if len(comparison.envs) > 1 else f"one env ({comparison.envs[0]}), its raw values")
+    by_source: dict[str, list[str]] = {}
+    for env, normalization in comparison.normalizations.items():
+        by_source.setdefault(normalization.source, []).append(env)
+    return "normalised score: " + "; ".join(f"{source} ({_count(len(envs), 'env')})"
+                                            for source, envs in by_source.items())
+
+
+def _captioned(figure, lines: Sequence[str]):
+    """Grey caption lines under the axes, wrapped to the figure's width, and the layout around them."""
+    width = max(40, int(figure.get_figwidth() * 17))          # characters of 7-point text per line
+    wrapped = [part for line in lines for part in textwrap.wrap(line, width)]
+    figure.text(0.01, 0.01, "\n".join(wrapped), ha="left", va="bottom", fontsize=7, color="dimgrey")
+    inches = 0.12 * len(wrapped) + 0.08
+    figure.tight_layout(rect=(0, min(0.45, inches / figure.get_figheight()), 1, 1))
     return figure
 
 
-def _tasks_figure(run: Run, curves: Sequence[Curve], title: str, stats: dict):
+def _labels_width(labels: Sequence[str], plot_width: float) -> float:
+    """A figure width (inches) that leaves `plot_width` for the axes beside tick labels this long (10 pt)."""
+    return plot_width + 0.085 * max((len(label) for label in labels), default=0)
+
+
+def _aggregate_figure(rows: list[dict], comparison: Comparison, num_resamples: int, confidence: float,
+                      style: Style):
+    """IQM and mean per method with their intervals (rliable's interval-estimates figure)."""
+    plt = _pyplot()
+    width = _labels_width([r["method"] for r in rows], 6.0)
+    figure, axes = plt.subplots(1, 2, sharey=True, figsize=style.figsize((width, 2.2 + 0.4 * len(rows))))
+    y = np.arange(len(rows))[::-1]
+    for ax, name, title in zip(axes, ("iqm", "mean"), ("IQM", "Mean")):
+        values = np.array([r[name] for r in rows])
+        errors = np.array([[r[name] - r[f"{name}_low"] for r in rows], [r[f"{name}_high"] - r[name] for r in rows]])
+        ax.errorbar(values, y, xerr=np.maximum(errors, 0.0), fmt="o", capsize=4)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(comparison.unit)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [r["method"] for r in rows])
+    axes[0].set_ylim(-0.7, len(rows) - 0.3)
+    envs = _count(len(comparison.envs), "env")
+    figure.suptitle(style.figure_title(f"Final {comparison.unit}, aggregated over {envs}", envs), fontsize=9)
+    return _captioned(figure, [_interval_text(comparison, confidence, num_resamples),
+                               _normalization_text(comparison), *comparison.notes()])
+
+
+def _profile_figure(rows: list[dict], comparison: Comparison, num_resamples: int, confidence: float, style: Style):
+    """The performance profile: per method, the fraction of runs above each threshold, with its band."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=style.figsize((6, 4)))
+    for method in comparison.methods:
+        mine = [r for r in rows if r["method"] == method]
+        taus = [r["tau"] for r in mine]
+        (line,) = ax.plot(taus, [r["fraction"] for r in mine], label=method)
+        ax.fill_between(taus, [r["low"] for r in mine], [r["high"] for r in mine], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel(f"threshold \N{GREEK SMALL LETTER TAU} ({comparison.unit})")
+    ax.set_ylabel(f"fraction of runs with score > \N{GREEK SMALL LETTER TAU}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    envs = _count(len(comparison.envs), "env")
+    ax.set_title(style.figure_title(f"Performance profile over {envs}", envs), fontsize=9)
+    return _captioned(figure, ["fraction: per env, then averaged over envs; "
+                               + _interval_text(comparison, confidence, num_resamples).replace("intervals", "bands"),
+                               _normalization_text(comparison), *comparison.notes()])
+
+
+def _improvement_figure(rows: list[dict], comparison: Comparison, num_resamples: int, confidence: float,
+                        style: Style):
+    """P(X > Y) per pair of methods with its interval; 0.5 (no difference) marked."""
+    plt = _pyplot()
+    labels = [f"P({r['x']} > {r['y']})" for r in rows]
+    figure, ax = plt.subplots(figsize=style.figsize((_labels_width(labels, 4.0), 2.2 + 0.4 * len(rows))))
+    y = np.arange(len(rows))[::-1]
+    values = np.array([r["probability"] for r in rows])
+    errors = np.array([[r["probability"] - r["low"] for r in rows], [r["high"] - r["probability"] for r in rows]])
+    ax.errorbar(values, y, xerr=np.maximum(errors, 0.0), fmt="o", capsize=4)
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("probability of improvement")
+    ax.grid(axis="x", alpha=0.3)
+    envs = _count(len(comparison.envs), "env")
+    ax.set_title(style.figure_title(f"Probability of improvement over {envs}", envs), fontsize=9)
+    return _captioned(figure, ["P(X > Y): the probability that a run of X scores above a run of Y on the same env "
+                               "(ties count 1/2), averaged over envs; 0.5: no difference",
+                               _interval_text(comparison, confidence, num_resamples), *comparison.notes()])
+
+
+def _tasks_figure(run: Run, curves: Sequence[Curve], title: str, stats: dict, style: Style):
     """A multitask run: one panel per task and a last one for the aggregate over tasks ("all")."""
     plt = _pyplot()
     columns = min(len(run.tasks), 3)
     rows = math.ceil(len(run.tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows + 0.6), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=style.figsize((4.2 * columns, 3.0 * rows + 0.6)),
+                                squeeze=False)
     for ax, task in zip(axes.ravel(), run.tasks):
-        plot_curves([c for c in curves if c.task == task], ax, legend=len(curves) > len(run.tasks), **stats)
+        plot_curves([c for c in curves if c.task == task], ax, legend=len(curves) > len(run.tasks), style=style,
+                    **stats)
         name = f"all tasks ({run.env or 'mean over tasks'})" if task == ALL_TASKS else task
         ax.set_title(name, fontsize=9)
     for ax in axes.ravel()[len(run.tasks):]:
         ax.set_visible(False)
-    figure.suptitle(title, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=9)
     return figure
 
 
 def _save(figure, out: Path, stem: str) -> list[Path]:
+    """`<stem>.png` at 300 dpi and `<stem>.svg` (text kept as text, editable), both reproducible byte for byte."""
     plt = _pyplot()
     paths = []
-    with plt.rc_context({"svg.hashsalt": "ctrlrl"}):         # stable SVG ids: same data, same file
+    with plt.rc_context({"svg.hashsalt": "ctrlrl", "svg.fonttype": "none"}):
         for suffix, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
             path = out / f"{stem}.{suffix}"
-            figure.savefig(path, dpi=120, metadata=metadata)
+            figure.savefig(path, dpi=DPI, metadata=metadata)
             paths.append(path)
     plt.close(figure)
     return paths
 
 
-def _file_stems(names: Sequence[str]) -> list[str]:
-    stems, used = [], set()
+def _file_stems(names: Sequence[str], reserved: Sequence[str] = ()) -> list[str]:
+    """File stems for `names`, distinct from each other and from `reserved` (the stems of other figures)."""
+    stems, used = [], set(reserved)
     for name in names:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "run"
         candidate, i = stem, 1
@@ -753,6 +1031,8 @@ def _name_runs(paths: Sequence[Path]) -> list[str]:
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
+AGGREGATE_FIGURES = ("aggregate", "performance_profile", "probability_of_improvement")
+
 
 @dataclasses.dataclass(frozen=True)
 class PlotArgs:
@@ -763,19 +1043,30 @@ class PlotArgs:
     out: str = "plots"
     """Folder for the figures (PNG and SVG) and CSVs (created; files of the same name are replaced)."""
     metric: str = "return"
-    """eval.csv column to plot (return, or a diagnostic column)."""
+    """eval.csv column to plot (return, score: a multitask run's normalised score, or a diagnostic column)."""
     group_by: str = "auto"
     """eval.csv columns (comma-separated) naming a sweep point, one curve each; auto: config.json's "sweep"; none."""
     compare: bool = False
-    """One figure per env with every run on it, plus the IQM across envs per method (aggregate.png/csv)."""
+    """One figure per env with every run on it, plus the aggregate across envs per method (IQM, mean, profile)."""
+    aggregate: Literal["normalized", "raw", "none"] = "normalized"
+    """--compare's aggregate: normalized (refused where an env has no normalised score), raw (pooled raw values,
+    labelled so), none (per-env figures only)."""
     normalize: tuple[str, ...] = ()
-    """Aggregate references: RANDOM,EXPERT (every env) or ENV=RANDOM,EXPERT ... (default: from config.json)."""
+    """Aggregate references: RANDOM,EXPERT (every env) or ENV=RANDOM,EXPERT ... (default: config.json, DMC's 1000)."""
     num_resamples: int = NUM_RESAMPLES
     """Bootstrap resamples for every confidence interval."""
     confidence: float = 0.95
     """Confidence level of the intervals."""
     seed: int = 0
     """Seed of the bootstrap RNG (the same data and seed give the same plot)."""
+    title: str | None = None
+    """Title of every figure ("{env}" is replaced by the figure's env; "" for none); default: automatic."""
+    xlabel: str | None = None
+    """x-axis label of the learning curves (default: "env steps per seed", or "gradient updates" offline)."""
+    ylabel: str | None = None
+    """y-axis label of the learning curves (default: the metric: "return", "normalised score", ...)."""
+    size: tuple[float, float] | None = None
+    """Size of every figure, W H in inches (PNG: W x H x 300 pixels); default: per figure."""
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -788,63 +1079,76 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
 
 
 def make_plots(args: PlotArgs) -> list[Path]:
-    """Everything the command writes; inputs are all read and checked before the first file is written."""
+    """Everything the command writes; inputs are all read and checked before the first file is written. Notes
+    about the aggregate (envs left out, different budgets) are printed first, on stdout."""
     if not args.run_dirs:
         raise PlotError("give at least one run directory (or a folder of them)")
     if args.num_resamples < 1:
         raise PlotError(f"--num-resamples must be >= 1, got {args.num_resamples}")
     if not 0.0 < args.confidence < 1.0:
         raise PlotError(f"--confidence must be in (0, 1), got {args.confidence}")
+    if args.size is not None and not all(math.isfinite(s) and s > 0 for s in args.size):
+        raise PlotError(f"--size takes a width and a height in inches, both > 0, got {args.size[0]:g} {args.size[1]:g}")
     given = parse_references(args.normalize)
     if given and not args.compare:
         raise PlotError("--normalize applies to the aggregate of --compare; add --compare")
+    if args.aggregate != "normalized" and not args.compare:
+        raise PlotError(f"--aggregate {args.aggregate} applies to --compare; add --compare")
+    style = Style(args.title, args.xlabel, args.ylabel, args.size)
     runs = load_runs(args.run_dirs)
     per_run = [run_curves(run, args.metric, args.group_by) for run in runs]
     curves = [c for cs in per_run for c in cs]
     stats = dict(num_resamples=args.num_resamples, confidence=args.confidence, seed=args.seed)
+    comparison = None
     if args.compare:
         label_for_comparison(curves)
-        references = resolve_references(curves, given)
-        aggregate_rows = aggregate(curves, references, **stats)
+        if args.aggregate != "none":
+            comparison = compare_scores(curves, given, args.aggregate)
+            aggregate_rows = aggregate(comparison, **stats)
+            profile = profile_rows(comparison, **stats)
+            improvement = improvement_rows(comparison, **stats)
     summary_rows = summarize(curves, **stats)
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PlotError(f"--out {out} is a file; give a folder")
+    for note in comparison.notes() if comparison else ():
+        print(f"note: {note}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     plt = _pyplot()
     if not args.compare:
         for run, run_curves_, stem in zip(runs, per_run, _file_stems([r.name for r in runs])):
             title = " on ".join(s for s in (run.agent, run.env) if s)
-            title = f"{title}\n{run.name}" if title else run.name
+            title = style.figure_title(f"{title}\n{run.name}" if title else run.name, run.env or "")
             if run.tasks:
-                figure = _tasks_figure(run, run_curves_, title, stats)
+                figure = _tasks_figure(run, run_curves_, title, stats, style)
             else:
-                figure, ax = plt.subplots(figsize=(7, 4))
-                plot_curves(run_curves_, ax, **stats)
+                figure, ax = plt.subplots(figsize=style.figsize((7, 4)))
+                plot_curves(run_curves_, ax, style=style, **stats)
                 ax.set_title(title, fontsize=9)
-            figure.text(0.985, 0.01, _ci_caption(args.num_resamples, args.confidence,
-                                                [len(c.seeds) for c in run_curves_]),
-                        ha="right", va="bottom", fontsize=6, color="grey")
-            figure.tight_layout(rect=(0, 0.03, 1, 1))
-            written += _save(figure, out, stem)
+            written += _save(_captioned(figure, [curves_caption([len(c.seeds) for c in run_curves_], args.num_resamples,
+                                                                   args.confidence)]),
+                             out, stem)
     else:
         envs = list(dict.fromkeys(c.env for c in curves))
-        for env, stem in zip(envs, _file_stems(envs)):
+        for env, stem in zip(envs, _file_stems(envs, reserved=AGGREGATE_FIGURES)):
             on_env = [c for c in curves if c.env == env]
-            figure, ax = plt.subplots(figsize=(7, 4))
-            plot_curves(on_env, ax, **stats)
-            ax.set_title(env, fontsize=9)
-            figure.text(0.985, 0.01, _ci_caption(args.num_resamples, args.confidence, [len(c.seeds) for c in on_env]),
-                        ha="right", va="bottom", fontsize=6, color="grey")
-            figure.tight_layout(rect=(0, 0.03, 1, 1))
-            written += _save(figure, out, stem if stem != "aggregate" else "aggregate_env")
-        if aggregate_rows:
-            written += _save(_aggregate_figure(aggregate_rows, args.num_resamples, args.confidence), out,
-                             "aggregate")
-            _write_csv(out / "aggregate.csv", aggregate_rows)
-            written.append(out / "aggregate.csv")
+            figure, ax = plt.subplots(figsize=style.figsize((7, 4)))
+            plot_curves(on_env, ax, style=style, **stats)
+            ax.set_title(style.figure_title(env, env), fontsize=9)
+            written += _save(_captioned(figure, [curves_caption([len(c.seeds) for c in on_env], args.num_resamples,
+                                                                   args.confidence)]),
+                             out, stem)
+        if comparison is not None:
+            figures = [("aggregate", _aggregate_figure, aggregate_rows),
+                       ("performance_profile", _profile_figure, profile)]
+            if improvement:
+                figures.append(("probability_of_improvement", _improvement_figure, improvement))
+            for stem, draw, rows in figures:
+                written += _save(draw(rows, comparison, args.num_resamples, args.confidence, style), out, stem)
+                _write_csv(out / f"{stem}.csv", rows)
+                written.append(out / f"{stem}.csv")
     _write_csv(out / "summary.csv", summary_rows)
     written.append(out / "summary.csv")
     return written

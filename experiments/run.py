@@ -21,7 +21,7 @@ if __package__ in (None, ""):          # run as a script: make the repository im
 import tyro
 
 import agents
-from envs import UnknownEnvError, nonstationary
+from envs import UnknownEnvError, nonstationary, options
 from experiments.checkpoint import CheckpointError
 from experiments.train import (DivergenceError, RunArgs, RunError, RunIOError, Stopped, from_saved, read_saved_run,
                                train)
@@ -54,6 +54,16 @@ def cli(cli_type: type, argv: list[str], description: str):
             sys.stderr.write(captured.getvalue())
             raise
         raise RunError(f"{panel_message(captured.getvalue())} (--help lists the flags)") from None
+
+
+def parse_or_exit(cli_type: type, description: str, argv: list[str] | None = None):
+    """`cli` for the entry points whose main takes the parsed flags (bench.py, compare.py): a bad flag prints one
+    `error:` line and exits with code 2."""
+    try:
+        return cli(cli_type, sys.argv[1:] if argv is None else argv, description)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 _PANEL_EDGES = "\u2502\u256d\u256e\u2570\u256f\u2500 "    # a panel's sides, corners and rules
@@ -130,13 +140,15 @@ def parse(argv: list[str]):
     # given on the command line still override; an env option (action_repeat) is added to the env id.
     task = {} if saved is not None or agent.task_preset is None else dict(agent.task_preset(
         preset, known.env or run_defaults.env))
-    task_env_options = {k: task.pop(k) for k in list(task) if k in nonstationary.ENV_OPTIONS}
+    task_env_options = {k: task.pop(k) for k in list(task) if k in options.FAMILY_OPTIONS["mjx"]}
     run_fields = {f.name for f in dataclasses.fields(RunArgs)}
     run_defaults = dataclasses.replace(run_defaults, **{k: v for k, v in task.items() if k in run_fields})
     config_defaults = dataclasses.replace(config_defaults, **{k: v for k, v in task.items() if k not in run_fields})
     if saved is not None and saved["run"].get("agent") == agent_name:
+        # The compile cache is this machine's, not the experiment's: its flags come from this command.
         run_defaults = dataclasses.replace(from_saved(RunArgs, saved["run"]), resume=False, resume_from=None,
-                                           overwrite=False)
+                                           overwrite=False, compile_cache=RunArgs.compile_cache,
+                                           compile_cache_dir=RunArgs.compile_cache_dir)
         config_defaults = from_saved(agent.Config, saved["agent_config"])
     cli_type = dataclasses.make_dataclass("Args", [
         ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_defaults)),
@@ -146,7 +158,7 @@ def parse(argv: list[str]):
     presets_help = f" Presets (--preset): {', '.join(sorted(presets))}." if presets else ""
     parsed = cli(cli_type, argv, f"Train {agent_name} ({agent.__name__}).{presets_help}")
     run_args = parsed.run
-    env_options = nonstationary.env_options(nonstationary.split_env_id(run_args.env)[0])[1] if task_env_options else {}
+    env_options = options.parse_query(nonstationary.split_env_id(run_args.env)[0])[1] if task_env_options else {}
     missing = {k: v for k, v in task_env_options.items() if k not in env_options}
     if missing:
         base, sep, query = run_args.env.partition("?")
@@ -162,6 +174,10 @@ def parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("--video-every") for arg in argv):
+        from experiments import video
+
+        video.configure_headless()      # before anything imports mujoco, which then keeps its GL backend
     try:
         run_args, config = parse(argv)
         run_dir = train(run_args, config)

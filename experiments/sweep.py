@@ -19,12 +19,15 @@ seed s's keys, so its results equal a separate run with --seed s and the
 point's values.
 
 Writes into --run-dir: config.json (the base run, the agent config, the grid,
-which fields were traced), eval.csv (step, seed, one column per swept field,
+which fields were traced, the matmul precision and compile cache directory:
+experiments/jax_setup.py), eval.csv (step, seed, one column per swept field,
 return, and the agent's diagnostics), and summary.csv: per point, the final
 return and the area under the curve (mean return over evaluations), each
 with its mean and 95% percentile-bootstrap CI over seeds. Sweeps are not
 resumable; a multi-device machine runs them with the loops' own sharding
-(on-policy: envs over a Mesh of all devices).
+over a Mesh of all devices (experiments/loops/sharding.py: on-policy, the
+envs; off-policy and offline, the lanes, so each device trains its own
+(point, seed) pairs).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import jax
 import numpy as np
 
 from agents.config import traced_fields
-from experiments import memory
+from experiments import jax_setup, memory
 from experiments.rundir import RunDir, RunDirError
 
 
@@ -137,7 +140,7 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
 
 def summarize(rows: list[dict], names: list[str]) -> list[dict]:
     """Per point: final return and AUC (mean over evaluations), mean and 95% bootstrap CI over seeds."""
-    from experiments.plot import bootstrap_ci
+    from experiments.stats import bootstrap_ci
 
     points: dict[tuple, dict[int, list]] = {}
     for r in rows:
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for point in itertools.product(*grid.values()):
             dataclasses.replace(config, **dict(zip(grid, point))).validate()
         path = run_args.run_dir or f"runs/sweep/{run_args.agent}"
+        jax_setup.configure_jax(run_args)     # before anything compiles; a JaxSetupError is a ValueError, caught below
         summary = sweep(agent, config, run_args, grid, traced, static, path)
     except (SweepError, RunError, UnknownEnvError, agents.UnknownAgentError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -268,7 +272,7 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir) -> li
     (path / "config.json").write_text(json.dumps({
         "run": dataclasses.asdict(run_args), "agent_config": dataclasses.asdict(config),
         "sweep": names, "grid": {k: list(v) for k, v in grid.items()},
-        "traced": traced, "static": static}, indent=2, default=str))
+        "traced": traced, "static": static, "jax": jax_setup.settings()}, indent=2, default=str))
     return table
 
 

@@ -6,8 +6,10 @@ and tests can call it directly.
 
 Order of a start, so that a bad input writes nothing: the flags (every number
 finite and in its declared range, agents/config.py), the run directory's path,
-a resumed run's saved configuration and checkpoint, the env and the loop, the
-memory estimate (experiments/memory.py); only then the directory is locked
+a resumed run's saved configuration and checkpoint, JAX's settings (the compile
+cache's directory and the matmul precision, experiments/jax_setup.py: set
+before anything compiles), the env and the loop, the memory estimate
+(experiments/memory.py); only then the directory is locked
 (experiments/rundir.py: one process per run directory) and written. A start
 that fails before its first chunk of training removes what it wrote.
 
@@ -15,8 +17,8 @@ While training, SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) lets the
 current chunk finish, writes a checkpoint at its step, says so in one line and
 exits with 128 + the signal number; `--resume` then continues exactly, with no
 step trained twice. A second SIGINT stops at once (the last checkpoint stays).
-A resumed run must be the same experiment: only its length and how it is shown
-(progress bar, W&B) may change.
+A resumed run must be the same experiment: only its length, how it is shown
+(progress bar, W&B) and its compile cache may change.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import jax
 import numpy as np
 
 import agents
+import envs
 from agents.config import INT32_MAX, check_fields, field
-from experiments import memory
+from experiments import jax_setup, memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from experiments.logger import RunLogger
 from experiments.loops.driver import drive, round_up
@@ -65,13 +68,18 @@ class Stopped(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class RunArgs:
-    """What to train, for how long, and where to write it."""
+class RunArgs(jax_setup.JaxFlags):
+    """What to train, for how long, where to write it, and how JAX compiles it (experiments/jax_setup.py)."""
 
     agent: str = "mrq"
     """Agent name (see agents/__init__.py)."""
     env: str = "dmc"
-    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass."""
+    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass, or one registered
+    with envs.register (see --env-module); options follow a '?': dmc:walker-walk?action_repeat=4&episode_length=250
+    (envs/options.py)."""
+    env_module: tuple[str, ...] = ()
+    """Modules to import before the env is made, e.g. mypackage.envs: their envs.register calls make your own
+    env ids valid (the current directory is on the path). Saved in config.json: --resume imports them again."""
     seed: int = field(0, ">= 0")
     """First seed; seed i of the run uses seed + i."""
     num_seeds: int = field(1, ">= 1")
@@ -107,6 +115,11 @@ class RunArgs:
     preset: str | None = None
     """Named preset of the agent's flags, applied before the flags given (PPO: playground, cpu; default
     for PPO: cpu on a CPU backend, playground on GPU/TPU)."""
+    video_every: int | None = field(None, ">= 1")
+    """Every N evaluations, also write MP4s of seed 0's first --video-episodes evaluation episodes to
+    <run-dir>/videos/<step>/ (off by default; needs the video extra, experiments/video.py)."""
+    video_episodes: int = field(1, ">= 1")
+    """Episodes drawn at each --video-every evaluation."""
 
     def validate(self) -> None:
         try:
@@ -169,15 +182,19 @@ def read_saved_run(run_dir: Path) -> dict:
         saved = json.loads(path.read_text())
         if not isinstance(saved.get("run"), dict) or not isinstance(saved.get("agent_config"), dict):
             raise KeyError("run / agent_config")
+        # A run saved before --matmul-precision existed ran at JAX's default precision.
+        saved["run"].setdefault("matmul_precision", "default")
+        saved["run"].setdefault("env_module", [])           # ... and before --env-module, imported nothing
         return saved
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
 
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
-    """A resumed run must be the same experiment; only its length and how it is shown may change."""
+    """A resumed run must be the same experiment; only its length, how it is shown and its compile cache may
+    change (the matmul precision may not: it changes the numbers on a GPU)."""
     mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
-               "distributed"}
+               "distributed", "compile_cache", "compile_cache_dir", "video_every", "video_episodes"}
     run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
@@ -215,7 +232,8 @@ def validate(args: RunArgs, config: Any):
 
 
 def train(args: RunArgs, config: Any) -> Path:
-    """Train `args.agent` with `config` on `args.env`; returns the run directory."""
+    """Train `args.agent` with `config` on `args.env`; returns the run directory. Sets this process's JAX compile
+    cache and matmul precision from `args` first (experiments/jax_setup.py)."""
     agent = validate(args, config)
     run_dir = RunDir(args.run_dir if args.run_dir else default_run_dir(args))
     try:
@@ -228,10 +246,16 @@ def train(args: RunArgs, config: Any) -> Path:
         _check_resume_config(saved, args, config)
     replay_transitions = (saved["replay_transitions"] if saved is not None
                           else replay_transitions_of(agent, config, args.total_steps))
+    try:
+        jax_setup.configure_jax(args)       # before anything compiles (building the loop may)
+    except jax_setup.JaxSetupError as error:
+        raise RunError(str(error)) from None
 
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
     loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
     try:
+        if args.video_every is not None:
+            _check_video(args, loop)
         memory.check(loop)
         if is_main_process():
             _claim(run_dir, args)
@@ -247,6 +271,17 @@ def train(args: RunArgs, config: Any) -> Path:
         raise RunError(f"out of device memory while training: {memory.describe(loop)}") from None
     finally:
         loop.close()
+
+
+def _check_video(args: RunArgs, loop) -> None:
+    """RunError unless this machine can draw the run's env (experiments/video.py)."""
+    from experiments import video
+
+    try:
+        video.check_available()
+        video.check_env(args.env, getattr(loop, "env", None))
+    except video.VideoError as error:
+        raise RunError(f"--video-every: {error}") from None
 
 
 def _claim(run_dir: RunDir, args: RunArgs) -> None:
@@ -294,6 +329,10 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
     from replay.datasets import DatasetError
 
     agent = agents.record(agent)
+    try:
+        envs.import_modules(args.env_module)      # a user's envs.register calls, before the env is made
+    except envs.EnvModuleError as error:
+        raise RunError(str(error)) from None
     num_seeds = args.num_seeds if lanes is None else len(lanes)
     world_dir = None
     if isinstance(agent, agents.OfflineAgent):
@@ -408,7 +447,7 @@ def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
     status = run_dir.status() or {}
     resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config), "derived": derived,
                 "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
-                "replay_capacity": loop.capacity, "versions": _versions(),
+                "replay_capacity": loop.capacity, "jax": jax_setup.settings(), "versions": _versions(),
                 "command": " ".join(sys.argv)}
     _write_json(path / "config.json", resolved)
     if is_main_process():
@@ -447,6 +486,55 @@ def _drop_checkpoints_after(checkpointer: Checkpointer, step: int) -> None:
         checkpointer.delete(later)
 
 
+class _PolicyExports:
+    """The policy export written beside every checkpoint (experiments/policy.py), and the videos drawn from it
+    every --video-every evaluations (experiments/video.py). An agent that cannot be exported is said once, and
+    the run goes on without exports."""
+
+    def __init__(self, args: RunArgs, loop, run_dir: Path):
+        from experiments.policy import Exporter
+
+        self.args, self.run_dir = args, run_dir
+        self.exporter = Exporter(loop, args.eval_episodes, args.matmul_precision)
+        self.failed = False
+        self.last = None                 # the latest export (host arrays), for the videos
+        self.evaluations = 0
+        self._video_evaluator = None
+
+    def write(self, checkpoint_dir: Path, state, step: int) -> None:
+        from experiments.policy import FILE, ExportError
+
+        if self.failed:
+            return
+        try:
+            # Every process takes part (a sharded state is gathered), the main one writes.
+            self.last = self.exporter.write(checkpoint_dir / FILE, state["agent"], step, write=is_main_process())
+        except ExportError as error:
+            self.failed = True
+            print(f"warning: no policy exports for this run: {error}", file=sys.stderr, flush=True)
+
+    def video(self, step: int) -> None:
+        """At every --video-every-th evaluation: seed 0's first --video-episodes evaluation episodes, evaluated
+        again from the export with the same keys and env seeds, drawn to videos/<step>/."""
+        self.evaluations += 1
+        every = self.args.video_every
+        if every is None or self.evaluations % every or self.last is None or not is_main_process():
+            return
+        import envs as envs_lib
+        from experiments import video
+        from experiments.policy import ExportEvaluator
+
+        if self._video_evaluator is None:
+            self._video_evaluator = ExportEvaluator(self.last)
+        recorder = video.Recorder([0], self.args.video_episodes, 320, 240)
+        # Host envs: seed 0's k-th episode has the same env instance whatever the number of episodes, so only the
+        # drawn ones are run; JAX envs draw their episodes' keys from the count, so all of them run.
+        jax_env = envs_lib.is_jax_env(self.args.env)
+        episodes = self.args.eval_episodes if jax_env else min(self.args.video_episodes, self.args.eval_episodes)
+        self._video_evaluator(self.last, [0], episodes, recorder=recorder)
+        recorder.write(self.run_dir / "videos" / str(step))
+
+
 def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: RunDir, stop: _GracefulStop) -> int:
     """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations with a
     checkpoint each, and a checkpoint before stopping on a signal; returns the final step."""
@@ -457,8 +545,11 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
     postfix = {"sps": "-", "eval_return": "-"}
     interval = {"start": time.perf_counter(), "step": start_step}
 
+    exports = _PolicyExports(args, loop, run_dir.path)
+
     def save(step: int, state) -> None:
         checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode()})
+        exports.write(checkpointer.directory / str(step), state, step)
         _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
 
     def on_log(step: int, per_seed: dict) -> None:
@@ -472,6 +563,7 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
     def on_eval(step: int, state, evaluation, diagnostics: dict) -> None:
         logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks)
         save(step, state)
+        exports.video(step)
         postfix["eval_return"] = f"{float(np.mean(evaluation.returns)):.1f}"
         bar.set_postfix(postfix)
         interval["start"] = time.perf_counter()    # evaluation time is not training time

@@ -21,3 +21,12 @@ def test_multitask_bench_reports_steps_per_task_per_seed_and_replay_bytes():
     assert result["replay_mb_per_task_per_seed_at_1e5"] == round(64 * 1e5 / 2**20, 2)
     assert result["agent_steps_per_s_all_tasks_all_seeds"] == pytest.approx(
         4 * result["agent_steps_per_s_per_task_per_seed"], rel=0.01)
+
+
+@pytest.mark.parametrize("startup, repeats, message", [
+    (("mrq", "dqn"), 1, "--startup dqn: no short run defined; valid: mrq, ppo, sac"),
+    (("sac",), 0, "--startup-repeats must be >= 1, got 0"),
+])
+def test_startup_refuses_an_agent_without_a_short_run_and_zero_repeats(startup, repeats, message):
+    with pytest.raises(SystemExit, match=message):
+        bench.main(bench.BenchArgs(startup=startup, startup_repeats=repeats))

@@ -74,5 +74,6 @@ def test_comparison_runs_end_to_end(tmp_path):
     assert rows[0] == "env,method,step,seed,return,kl_from_pre_switch"
     assert (tmp_path / "cmp" / "diagnostics.csv").read_text().startswith("env,method,step,seed,")
     assert json.loads((tmp_path / "cmp" / "summary.json").read_text())["methods"] == ["ppo", "gtr"]
+    assert summary["jax"]["matmul_precision"] == "float32"
     with pytest.raises(SystemExit, match="already holds a comparison"):
         compare.main(args)

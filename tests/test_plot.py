@@ -1,5 +1,5 @@
-"""experiments/plot.py: bootstrap CIs, IQM and stratified bootstrap on known data; figures and summary.csv from fake
-run directories; bad input gives `error: ...`, exit 2 and no output."""
+"""experiments/plot.py: figures and summary.csv from fake run directories (its statistics: tests/test_stats.py); bad
+input gives `error: ...`, exit 2 and no output."""
 
 import csv
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import plot
-from tests.cli_utils import ROOT
+from tests.cli_utils import ROOT, run_main
 
 STEPS = (100, 200, 300)
 # Per (agent, env): returns [seed][evaluation] at STEPS, 3 seeds.
@@ -24,10 +24,11 @@ RETURNS = {
 }
 
 
-def write_run(path, agent, env, rows, extra_columns=(), sweep=None):
+def write_run(path, agent, env, rows, extra_columns=(), sweep=None, agent_config=None, dataset=None):
     """A run directory as experiments/train.py writes it: config.json and eval.csv (rows are dicts)."""
     path.mkdir(parents=True)
-    config = {"run": {"agent": agent, "env": env, "num_seeds": 3}, "agent_config": {}}
+    config = {"run": {"agent": agent, "env": env, "num_seeds": 3, "dataset": dataset},
+              "agent_config": agent_config or {}}
     if sweep is not None:
         config["sweep"] = sweep
     (path / "config.json").write_text(json.dumps(config))
@@ -59,64 +60,7 @@ def assert_figure(out, stem):
         assert (out / f"{stem}.{suffix}").stat().st_size > 0, f"{stem}.{suffix} is empty"
 
 
-# ------------------------------------------------------------------------------------------------------------- stats
-
-
-def test_bootstrap_ci_constant_values_have_zero_width():
-    estimate = plot.bootstrap_ci([5.3, 5.3, 5.3, 5.3], num_resamples=500)
-    assert estimate == (5.3, 5.3, 5.3)
-    one_seed = plot.bootstrap_ci([[1.0, 2.0]], num_resamples=100)       # [1 seed, 2 evaluations]
-    np.testing.assert_array_equal(one_seed.low, one_seed.high)
-
-
-def test_bootstrap_ci_contains_mean_and_is_reproducible():
-    values = np.random.default_rng(1).normal(10.0, 2.0, size=20)
-    estimate = plot.bootstrap_ci(values, num_resamples=2000, seed=3)
-    assert estimate.value == pytest.approx(values.mean())
-    assert estimate.low < values.mean() < estimate.high
-    # The percentile bootstrap of the mean is close to mean +- 1.96 standard errors on Gaussian data.
-    half_width = 1.96 * values.std() / np.sqrt(values.size)
-    assert estimate.high - estimate.low == pytest.approx(2 * half_width, rel=0.2)
-    assert plot.bootstrap_ci(values, num_resamples=2000, seed=3) == estimate
-    narrower = plot.bootstrap_ci(values, num_resamples=2000, confidence=0.5, seed=3)
-    assert estimate.low < narrower.low < narrower.high < estimate.high
-
-
-def test_bootstrap_ci_over_evaluations_skips_missing_seeds():
-    values = np.array([[1.0, 10.0, 4.0], [3.0, 10.0, np.nan], [2.0, 10.0, np.nan]])   # [seeds, evaluations]
-    estimate = plot.bootstrap_ci(values, num_resamples=1000)
-    np.testing.assert_allclose(estimate.value, [2.0, 10.0, 4.0])
-    np.testing.assert_allclose(estimate.low[1:], [10.0, 4.0])
-    np.testing.assert_allclose(estimate.high[1:], [10.0, 4.0])
-    assert 1.0 <= estimate.low[0] < 2.0 < estimate.high[0] <= 3.0
-
-
-def test_iqm_by_hand():
-    assert plot.iqm(np.arange(1, 9)) == 4.5                            # mean of 3, 4, 5, 6
-    assert plot.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5                   # order does not matter
-    assert plot.iqm([1, 2, 3]) == 2.0                                  # fewer than 4: nothing trimmed
-    assert plot.iqm([1, 2, 3, 4, 100]) == 3.0                          # floor(5 / 4) = 1 trimmed per side
-    assert plot.iqm([1, 2, np.nan, 3]) == 2.0                          # NaN left out
-    np.testing.assert_allclose(plot.iqm(np.array([np.arange(1, 9), np.arange(2, 10)]), axis=1), [4.5, 5.5])
-
-
-def test_stratified_bootstrap_iqm_is_deterministic_and_stratified():
-    rng = np.random.default_rng(0)
-    scores = rng.normal(size=(5, 3)) + np.array([0.0, 10.0, 20.0])    # [runs, tasks]
-    first = plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=7)
-    assert first == plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=7)
-    assert first != plot.stratified_bootstrap_iqm(scores, num_resamples=1000, seed=8)
-    assert first.value == pytest.approx(plot.iqm(scores))
-    assert first.low < first.value < first.high
-    # Every resample keeps 5 runs of each task, so the IQM stays near the middle task (not a pooled resample,
-    # which could draw all runs from one task).
-    assert 5.0 < first.low and first.high < 15.0
-    # A mapping {task: runs} allows different numbers of runs per task; NaN in the array marks a missing run.
-    ragged = {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0]}
-    padded = np.array([[1.0, 4.0], [2.0, 5.0], [3.0, np.nan]])
-    assert plot.stratified_bootstrap_iqm(ragged, 500, seed=1) == plot.stratified_bootstrap_iqm(padded, 500, seed=1)
-    constant = plot.stratified_bootstrap_iqm(np.full((4, 2), 3.0), num_resamples=100)
-    assert constant == (3.0, 3.0, 3.0)
+# ------------------------------------------------------------------------------------------------------------- runs
 
 
 def test_load_run_and_curves(tmp_path):
@@ -201,13 +145,25 @@ def test_compare_two_agents_on_two_envs(tmp_path):
         assert float(row["iqm"]) == pytest.approx(sum(finals) / 3, rel=1e-5)
     aggregate = {r["method"]: r for r in read_csv(out / "aggregate.csv")}
     assert set(aggregate) == {"mrq", "sac"}
-    # Normalized finals: e1 / 100 * 100, e2 / 200 * 100. mrq: 30 36 33 | 50 40 45 -> sorted 30 33 36 40 45 50,
-    # IQM drops floor(6 / 4) = 1 per side: mean(33, 36, 40, 45). sac: 7 9 8 | 1.5 2 2.5 -> mean(2, 2.5, 7, 8).
-    assert float(aggregate["mrq"]["iqm"]) == pytest.approx((33 + 36 + 40 + 45) / 4)
-    assert float(aggregate["sac"]["iqm"]) == pytest.approx((2 + 2.5 + 7 + 8) / 4)
+    # Normalised finals: e1 / 100, e2 / 200. mrq: .30 .36 .33 | .50 .40 .45 -> sorted .30 .33 .36 .40 .45 .50, the
+    # IQM drops floor(6 / 4) = 1 per side: mean(.33, .36, .40, .45); sac: .07 .09 .08 | .015 .02 .025 -> mean(.02,
+    # .025, .07, .08). The mean is over the envs' means: mrq (.33 + .45) / 2, sac (.08 + .02) / 2.
+    assert float(aggregate["mrq"]["iqm"]) == pytest.approx((0.33 + 0.36 + 0.40 + 0.45) / 4)
+    assert float(aggregate["sac"]["iqm"]) == pytest.approx((0.02 + 0.025 + 0.07 + 0.08) / 4)
+    assert float(aggregate["mrq"]["mean"]) == pytest.approx((0.33 + 0.45) / 2)
+    assert float(aggregate["sac"]["mean"]) == pytest.approx((0.08 + 0.02) / 2)
     for row in aggregate.values():
-        assert (row["tasks"], row["runs"], row["score"]) == ("2", "6", "normalized return")
-        assert float(row["ci_low"]) <= float(row["iqm"]) <= float(row["ci_high"])
+        assert (row["envs"], row["runs"], row["runs_per_env"], row["score"]) == ("2", "6", "3", "normalised score")
+        for name in ("iqm", "mean"):
+            assert float(row[f"{name}_low"]) <= float(row[name]) <= float(row[f"{name}_high"])
+    # Every run of mrq beats every run of sac on both envs: P(mrq > sac) = 1 in every resample.
+    (improvement,) = read_csv(out / "probability_of_improvement.csv")
+    assert (improvement["x"], improvement["y"]) == ("mrq", "sac")
+    assert [float(improvement[k]) for k in ("probability", "low", "high")] == [1.0, 1.0, 1.0]
+    profile = read_csv(out / "performance_profile.csv")
+    assert {r["method"] for r in profile} == {"mrq", "sac"} and len(profile) == 2 * 101
+    for stem in ("performance_profile", "probability_of_improvement"):
+        assert_figure(out, stem)
 
 
 def test_multitask_run_curves_per_task_and_aggregate(tmp_path):
@@ -230,14 +186,235 @@ def test_multitask_run_curves_per_task_and_aggregate(tmp_path):
     assert [(c.task, c.env) for c in curves] == [("dmc:e1", "dmc:e1"), ("dmc:e2", "dmc:e2"), ("all", "dmc:mt2")]
     np.testing.assert_array_equal(curves[1].values, RETURNS[("mrq", "dmc:e2")])
     np.testing.assert_allclose(curves[2].final_values(), [(30 + 100) / 2, (36 + 80) / 2, (33 + 90) / 2])
-    (row,) = plot.aggregate(curves, {"dmc:e1": (0, 100), "dmc:e2": (0, 200)}, num_resamples=200)
-    assert (row["tasks"], row["runs"], row["envs"]) == (2, 6, "dmc:e1 dmc:e2")
-    assert row["iqm"] == pytest.approx((33 + 36 + 40 + 45) / 4)          # as mrq in the two-env comparison
+    comparison = plot.compare_scores(curves, {"dmc:e1": (0, 100), "dmc:e2": (0, 200)})
+    (row,) = plot.aggregate(comparison, num_resamples=200)
+    assert (row["envs"], row["runs"], row["env_ids"]) == (2, 6, "dmc:e1 dmc:e2")
+    assert row["iqm"] == pytest.approx((0.33 + 0.36 + 0.40 + 0.45) / 4)   # as mrq in the two-env comparison
     out = tmp_path / "plots"
     result = run_plot(path, "--out", out, "--num-resamples", "200")
     assert result.returncode == 0, result.stderr
     assert_figure(out, "mt")
     assert {r["env"] for r in read_csv(out / "summary.csv")} == {"dmc:e1", "dmc:e2", "dmc:mt2"}
+
+
+# ------------------------------------------------------------------------------------------- what --compare pools
+
+
+def write_runs(root, returns_by_run, **kwargs):
+    """Runs under `root`: {(agent, env): [seed][evaluation] returns at STEPS}."""
+    for (agent, env), returns in returns_by_run.items():
+        write_run(root / agent / re.sub(r"[^A-Za-z0-9]+", "_", env), agent, env, rows_of(returns), **kwargs)
+    return root
+
+
+def compare(*args):
+    """plot.py in this process (no new interpreter): its exit code, stdout and stderr."""
+    return run_main(plot.main, *map(str, args))
+
+
+def svg_text(path):
+    """The text an SVG the command wrote shows (kept as text: svg.fonttype none), wrapped lines joined by spaces."""
+    import html
+
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", path.read_text())).split())
+
+
+# Two envs of very different scales, neither with a normalised score: the issue's example (0-3000 and 0-10).
+UNNORMALISED = {("mrq", "gym:Hopper-v5"): [[0, 1000, 2000], [0, 1500, 3000], [0, 1200, 2500]],
+                ("mrq", "jax:PointMass"): [[0, 5, 9], [0, 4, 8], [0, 6, 10]],
+                ("sac", "gym:Hopper-v5"): [[0, 900, 1800], [0, 1000, 2100], [0, 1100, 1900]],
+                ("sac", "jax:PointMass"): [[0, 7, 10], [0, 8, 10], [0, 9, 10]]}
+
+
+def test_compare_refuses_to_pool_returns_without_a_normalised_score(tmp_path):
+    runs = write_runs(tmp_path / "runs", UNNORMALISED)
+    out = tmp_path / "plots"
+    refused = compare(runs, "--compare", "--out", out, "--num-resamples", "100")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "gym:Hopper-v5, jax:PointMass have no normalised score" in refused.stderr
+    assert "--normalize ENV=RANDOM,EXPERT" in refused.stderr and "--aggregate raw" in refused.stderr
+    assert not out.exists()
+
+    # --aggregate raw pools them anyway, and every figure and the CSV say the values are raw.
+    raw = compare(runs, "--compare", "--aggregate", "raw", "--out", out, "--num-resamples", "100")
+    assert raw.returncode == 0, raw.stderr
+    label = "raw return (not normalised; pooled across tasks)"
+    assert {r["score"] for r in read_csv(out / "aggregate.csv")} == {label}
+    for stem in ("aggregate", "performance_profile"):
+        assert label in svg_text(out / f"{stem}.svg")
+    assert "NOT NORMALISED" in svg_text(out / "aggregate.svg")
+
+    # References for both envs normalise them; --aggregate none draws the per-env figures only.
+    normalised = compare(runs, "--compare", "--out", tmp_path / "normalised", "--num-resamples", "100",
+                         "--normalize", "gym:Hopper-v5=0,3000", "jax:PointMass=0,10")
+    assert normalised.returncode == 0, normalised.stderr
+    mrq = next(r for r in read_csv(tmp_path / "normalised" / "aggregate.csv") if r["method"] == "mrq")
+    # mrq: Hopper 2000 2500 3000 / 3000, PointMass 8 9 10 / 10; the mean of the envs' means: (0.833 + 0.9) / 2.
+    assert float(mrq["mean"]) == pytest.approx((2500 / 3000 + 0.9) / 2, rel=1e-5)
+    assert mrq["score"] == "normalised score"
+    no_aggregate = compare(runs, "--compare", "--aggregate", "none", "--out", tmp_path / "none")
+    assert no_aggregate.returncode == 0, no_aggregate.stderr
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == [
+        "gym_Hopper-v5.png", "gym_Hopper-v5.svg", "jax_PointMass.png", "jax_PointMass.svg", "summary.csv"]
+
+
+def test_compare_normalises_dmc_returns_and_names_only_the_envs_without_one(tmp_path):
+    """DMC returns become return / 1000 (envs.multitask.normalized_score) without any flag; beside a gym env
+    without references, the refusal names the gym env only. One env needs no normalisation to be aggregated."""
+    dmc = {("mrq", "dmc:cartpole-balance"): [[0, 500, 900], [0, 500, 800], [0, 500, 700]],
+           ("mrq", "dmc:walker-walk"): [[0, 100, 200], [0, 100, 300], [0, 100, 400]]}
+    runs = write_runs(tmp_path / "dmc", dmc)
+    result = compare(runs, "--compare", "--out", tmp_path / "plots", "--num-resamples", "100")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_csv(tmp_path / "plots" / "aggregate.csv")
+    assert float(row["mean"]) == pytest.approx((0.8 + 0.3) / 2) and row["score"] == "normalised score"
+    assert "normalised score: return / 1000 (2 envs)" in svg_text(tmp_path / "plots" / "aggregate.svg")
+
+    write_runs(tmp_path / "mixed", {**dmc, ("mrq", "gym:Hopper-v5"): UNNORMALISED[("mrq", "gym:Hopper-v5")]})
+    refused = compare(tmp_path / "mixed", "--compare", "--out", tmp_path / "mixed_plots")
+    assert refused.returncode == 2 and "but gym:Hopper-v5 has no normalised score" in refused.stderr, refused.stderr
+
+    alone = write_runs(tmp_path / "alone", {("mrq", "gym:Hopper-v5"): UNNORMALISED[("mrq", "gym:Hopper-v5")]})
+    result = compare(alone, "--compare", "--out", tmp_path / "alone_plots", "--num-resamples", "100")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_csv(tmp_path / "alone_plots" / "aggregate.csv")
+    assert row["score"] == "return on gym:Hopper-v5" and float(row["mean"]) == pytest.approx(2500.0)
+
+
+def test_compare_of_methods_on_different_envs_aggregates_the_shared_envs_and_says_so(tmp_path):
+    runs = write_runs(tmp_path / "runs", {key: RETURNS[key] for key in
+                                          [("mrq", "dmc:e1"), ("mrq", "dmc:e2"), ("sac", "dmc:e1")]})
+    out = tmp_path / "plots"
+    result = compare(runs, "--compare", "--out", out, "--num-resamples", "100")
+    assert result.returncode == 0, result.stderr
+    note = ("note: the methods ran on different envs: the aggregate is over the 1 env every method ran on "
+            "(dmc:e1); left out: mrq: dmc:e2")
+    assert result.stdout.splitlines()[0] == note
+    rows = {r["method"]: r for r in read_csv(out / "aggregate.csv")}
+    assert {m: (r["env_ids"], r["left_out"]) for m, r in rows.items()} == {"mrq": ("dmc:e1", "dmc:e2"),
+                                                                           "sac": ("dmc:e1", "")}
+    assert float(rows["mrq"]["mean"]) == pytest.approx((30 + 36 + 33) / 3 / 1000)   # dmc:e1 only
+    for stem in AGGREGATE_STEMS:
+        assert "left out: mrq: dmc:e2" in svg_text(out / f"{stem}.svg"), stem
+    assert_figure(out, "dmc_e2")                          # its per-env figure is still drawn
+
+    disjoint = write_runs(tmp_path / "disjoint", {key: RETURNS[key] for key in [("mrq", "dmc:e1"), ("sac", "dmc:e2")]})
+    refused = compare(disjoint, "--compare", "--out", tmp_path / "disjoint_plots")
+    assert refused.returncode == 2, refused.stderr
+    assert "no env is shared by every method" in refused.stderr and "mrq: dmc:e1; sac: dmc:e2" in refused.stderr
+
+
+AGGREGATE_STEMS = ("aggregate", "performance_profile", "probability_of_improvement")
+
+
+def test_normalisation_rules_in_order(tmp_path):
+    """--normalize, then a multitask run's score column, then config.json's references, then the env's known
+    maximum return; none for a gym env without references or for a diagnostic."""
+    hopper = write_run(tmp_path / "hopper", "bc", "gym:Hopper-v5", rows_of(UNNORMALISED[("mrq", "gym:Hopper-v5")]),
+                       extra_columns=["critic/srank"])
+    config = json.loads((hopper / "config.json").read_text())
+    (hopper / "config.json").write_text(json.dumps({**config, "dataset_meta": {"ref_min_score": -20.0,
+                                                                               "ref_max_score": 3000.0}}))
+    bare = write_run(tmp_path / "bare", "sac", "gym:Walker2d-v5", rows_of(RETURNS[("sac", "dmc:e1")]))
+    dmc = write_run(tmp_path / "dmc", "sac", "dmc:cheetah-run", rows_of(RETURNS[("sac", "dmc:e1")]))
+    curves = [c for path in (hopper, bare, dmc) for c in plot.run_curves(plot.load_run(path))]
+    found = plot.env_normalizations(curves)
+    assert found["gym:Hopper-v5"] == plot.Normalization(-20.0, 3000.0,
+                                                        "(return - random) / (expert - random), config.json")
+    assert found["gym:Walker2d-v5"] is None
+    assert found["dmc:cheetah-run"] == plot.Normalization(0.0, 1000.0, "return / 1000")
+    assert found["dmc:cheetah-run"](np.array([250.0, 1000.0])).tolist() == [0.25, 1.0]
+    given = plot.env_normalizations(curves, {None: (10.0, 20.0)})
+    assert {(n.zero, n.one) for n in given.values()} == {(10.0, 20.0)}
+    srank = plot.run_curves(plot.load_run(hopper), metric="critic/srank")
+    assert plot.env_normalizations(srank) == {"gym:Hopper-v5": None}
+    # A multitask run's score column is already normalised.
+    rows = [{"step": step, "seed": seed, "task": task, "return": 500.0, "score": 0.5, "return_std": 0.0}
+            for step in STEPS for seed in range(2) for task in ("gym:Hopper-v5", "dmc:cheetah-run", "all")]
+    multitask = write_run(tmp_path / "mt", "mrq_multitask", "dmc:mix", rows, ["task", "score"])
+    scores = plot.run_curves(plot.load_run(multitask), metric="score")
+    assert set(plot.env_normalizations(scores).values()) == {plot.SCORE_COLUMN}
+    comparison = plot.compare_scores(scores)
+    assert comparison.unit == "normalised score" and comparison.envs == ["gym:Hopper-v5", "dmc:cheetah-run"]
+
+
+def test_final_values_at_different_budgets_are_noted(tmp_path):
+    short = [row for row in rows_of(RETURNS[("sac", "dmc:e1")]) if row["step"] < 300]
+    write_run(tmp_path / "runs" / "mrq", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")]))
+    write_run(tmp_path / "runs" / "sac", "sac", "dmc:e1", short)
+    curves = [c for run in plot.load_runs([tmp_path / "runs"]) for c in plot.run_curves(run)]
+    plot.label_for_comparison(curves)
+    assert plot.compare_scores(curves).notes() == [
+        "final values are taken at different budgets (last evaluation step, every env): mrq 300, sac 200"]
+
+
+def test_methods_are_told_apart_by_their_config_on_every_env(tmp_path):
+    """Two runs of one agent on an env differ in config.json: the differing fields name the methods, the same on
+    every env, so the aggregate counts one configuration as one method."""
+    for name, env, base, returns in (("sac_e1", "dmc:e1", "sac", RETURNS[("mrq", "dmc:e1")]),
+                                     ("td3_e1", "dmc:e1", "td3", RETURNS[("sac", "dmc:e1")]),
+                                     ("td3_e2", "dmc:e2", "td3", RETURNS[("sac", "dmc:e2")]),
+                                     ("sac_e2", "dmc:e2", "sac", RETURNS[("mrq", "dmc:e2")])):
+        write_run(tmp_path / "runs" / name, "least", env, rows_of(returns),
+                  agent_config={"base": base, "tau": 0.005})
+    curves = [c for run in plot.load_runs([tmp_path / "runs"]) for c in plot.run_curves(run)]
+    plot.label_for_comparison(curves)
+    assert sorted({(c.env, c.label) for c in curves}) == [
+        ("dmc:e1", "least base=sac"), ("dmc:e1", "least base=td3"),
+        ("dmc:e2", "least base=sac"), ("dmc:e2", "least base=td3")]
+    comparison = plot.compare_scores(curves, {None: (0.0, 100.0)})
+    assert comparison.methods == ["least base=sac", "least base=td3"] and comparison.envs == ["dmc:e1", "dmc:e2"]
+
+
+def test_figures_at_300_dpi_with_size_title_and_labels(tmp_path):
+    path = write_run(tmp_path / "run", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")]))
+    out = tmp_path / "plots"
+    result = compare(path, "--out", out, "--num-resamples", "100", "--size", "4", "3",
+                     "--title", "MR.Q on {env}", "--xlabel", "agent steps", "--ylabel", "episode return")
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    with Image.open(out / "run.png") as image:
+        assert image.size == (4 * 300, 3 * 300)
+        assert image.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+    svg = svg_text(out / "run.svg")
+    assert 'width="288pt" height="216pt"' in (out / "run.svg").read_text()       # 4 x 3 inches
+    for text in ("MR.Q on dmc:e1", "agent steps", "episode return", "run (3 seeds)"):
+        assert text in svg, text
+    # Without the flags: the automatic labels, with units.
+    assert compare(path, "--out", tmp_path / "auto", "--num-resamples", "100").returncode == 0
+    svg = svg_text(tmp_path / "auto" / "run.svg")
+    assert "env steps per seed" in svg and " return " in svg
+    assert "band: 95% CI, percentile bootstrap over seeds (100 resamples)" in svg
+    bad = compare(path, "--out", tmp_path / "bad", "--size", "0", "3")
+    assert bad.returncode == 2 and "--size takes a width and a height in inches, both > 0" in bad.stderr
+
+
+def test_two_seeds_are_a_range_and_one_seed_has_no_band(tmp_path):
+    two = write_run(tmp_path / "two", "mrq", "dmc:e1", rows_of(RETURNS[("mrq", "dmc:e1")][:2]))
+    one = write_run(tmp_path / "one", "sac", "dmc:e1", rows_of(RETURNS[("sac", "dmc:e1")][:1]))
+    out = tmp_path / "plots"
+    assert compare(two, one, "--compare", "--out", out, "--num-resamples", "100").returncode == 0
+    svg = svg_text(out / "dmc_e1.svg")
+    assert "mrq (range over 2 seeds)" in svg and "sac (1 seed)" in svg and "band: 95% CI" not in svg
+    assert "band: range over 2 seeds (too few seeds for a 95% CI)" in svg
+    assert "1 run on an env they are close to a range, not a 95% CI" in svg_text(out / "aggregate.svg")
+    assert [plot.band_label(n) for n in (1, 2, 3)] == ["1 seed, no band", "range over 2 seeds", "95% CI"]
+    assert [plot.curve_legend("td3", n) for n in (1, 2, 5)] == ["td3 (1 seed)", "td3 (range over 2 seeds)",
+                                                                "td3 (5 seeds)"]
+
+
+def test_axis_labels_say_what_steps_and_metric_are(tmp_path):
+    online = plot.run_curves(plot.load_run(write_run(tmp_path / "online", "sac", "gym:Hopper-v5",
+                                                     rows_of(RETURNS[("sac", "dmc:e1")]))))
+    offline = plot.run_curves(plot.load_run(write_run(tmp_path / "offline", "bc", "gym:Hopper-v5",
+                                                      rows_of(RETURNS[("sac", "dmc:e1")]), dataset="d.hdf5")))
+    assert plot.steps_label(online) == "env steps per seed"
+    assert plot.steps_label(offline) == "gradient updates"
+    assert plot.steps_label(online + offline) == "env steps per seed (offline runs: gradient updates)"
+    assert [plot.metric_label(m) for m in ("return", "score", "critic/srank")] == [
+        "return", "normalised score", "critic/srank"]
 
 
 # ------------------------------------------------------------------------------------------------------- bad input

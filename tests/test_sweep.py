@@ -76,6 +76,7 @@ def test_sweep_cli_traced_and_static_fields(tmp_path):
     assert "traced (one program): learning_rate; static (one program per value): num_epochs" in result.stdout
     config = json.loads((run_dir / "config.json").read_text())
     assert config["traced"] == ["learning_rate"] and config["static"] == ["num_epochs"]
+    assert config["jax"]["matmul_precision"] == "float32" and config["jax"]["compile_cache_dir"]
     with open(run_dir / "eval.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 2 * 2                      # evaluations x lr x epochs x seeds

@@ -1,12 +1,16 @@
 """The loops that train agents, behind one protocol (base.py), driven in chunks by one driver (driver.py).
 
     off_policy.py  HostLoop (dm_control, gymnasium: envs step on the host) and DeviceLoop (JAX envs: a chunk of
-                   act, env step, store, update is one scan) for OffPolicyAgent records
+                   act, env step, store, update is one scan) for OffPolicyAgent records, lanes sharded over devices
     on_policy.py   OnPolicyLoop: whole updates on a JAX env, the env axis sharded over devices (OnPolicyAgent)
-    offline.py     OfflineLoop: gradient steps on a fixed world built from a dataset (OfflineAgent)
+    offline.py     OfflineLoop: gradient steps on a fixed world built from a dataset (OfflineAgent), lanes sharded
+                   over devices, the world replicated
     lanes.py       what one program trains side by side: seeds, or a sweep's (point, seed) pairs
+    sharding.py    the 1-D device mesh, the lanes' placement on it (and the rule when the devices do not divide
+                   the lanes), host copies of sharded results
     keys.py        the stateless per-lane keys every loop draws
-    evaluation.py  deterministic evaluation on the device or on host env instances, and its result
+    evaluation.py  evaluation on the device or on host env instances, its result, and LaneEvaluator: the compiled
+                   evaluation every loop builds (and experiments/evaluate.py around a policy export)
 
 `make(agent, config, env_id, num_seeds, seed, ...)` builds the loop of an agent record's family.
 """

@@ -3,9 +3,10 @@
 Lane i is a seed and a config. A run's lanes are its seeds (seed, seed + 1,
 ...), all with the same config; a sweep's lanes are (point, seed) pairs whose
 configs differ in traced fields only (agents/config.py: floats are pytree
-leaves). Every loop initialises its agents as
+leaves). Every loop initialises its agents by vmapping over the lanes' keys
+and `stacked` configs (base.Loop.init_agents; the on-policy loop's own init):
 
-    lanes.init(lambda key, config: agent.init(key, spec, config, ...), init_keys)
+    jax.vmap(lambda key, config: agent.init(key, spec, config, ...))(init_keys, lanes.stacked)
 
 so each lane's state carries its own hyperparameters, and every later call
 (act, update, train_step, diagnostics) reads them from the state. Nothing
@@ -76,11 +77,6 @@ class Lanes:
         programs serve them: fresh agents with other hyperparameters, no recompilation)."""
         check_same_program((self.config, *configs))
         return Lanes(self.seeds, tuple(configs))
-
-    def init(self, init_one, keys: jax.Array) -> Any:
-        """`init_one(key, config)` vmapped over the lanes' `keys` and configs: the agents' states, each holding
-        its lane's config."""
-        return unaliased(jax.vmap(init_one)(keys, self.stacked))
 
 
 def unaliased(tree: Any) -> Any:

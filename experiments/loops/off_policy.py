@@ -27,6 +27,16 @@ step N simulators one after another, and its instance seeds are per position,
 so a seed's runs would depend on --num-seeds). A multitask env gives each seed
 one env of every task (envs/multitask.py); its agent counts loop steps.
 
+Scale: the seed (lane) axis is sharded over every device (sharding.py: a 1-D
+`jax.sharding.Mesh` of all local devices, or of all hosts' devices after
+`jax.distributed.initialize()`): the agent states with their replay buffers,
+the lanes' keys and, in the device loop, the env states and trackers (a seed's
+N envs and N replay streams stay on its device). XLA partitions the vmapped
+programs from these shardings, so each device trains its own seeds; the agents
+are unchanged. The host loop's env instances and counters stay on the host
+(with several processes, every process steps every seed's env, and each device
+computes its own seeds' actions and updates).
+
 `update(state, key, step)` receives the step count unbatched, so the agent's
 schedule (e.g. MR.Q's encoder burst every 250 updates) branches for real under
 vmap.
@@ -50,9 +60,10 @@ import envs as envs_lib
 import replay
 from experiments import memory
 from experiments.loops.base import Loop
-from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
-from experiments.loops.keys import ACT, ENV_RESET, EVAL, SEED_AXIS, UPDATE, env_keys, step_key, step_keys
+from experiments.loops.evaluation import Evaluation, LaneEvaluator
+from experiments.loops.keys import ACT, ENV_RESET, SEED_AXIS, UPDATE, env_keys, step_key, step_keys
 from experiments.loops.lanes import Lanes
+from experiments.loops.sharding import to_host
 from replay import streams
 
 
@@ -83,19 +94,20 @@ def episode_metrics(per_seed: dict, last_return: np.ndarray, episodes: np.ndarra
 
 
 class _SeedLoop(Loop):
-    """What both loops share: the env, the replay capacity, fresh agents."""
+    """What both loops share: the env, the replay capacity, the seeds spread over devices, fresh agents."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env, lanes: Lanes | None = None):
+                 replay_transitions: int, env, lanes: Lanes | None = None, devices: list | None = None):
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         self.env = env
         self.spec = env.spec
         # N envs per seed (the config's --num-envs), each with its own replay stream of `capacity` slots.
         self.num_envs = self.agent.envs_per_seed(self.config)
         self.capacity = streams.capacity_for(replay_transitions, self.num_envs, self.spec.max_episode_steps)
+        self.place_lanes(devices)
 
     def _init_agents(self, configs=None):
-        return self.init_agents(lambda k, c: self.agent.init(k, self.spec, c, self.capacity), configs)
+        return self.init_agents(self.spec, configs, capacity=self.capacity)
 
     def memory_estimate(self) -> dict:
         """Device bytes of the agents' states, replay buffers included (experiments/memory.py)."""
@@ -113,7 +125,8 @@ class HostLoop(_SeedLoop):
     """Off-policy training on `HostVecEnv`s with one env instance per seed."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None,
+                 devices: list | None = None):
         num_envs = agents.record(agent).envs_per_seed(config)
         if num_envs > 1:
             from experiments.loops.on_policy import LoopError
@@ -125,7 +138,7 @@ class HostLoop(_SeedLoop):
         # One instance tells the spec; the num_seeds instances are built by init(), after the memory check.
         probe = envs_lib.make(env_id, num_envs=1, seed=seed, **self.env_kwargs)
         probe.close()
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lanes)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, probe, lanes, devices)
         self.env = None
         # A multitask env gives each seed one env of every task (envs/multitask.py): the agent then acts on,
         # and stores, [envs_per_seed, ...] per seed; with one env per seed, on unbatched rows.
@@ -134,9 +147,6 @@ class HostLoop(_SeedLoop):
             raise _single_task_error(agent, env_id, self.spec)
         agent = self.agent
 
-        def act(state, obs, seed_key, step, explore):
-            return agent.act(state, obs, step_key(seed_key, step, ACT), explore)
-
         def act_in_training(state, obs, seed_key, step):
             action = agent.act(state, obs, step_key(seed_key, step, ACT), True)
             return action, early_stop(agent, state, obs, action)
@@ -144,10 +154,15 @@ class HostLoop(_SeedLoop):
         def store_and_update(state, transition, seed_key, step):
             return agent.update(agent.store(state, transition), step_key(seed_key, step, UPDATE), step)
 
-        # `step` is unbatched (in_axes None): the agent's schedule branches on it for real.
-        self._act = jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None, None)), static_argnums=4)
-        self._act_in_training = jax.jit(jax.vmap(act_in_training, in_axes=(0, 0, 0, None)))
-        self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0)
+        # `step` is unbatched (in_axes None): the agent's schedule branches on it for real. Everything else
+        # has a lane axis, sharded over the devices; the host's observations are put there before each call.
+        lane, replicated = self.placement.lanes, self.placement.replicated
+        self._act_in_training = jax.jit(jax.vmap(act_in_training, in_axes=(0, 0, 0, None)),
+                                        in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
+        self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0,
+                              in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
+        self.evaluator = LaneEvaluator.of(agent, self.config, env_id, self.spec, seed, env_kwargs=self.env_kwargs,
+                                          placement=self.placement)
 
     # -- state ---------------------------------------------------------------
 
@@ -184,20 +199,22 @@ class HostLoop(_SeedLoop):
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         """Take `num_steps` environment steps per seed after `start_step`; returns the new state and metrics."""
-        agent_state, obs = state["agent"], state["obs"]
+        agent_state, obs = self.placement.put(state["agent"]), state["obs"]
         episode_return, last_return = state["episode_return"], state["last_episode_return"]
         episodes = state["episodes"]
         metrics = None
+        from_host = self.placement.from_host      # the host's rows, for their lanes' devices
         for step in range(start_step + 1, start_step + num_steps + 1):
-            action, stop = self._act_in_training(agent_state, obs, self.seed_keys, step)
+            action, stop = self._act_in_training(agent_state, from_host(obs), self.seed_keys, step)
             # An agent's stop is per seed or per env; a per-seed one applies to all the seed's envs.
-            stop, shape = np.asarray(stop), np.shape(action)[:-1]
+            action, stop = to_host((action, stop))
+            shape = np.shape(action)[:-1]
             stop = np.broadcast_to(stop.reshape(stop.shape + (1,) * (len(shape) - stop.ndim)), shape)
-            result = self.env.step(self._rows(np.asarray(action)), self._rows(stop))
+            result = self.env.step(self._rows(action), self._rows(stop))
             reward, terminated, truncated, final_obs = (self._per_seed(x) for x in (
                 result.reward, result.terminated, result.truncated, result.final_obs))
             transition = replay.Transition(obs, action, reward, final_obs, terminated, truncated)
-            agent_state, metrics = self._train(agent_state, transition, self.seed_keys, step)
+            agent_state, metrics = self._train(agent_state, from_host(transition), self.seed_keys, step)
             done = terminated | truncated
             episode_return = episode_return + reward
             last_return = np.where(done, episode_return, last_return)
@@ -206,7 +223,7 @@ class HostLoop(_SeedLoop):
             obs = self._per_seed(result.obs)
         new_state = {"agent": agent_state, "obs": obs, "episode_return": episode_return,
                      "last_episode_return": last_return, "episodes": episodes}
-        per_seed = {k: np.asarray(v) for k, v in (metrics or {}).items()}
+        per_seed = to_host(metrics or {})
         if self.envs_per_seed == 1:
             per_seed["episode_return"] = last_return
             per_seed["episodes"] = episodes.astype(np.float32)
@@ -216,9 +233,7 @@ class HostLoop(_SeedLoop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
-        act = lambda obs, prev_reward, first: self._act(state["agent"], obs, self.seed_keys, step, False)
-        returns = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
-        return Evaluation.of(returns, self.spec)
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes)
 
     def close(self) -> None:
         if self.env is not None:
@@ -230,11 +245,12 @@ class DeviceLoop(_SeedLoop):
     its N envs (or a multitask env's T tasks) together."""
 
     def __init__(self, agent: agents.OffPolicyAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None):
+                 replay_transitions: int, env_kwargs: dict | None = None, lanes: Lanes | None = None,
+                 devices: list | None = None):
         num_envs = agents.record(agent).envs_per_seed(config)
         # num_envs: a non-stationary schedule counts env steps per seed, summed over its envs.
         env = envs_lib.make(env_id, num_envs=num_envs, **(env_kwargs or {}))
-        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes)
+        super().__init__(agent, config, env_id, num_seeds, seed, replay_transitions, env, lanes, devices)
         # A loop step is N env steps per seed; a multitask JaxEnv (envs/multitask.py) gives each seed one env of
         # every task, [T, ...] per seed, and its agent counts loop steps.
         self.granularity = self.num_envs
@@ -274,21 +290,23 @@ class DeviceLoop(_SeedLoop):
             return agent_state, env_state, tracker, jax.tree.map(lambda m: m[-1], metrics)
 
         # Donate the agent state (it holds the replay buffer, the big allocation). Not the env state:
-        # Playground states alias arrays (obs appears twice), which donation rejects.
-        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0)
+        # Playground states alias arrays (obs appears twice), which donation rejects. Every input and output
+        # but the unbatched steps has a lane axis, sharded over the devices.
+        lane, replicated = self.placement.lanes, self.placement.replicated
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0,
+                              in_shardings=(lane, lane, lane, lane, replicated), out_shardings=lane)
 
-        def evaluate(agent_state, key, episodes, clock):
-            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
+        self.evaluator = LaneEvaluator.of(agent, self.config, env_id, self.spec, seed, jax_env=env,
+                                          placement=self.placement)
 
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
-                                 static_argnums=2)
+        def reset(keys):
+            # Each seed's N envs ([seeds, N, ...]; a multitask env: one env slot of every task), reset from its
+            # ENV_RESET key (env 0 with the key itself: keys.py `env_keys`).
+            if multitask:
+                return jax.vmap(lambda key: env.reset_batch(key, 1))(keys)
+            return jax.vmap(lambda key: jax.vmap(env.reset)(env_keys(key, self.num_envs)))(keys)
 
-    def _reset(self, keys: jax.Array):
-        """Each seed's N envs ([seeds, N, ...]; a multitask env: one env slot of every task), reset from its
-        ENV_RESET key (env 0 with the key itself: keys.py `env_keys`)."""
-        if self.spec.tasks:
-            return jax.vmap(lambda key: self.env.reset_batch(key, 1))(keys)
-        return jax.vmap(lambda key: jax.vmap(self.env.reset)(env_keys(key, self.num_envs)))(keys)
+        self._reset = jax.jit(reset, in_shardings=lane, out_shardings=lane)
 
     def memory_estimate(self) -> dict:
         env_state = jax.eval_shape(self._reset, step_keys(self.seed_keys, 0, ENV_RESET))
@@ -300,12 +318,10 @@ class DeviceLoop(_SeedLoop):
         env_state = self._reset(step_keys(self.seed_keys, 0, ENV_RESET))
         envs = (self.num_seeds, self.envs_per_seed)
         # float32 given, not inferred: a weak-typed NaN would make the second chunk compile again (minutes on MJX).
-        tracker = {"last_episode_return": jnp.full(envs, jnp.nan, jnp.float32),
-                   "episodes": jnp.zeros(envs, jnp.int32),
-                   "nan_resets": jnp.zeros(self.num_seeds, jnp.int32)}
-        # Committed to the device, as the chunk's outputs are: uncommitted inputs (arrays made outside jit) would
-        # make the second chunk compile again (minutes for a Playground env).
-        return jax.device_put({"agent": agent_state, "env": env_state, "tracker": tracker}, jax.devices()[0])
+        tracker = {"last_episode_return": np.full(envs, np.nan, np.float32),
+                   "episodes": np.zeros(envs, np.int32),
+                   "nan_resets": np.zeros(self.num_seeds, np.int32)}
+        return {"agent": agent_state, "env": env_state, "tracker": self.placement.put(tracker)}
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         """Train `num_steps` env steps per seed (a multiple of `granularity`, N) after `start_step`: loop steps
@@ -316,16 +332,14 @@ class DeviceLoop(_SeedLoop):
             raise LoopError(f"steps must be whole loop steps of {self.granularity} env steps (one per env), got "
                             f"{start_step} + {num_steps}")
         steps = jnp.arange(start_step + self.granularity, start_step + num_steps + 1, self.granularity)
-        agent_state, env_state, tracker, metrics = self._chunk(
-            state["agent"], state["env"], state["tracker"], self.seed_keys, steps)
-        per_seed = {k: np.asarray(v) for k, v in metrics.items()}
-        episode_metrics(per_seed, np.asarray(tracker["last_episode_return"]), np.asarray(tracker["episodes"]),
-                        self.spec)
-        per_seed["nan_resets"] = np.asarray(tracker["nan_resets"], np.float32)
+        agent_state, env_state, tracker = self.placement.put((state["agent"], state["env"], state["tracker"]))
+        agent_state, env_state, tracker, metrics = self._chunk(agent_state, env_state, tracker, self.seed_keys,
+                                                               steps)
+        per_seed, seen = to_host((metrics, tracker))
+        episode_metrics(per_seed, seen["last_episode_return"], seen["episodes"], self.spec)
+        per_seed["nan_resets"] = seen["nan_resets"].astype(np.float32)
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
-        keys = step_keys(self.seed_keys, step, EVAL)
-        # The eval envs' clock is the training envs' own step count (env steps per seed / N).
-        clock = jnp.int32(step // self.granularity)
-        return Evaluation.of(np.asarray(self._evaluate(state["agent"], keys, episodes, clock)), self.spec)
+        # The eval envs start at the training envs' own step count (env steps per seed / N: LaneEvaluator.of).
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes)

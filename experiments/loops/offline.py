@@ -15,6 +15,13 @@ the deterministic policy in the real environment; on host envs it also
 returns the discounted returns (each lane with its agent's discount), which
 offline agents compare with their value estimates (`diagnostics`; the
 driver logs them as eval/discounted_return).
+
+Scale: the seed (lane) axis of the agent states (model-rollout buffers
+included) and keys is sharded over every device (sharding.py: a 1-D
+`jax.sharding.Mesh` of all local devices, or of all hosts' devices after
+`jax.distributed.initialize()`); the world is replicated, one copy per device
+(the memory check counts each copy). XLA partitions the update from these
+shardings: each device trains its own seeds on its own copy of the world.
 """
 
 from __future__ import annotations
@@ -30,19 +37,21 @@ import agents
 import envs as envs_lib
 from experiments import memory
 from experiments.loops.base import Loop
-from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
-from experiments.loops.keys import ACT, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.evaluation import Evaluation, LaneEvaluator
+from experiments.loops.keys import UPDATE, step_key
 from experiments.loops.lanes import Lanes
+from experiments.loops.sharding import to_host
 
 
 class OfflineLoop(Loop):
     """Scanned chunks of `agent.update` on the world every lane shares, evaluated in the real env."""
 
     def __init__(self, agent: agents.OfflineAgent, config: Any, env_id: str, num_seeds: int, seed: int,
-                 dataset_path: str, world_dir: Path, lanes: Lanes | None = None):
+                 dataset_path: str, world_dir: Path, lanes: Lanes | None = None, devices: list | None = None):
         from replay import datasets
 
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
+        self.place_lanes(devices)
         agent, config = self.agent, self.config
         self.is_jax = envs_lib.is_jax_env(env_id)
         probe = envs_lib.make(env_id) if self.is_jax else envs_lib.make(env_id, num_envs=1, seed=seed)
@@ -65,40 +74,37 @@ class OfflineLoop(Loop):
             agent_state, metrics = jax.lax.scan(body, agent_state, steps)
             return agent_state, jax.tree.map(lambda m: m[-1], metrics)
 
-        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None)), donate_argnums=0)
-        self._act = jax.jit(jax.vmap(lambda s, o, k: agent.act(s, o, k, False)))
-        # History-dependent agents (NEUBAY) act through a carry: initial_carry + act_step(..., reward, first, ...).
-        self.recurrent = agent.recurrent
-        if self.recurrent:
-            self._initial_carry = jax.jit(jax.vmap(agent.initial_carry, in_axes=(0, None)), static_argnums=1)
-            self._act_step = jax.jit(jax.vmap(lambda s, c, o, r, f, k: agent.act_step(s, c, o, r, f, k, False)))
-        if self.is_jax:
-            env = self.env
-
-            def evaluate(agent_state, key, episodes):
-                return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
-
-            self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
-                                     static_argnums=2)
+        # The lane axis of states, keys, observations, carries and outputs is sharded; the world and the
+        # unbatched steps are replicated.
+        lane, replicated = self.placement.lanes, self.placement.replicated
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None)), donate_argnums=0,
+                              in_shardings=(lane, replicated, lane, replicated), out_shardings=lane)
+        # Evaluation in the real env (experiments/loops/evaluation.py): on host envs with the discounted returns too,
+        # and through a carry for agents that act from a history (NEUBAY: initial_carry + act_step).
+        self.evaluator = LaneEvaluator.of(agent, config, env_id, self.spec, seed,
+                                          jax_env=self.env if self.is_jax else None, placement=self.placement)
 
     def _init_agents(self, configs=None):
-        return self.init_agents(lambda k, c: self.agent.init(k, self.spec, c, self.world), configs)
+        return self.init_agents(self.spec, configs, world=self.world)
 
     def init(self, configs=None) -> dict:
         """Build (or reload) the world, check that the agents fit beside it, then fresh agents for every seed
         (`configs`: one per lane, the same static fields: other hyperparameters on the same programs)."""
         if self.world is None:
-            self.world = self.agent.prepare(self.dataset, self.spec, self.config, self.world_dir,
-                                            jax.random.PRNGKey(self.seed))
+            world = self.agent.prepare(self.dataset, self.spec, self.config, self.world_dir,
+                                       jax.random.PRNGKey(self.seed))
+            self.world = world
             memory.check(self)
+            self.world = self.placement.replicate(world)     # only once it is known to fit on every device
         return {"agent": self._init_agents(configs)}
 
     def memory_estimate(self) -> dict:
-        """Device bytes (experiments/memory.py): the dataset before the world is built; then the world (dataset
-        arrays, dynamics model) and the agents' states (model-rollout buffers included)."""
+        """Device bytes (experiments/memory.py) over all the lanes' devices: the dataset before the world is built;
+        then the world (dataset arrays, dynamics model), one copy per device, and the agents' states
+        (model-rollout buffers included), spread over the devices."""
         if self.world is None:
             return {"dataset": memory.tree_bytes(self.dataset)}
-        return {"world": memory.tree_bytes(self.world),
+        return {"world": memory.tree_bytes(self.world) * len(self.devices),
                 "agent states": memory.tree_bytes(jax.eval_shape(self._init_agents))}
 
     def memory_advice(self, budget: float) -> str:
@@ -112,26 +118,13 @@ class OfflineLoop(Loop):
 
     def run(self, state: dict, start_step: int, num_steps: int) -> tuple[dict, dict]:
         steps = jnp.arange(start_step + 1, start_step + num_steps + 1)
-        agent_state, metrics = self._chunk(state["agent"], self.world, self.seed_keys, steps)
-        return {"agent": agent_state}, {k: np.asarray(v) for k, v in metrics.items()}
+        agent_state, metrics = self._chunk(self.placement.put(state["agent"]), self.world, self.seed_keys, steps)
+        return {"agent": agent_state}, to_host(metrics)
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] in the real environment (and, on host envs, the
         discounted returns)."""
-        if self.is_jax:
-            return Evaluation(np.asarray(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL),
-                                                        episodes)))
-        keys = step_keys(self.seed_keys, step, ACT)
-        if self.recurrent:
-            carry = self._initial_carry(state["agent"], (episodes,))
-
-            def act(obs, prev_reward, first):         # the carry goes from step to step
-                nonlocal carry
-                action, carry = self._act_step(state["agent"], carry, obs, prev_reward, first, keys)
-                return action
-        else:
-            act = lambda obs, prev_reward, first: self._act(state["agent"], obs, keys)
         # Each lane's own discount (a sweep may trace it), read from its state's config.
-        discount = np.asarray(getattr(state["agent"].config, "discount", np.ones(self.num_seeds)), np.float64)
-        return Evaluation(*evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                         discount=discount))
+        discount = np.asarray(to_host(getattr(state["agent"].config, "discount", np.ones(self.num_seeds))),
+                              np.float64)
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes, discount=discount)

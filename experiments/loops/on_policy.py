@@ -9,8 +9,10 @@ CPU, for no gain when an update takes seconds). The host only evaluates, logs,
 checkpoints and draws the progress bar between chunks.
 
 Scale: the env axis of the env state is sharded over every device of a 1-D
-`jax.sharding.Mesh` (all local devices; after `jax.distributed.initialize()`,
-all devices of all hosts); parameters and optimizer states are replicated.
+`jax.sharding.Mesh` (sharding.py; all local devices, after
+`jax.distributed.initialize()` all devices of all hosts); parameters and
+optimizer states are replicated. (The off-policy and offline loops shard their
+lane axis instead: they have one env per seed, or none.)
 XLA (GSPMD) partitions the program from these input shardings: the rollout
 runs where its envs live, gradients are all-reduced. Update `i` of seed `s`
 draws the key fold_in(fold_in(PRNGKey(seed + s), i), UPDATE): resuming, or
@@ -24,15 +26,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 import agents
 import envs as envs_lib
 from experiments import memory
 from experiments.loops.base import Loop
-from experiments.loops.evaluation import Evaluation, evaluate_on_device
-from experiments.loops.keys import ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.evaluation import Evaluation, LaneEvaluator
+from experiments.loops.keys import ENV_RESET, INIT, SEED_AXIS, UPDATE, step_key
 from experiments.loops.lanes import Lanes
+from experiments.loops.sharding import all_devices, device_mesh
 
 
 class LoopError(ValueError):
@@ -47,7 +50,8 @@ class OnPolicyLoop(Loop):
         agent = agents.record(agent)
         if not envs_lib.is_jax_env(env_id):
             raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
-                            f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
+                            f"jax:PointMass, or an envs.PureJaxEnv you register), not {env_id!r}: its rollout runs "
+                            "on the device")
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         agent, config = self.agent, self.config
         self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
@@ -56,13 +60,13 @@ class OnPolicyLoop(Loop):
         self.granularity = self.layout.steps_per_update     # train() advances in whole updates
         self.capacity = 0                                    # no replay buffer
 
-        devices = list(devices if devices is not None else jax.devices())
+        devices = all_devices(devices)
         if config.num_envs % len(devices):
             nearby = max(len(devices), round(config.num_envs / len(devices)) * len(devices))
             raise LoopError(f"--num-envs ({config.num_envs}) must be a multiple of the number of devices "
                             f"({len(devices)}) to shard the envs evenly; e.g. --num-envs {nearby}")
         self.devices = devices
-        self.mesh = Mesh(np.array(devices), ("env",))
+        self.mesh = device_mesh(devices, "env")
         self.replicated = NamedSharding(self.mesh, P())
         self.env_sharding = NamedSharding(self.mesh, P(None, "env"))    # [seeds, envs, ...]
         env = self.env
@@ -77,11 +81,7 @@ class OnPolicyLoop(Loop):
             out_shardings=(self.replicated, self.env_sharding, self.replicated),
             donate_argnums=(0, 1))
 
-        def evaluate(agent_state, key, episodes, clock):
-            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
-
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
-                                 static_argnums=2)
+        self.evaluator = LaneEvaluator.of(agent, config, env_id, self.spec, seed, jax_env=env)
 
         def init_state(keys, configs):
             agent_state = jax.vmap(lambda k, c: agent.init(step_key(k, 0, INIT), self.spec, c))(keys, configs)
@@ -177,6 +177,4 @@ class OnPolicyLoop(Loop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh envs keyed by (seed, step)."""
-        keys = step_keys(self.seed_keys, step, EVAL)
-        clock = jnp.int32(step // self.config.num_envs)      # the training envs' own step count
-        return Evaluation(np.asarray(self._evaluate(state["agent"], keys, episodes, clock)))
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes)

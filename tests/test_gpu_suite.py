@@ -1,0 +1,44 @@
+"""experiments/gpu_suite.py: the dry run of every measurement (what CI checks before a GPU is at hand), the
+deadline that skips what does not fit, and the goals read from the results."""
+
+import json
+
+from experiments import gpu_suite
+
+
+def test_the_dry_run_measures_every_kind_of_measurement_without_error(tmp_path):
+    out = tmp_path / "suite.json"
+    report = gpu_suite.main(gpu_suite.SuiteArgs(dry_run=True, out=str(out)))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    names = [m.name for m in gpu_suite.measurements(dry_run=True)]
+    assert list(report["results"]) == names and not report["skipped"]
+    assert {name.split("/")[0] for name in names} == {"ppo", "mrq_seeds", "sweep", "mrq_multitask"}
+    for name, result in report["results"].items():
+        assert "error" not in result, (name, result.get("error"))
+    ppo = report["results"]["ppo/mjx:CartpoleBalance/16"]
+    assert ppo["num_envs"] == 16 and ppo["ours_sps"] > 0 and ppo["brax_sps"] > 0 and ppo["physics_sps"] > 0
+    assert report["results"]["mrq_seeds/2"]["num_seeds"] == 2
+    assert report["results"]["sweep/ppo_learning_rate"]["values"][1] == gpu_suite.ppo_config(16, True).learning_rate
+    assert report["environment"]["backend"] == "cpu"
+
+
+def test_a_measurement_that_would_pass_the_deadline_is_skipped_and_recorded(tmp_path):
+    out = tmp_path / "suite.json"
+    report = gpu_suite.main(gpu_suite.SuiteArgs(out=str(out), deadline_s=1.0, only=("mrq_seeds", "sweep")))
+    assert report["results"] == {}
+    assert set(report["skipped"]) == {"mrq_seeds/1", "mrq_seeds/10", "mrq_seeds/4", "sweep/ppo_learning_rate"}
+    saved = json.loads(out.read_text())
+    assert saved["goals"]["10_mrq_seeds_under_3x_one_seed"]["verdict"] == "not measured"
+
+
+def test_goals_read_met_missed_and_not_measured_from_results():
+    results = {"ppo/mjx:CartpoleBalance/65536": {"num_envs": 2**16, "ours_over_brax": 1.7},
+               "ppo/mjx:CheetahRun/65536": {"num_envs": 2**16, "ours_over_brax": 1.2},
+               "ppo/mjx:CartpoleBalance/4096": {"num_envs": 2**12, "ours_over_brax": 0.9},
+               "ppo/mjx:CartpoleBalance/1048576": {"error": "RESOURCE_EXHAUSTED: out of memory"},
+               "mrq_seeds/1": {"seconds": 10.0}, "mrq_seeds/10": {"seconds": 25.0}}
+    goals = gpu_suite.goals(results)
+    assert goals["ours_over_brax_at_least_1.5_from_2^16_envs"] == {"verdict": "missed", "values": [1.7, 1.2]}
+    assert goals["2^20_envs_fit"]["verdict"] == "missed"
+    assert goals["10_mrq_seeds_under_3x_one_seed"] == {"verdict": "met", "ratio": 2.5}
+    assert gpu_suite.goals({})["2^20_envs_fit"]["verdict"] == "not measured"
