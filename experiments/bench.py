@@ -121,20 +121,27 @@ class BenchArgs(jax_setup.JaxFlags):
 
 
 def measure(agent, config, env_id: str, num_seeds: int, steps: int, capacity: int = 0) -> dict:
-    """One seed count: `steps` timed training steps after a warm-up of as many; a replay of `capacity`
-    transitions (0: 4 x steps)."""
+    """One seed count: `steps` timed loop steps after a warm-up of as many; a replay of `capacity` transitions
+    per seed (0: 4 x the timed env steps). With N envs per seed (the config's `num_envs`, JAX envs) a loop step
+    steps all N, stores N transitions and makes the updates owed for N env steps: `ms_per_step` is per loop
+    step, the agent steps/s count env steps."""
     if isinstance(agent, agents.OffPolicyAgent) and agent.multitask:
         return measure_multitask(agent, config, env_id, num_seeds, steps)
-    # Training starts at the last warm-up step, so the warm-up compiles every branch
-    # and the timed window holds exactly one schedule period.
-    config = dataclasses.replace(config, random_steps=steps - 1)
-    loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=capacity or 4 * steps)
-    warmup, elapsed, state = _timed_chunks(loop, 2 * steps, steps)
-    result = {"num_seeds": num_seeds, "replay_slots": loop.capacity, "timed_steps": steps,
-              "seconds": round(elapsed, 3), "ms_per_step": round(1000 * elapsed / steps, 2),
-              "agent_steps_per_s_per_seed": round(steps / elapsed, 2),
-              "agent_steps_per_s_all_seeds": round(num_seeds * steps / elapsed, 2),
+    num_envs = agents.record(agent).envs_per_seed(config)
+    # Training starts at the last warm-up loop step, so the warm-up compiles every branch and the timed window
+    # holds exactly one schedule period. MR.Q calls its warm-up random_steps, SAC and TD3 learning_starts.
+    warmup_field = "random_steps" if hasattr(config, "random_steps") else "learning_starts"
+    config = dataclasses.replace(config, **{warmup_field: (steps - 1) * num_envs})
+    env_steps = steps * num_envs
+    loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=capacity or 4 * env_steps)
+    warmup, elapsed, state = _timed_chunks(loop, 2 * env_steps, env_steps)
+    result = {"num_seeds": num_seeds, "num_envs": num_envs, "replay_slots": num_envs * loop.capacity,
+              "timed_steps": steps, "seconds": round(elapsed, 3), "ms_per_step": round(1000 * elapsed / steps, 2),
+              "agent_steps_per_s_per_seed": round(env_steps / elapsed, 2),
+              "agent_steps_per_s_all_seeds": round(num_seeds * env_steps / elapsed, 2),
               "compile_and_warmup_s": round(warmup, 1)}
+    if hasattr(config, "updates_per_step"):
+        result["updates_per_loop_step"] = config.updates_per_step * num_envs
     buffer = getattr(state["agent"], "replay", None)
     if isinstance(buffer, replay.ReplayBuffer):
         sample_ms = 1000 * time_sampling(buffer, config.batch_size)

@@ -13,13 +13,16 @@ memory at 2^20 envs) is recorded with its error and the suite goes on.
                   device memory, at 2^12 .. 2^20 envs on mjx:CartpoleBalance and mjx:CheetahRun (Playground's
                   DMC config with one unroll per env per update, minibatches co-scaled with the envs)
     mrq_seeds     MR.Q at 1 / 4 / 10 seeds on mjx:CartpoleBalance (device loop): ms per step, time vs 1 seed
+    sac_envs      SAC with 1024 envs per seed on mjx:CartpoleBalance (FastTD3's regime, the settings of
+                  experiments/results/offpolicy_num_envs: 2 updates of 256 per loop step, 128x128 networks):
+                  env steps/s per seed and ms per loop step
     sweep         a 3-point PPO learning-rate sweep as one program vs 3 sequential runs
     mrq_multitask multitask MR.Q on mjx:mt4 at sizes S and B: agent steps/s per task per seed
 
 The goals it checks (issue 22): ours/brax >= 1.5 at 2^16 envs and above, 2^20 envs fit, 10 MR.Q seeds in
 less than 3x the time of one; `goals` in the JSON says which were met, missed or not measured.
 
-`--dry-run` runs every kind of measurement once at toy sizes (tiny networks, 16 envs, a few steps; PPO vs
+`--dry-run` runs every kind of measurement once at toy sizes (tiny networks, 16 envs (SAC: 4), a few steps; PPO vs
 Brax vs physics on mjx:CartpoleBalance, the others on pure-JAX envs, since each Playground compilation costs
 the CPU tens of seconds) with no deadline: CI runs it, so the suite is known to work before a GPU is at hand.
 Its numbers mean nothing.
@@ -101,6 +104,22 @@ def mrq_seeds_measurement(num_seeds: int, dry_run: bool) -> dict:
     return bench.measure(agents.get("mrq"), config, env_id, num_seeds, config.target_update_freq)
 
 
+def sac_envs_config(num_envs: int, dry_run: bool):
+    """SAC with `num_envs` envs per seed as experiments/results/offpolicy_num_envs/run.sh runs it: 2 updates per
+    loop step (the ratio counts env steps), batch 256, 128x128 networks; toy widths and batch in a dry run."""
+    sac = agents.get("sac")
+    hidden, batch = ((16, 16), 16) if dry_run else ((128, 128), 256)
+    return sac.Config(num_envs=num_envs, updates_per_step=2 / num_envs, batch_size=batch, critic_hidden=hidden,
+                      actor_hidden=hidden)
+
+
+def sac_envs_measurement(num_envs: int, dry_run: bool) -> dict:
+    """Loop steps of one seed, timed after a warm-up of as many (bench.measure): 100, or 4 in a dry run."""
+    env_id = "jax:PointMass" if dry_run else "mjx:CartpoleBalance"       # the same device loop, cheaper to compile
+    result = bench.measure(agents.get("sac"), sac_envs_config(num_envs, dry_run), env_id, 1, 4 if dry_run else 100)
+    return {**result, "memory": peak_memory()}
+
+
 def sweep_measurement(dry_run: bool) -> dict:
     ppo = agents.get("ppo")
     # The dry run sweeps on jax:PointMass: four programs (one sweep, three runs) of MJX would dominate CI's time.
@@ -122,16 +141,17 @@ def measurements(dry_run: bool) -> list[Measurement]:
     ppo = lambda env, n: Measurement(f"ppo/{env}/{n}", 45.0 if n < 2**20 else 70.0,
                                      lambda: ppo_measurement(env, n, dry_run))
     seeds = lambda n: Measurement(f"mrq_seeds/{n}", 40.0 + 4.0 * n, lambda: mrq_seeds_measurement(n, dry_run))
+    sac_envs = lambda n: Measurement(f"sac_envs/{n}", 60.0, lambda: sac_envs_measurement(n, dry_run))
     sweep = Measurement("sweep/ppo_learning_rate", 90.0, lambda: sweep_measurement(dry_run))
     multitask = [Measurement(f"mrq_multitask/{size}", 120.0 if size == "S" else 150.0,
                              lambda size=size: multitask_measurement(size, dry_run)) for size in ("S", "B")]
     if dry_run:
         # Every kind of measurement once; more sizes and CheetahRun are the same functions with other arguments,
         # and each Playground compile costs the CPU tens of seconds.
-        return [ppo("mjx:CartpoleBalance", 16), seeds(1), seeds(2), sweep, *multitask]
+        return [ppo("mjx:CartpoleBalance", 16), seeds(1), seeds(2), sac_envs(4), sweep, *multitask]
     cartpole, cheetah = "mjx:CartpoleBalance", "mjx:CheetahRun"
     return [
-        ppo(cartpole, 2**16), ppo(cartpole, 2**20), seeds(1), seeds(10), sweep,
+        ppo(cartpole, 2**16), ppo(cartpole, 2**20), seeds(1), seeds(10), sac_envs(1024), sweep,
         ppo(cheetah, 2**16), ppo(cheetah, 2**20), seeds(4),
         *(ppo(cartpole, n) for n in (2**12, 2**14, 2**18)), *(ppo(cheetah, n) for n in (2**12, 2**14, 2**18)),
         *multitask,

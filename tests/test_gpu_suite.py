@@ -4,6 +4,7 @@ deadline that skips what does not fit, and the goals read from the results."""
 import json
 
 from experiments import gpu_suite
+from replay import streams
 
 
 def test_the_dry_run_measures_every_kind_of_measurement_without_error(tmp_path):
@@ -12,12 +13,17 @@ def test_the_dry_run_measures_every_kind_of_measurement_without_error(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     names = [m.name for m in gpu_suite.measurements(dry_run=True)]
     assert list(report["results"]) == names and not report["skipped"]
-    assert {name.split("/")[0] for name in names} == {"ppo", "mrq_seeds", "sweep", "mrq_multitask"}
+    assert {name.split("/")[0] for name in names} == {"ppo", "mrq_seeds", "sac_envs", "sweep", "mrq_multitask"}
     for name, result in report["results"].items():
         assert "error" not in result, (name, result.get("error"))
     ppo = report["results"]["ppo/mjx:CartpoleBalance/16"]
     assert ppo["num_envs"] == 16 and ppo["ours_sps"] > 0 and ppo["brax_sps"] > 0 and ppo["physics_sps"] > 0
     assert report["results"]["mrq_seeds/2"]["num_seeds"] == 2
+    sac = report["results"]["sac_envs/4"]
+    # 4 envs per seed, 2 updates per loop step, 4 timed loop steps (16 env steps); the replay: 4 streams sharing
+    # 4 x 16 transitions (jax:PointMass's episodes: 100 steps)
+    assert (sac["num_envs"], sac["updates_per_loop_step"], sac["timed_steps"]) == (4, 2.0, 4)
+    assert sac["replay_slots"] == 4 * streams.capacity_for(64, 4, 100) and sac["agent_steps_per_s_per_seed"] > 0
     assert report["results"]["sweep/ppo_learning_rate"]["values"][1] == gpu_suite.ppo_config(16, True).learning_rate
     assert report["environment"]["backend"] == "cpu"
 
