@@ -10,6 +10,8 @@ minute on a busy 2-core machine:
 * SAC, device loop, jax:PointMass, 4 seeds: 16-wide networks, batch 16, updates from step 10, replay 500;
   2 chunks of 15 env steps, an evaluation (1 episode) and the diagnostics. The 4-device checkpoint after the
   first chunk resumes on 4 devices exactly, and on 1 device.
+* The same SAC with 4 envs per seed (--num-envs 4: env states [seeds, 4, ...], 4 replay streams per seed):
+  2 chunks of 16 env steps (4 loop steps), an evaluation and the diagnostics.
 * MR.Q, device loop, jax:PointMass, 4 seeds: 16-wide, batch 16, 40 random steps, encoder and value horizons
   of 1 (each step of a horizon is traced again: 1 halves the compile); 2 chunks of 25 env steps.
 * RAVL, offline loop, 4 seeds, on 300 random transitions of gym:InvertedPendulum-v5: 16-wide SAC with 2
@@ -126,6 +128,13 @@ SCRIPT = textwrap.dedent("""
         assert {{len(x.sharding.device_set) for x in jax.tree.leaves(on_one["agent"])}} == {{1}}
         close(one.run(on_one, 15, 15)[0], uninterrupted)
 
+    def sac_device_loop_with_4_envs_per_seed():
+        sac = agents.get("sac")
+        make = lambda devices: DeviceLoop(sac, sac.Config(**SAC, num_envs=4), "jax:PointMass", 4, 0, 500,
+                                          devices=devices)
+        one, loop = compare(make, 16)
+        assert loop.init()["env"].obs.shape[:2] == (4, 4)       # every seed's 4 envs, on the seed's device
+
     def mrq_device_loop():
         mrq = agents.get("mrq")
         compare(lambda devices: DeviceLoop(mrq, mrq.Config(**MRQ), "jax:PointMass", 4, 0, 500, devices=devices),
@@ -158,7 +167,9 @@ SCRIPT = textwrap.dedent("""
         x = placement.put(np.arange(12.0).reshape(6, 2))
         assert len(x.sharding.device_set) == 3 and x.sharding.shard_shape(x.shape) == (2, 2)
 
-    for name, fn in (("sac_device_loop", sac_device_loop), ("mrq_device_loop", mrq_device_loop),
+    for name, fn in (("sac_device_loop", sac_device_loop),
+                     ("sac_device_loop_with_4_envs_per_seed", sac_device_loop_with_4_envs_per_seed),
+                     ("mrq_device_loop", mrq_device_loop),
                      ("ravl_offline_loop", ravl_offline_loop), ("sac_host_loop", sac_host_loop),
                      ("six_lanes_on_three_devices", six_lanes_on_three_devices)):
         check(name, fn)
@@ -178,7 +189,8 @@ def four_devices():
     return json.loads(lines[-1][len("RECORD "):]), result.stderr
 
 
-@pytest.mark.parametrize("check", ["sac_device_loop", "mrq_device_loop", "ravl_offline_loop", "sac_host_loop"])
+@pytest.mark.parametrize("check", ["sac_device_loop", "sac_device_loop_with_4_envs_per_seed", "mrq_device_loop",
+                                   "ravl_offline_loop", "sac_host_loop"])
 def test_four_devices_equal_one_device(four_devices, check):
     record, _ = four_devices
     assert record[check] == "ok", record[check]
