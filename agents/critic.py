@@ -105,7 +105,7 @@ def updates_before(step: jax.Array, learning_starts: int, updates_per_step: floa
 
 
 def scheduled_updates(update_once: Callable, state, key: jax.Array, step: jax.Array, learning_starts: int,
-                      updates_per_step: float, num_envs: int = 1):
+                      updates_per_step: float, num_envs: int = 1, key_of: Callable = jax.random.fold_in):
     """Run the updates due after a loop step that stored `num_envs` transitions, env steps `step - num_envs + 1`
     to `step` (`step` counts env steps per seed, summed over its envs, from 1).
 
@@ -119,7 +119,8 @@ def scheduled_updates(update_once: Callable, state, key: jax.Array, step: jax.Ar
     any schedule on `index` (e.g. a delayed actor) are real branches under
     `vmap` -- as long as `updates_per_step` is static too (a traced ratio
     batched over lanes makes them selects). Metrics are those of the last
-    update, zeros when none ran.
+    update, zeros when none ran. `key_of(key, i)` is the key of the loop
+    step's i-th update (default fold_in(key, i)).
     """
     first = updates_before(step - num_envs, learning_starts, updates_per_step)
     count = updates_before(step, learning_starts, updates_per_step) - first
@@ -128,6 +129,6 @@ def scheduled_updates(update_once: Callable, state, key: jax.Array, step: jax.Ar
 
     def body(i, carry):
         state, _ = carry
-        return update_once(state, jax.random.fold_in(key, i), first + i)
+        return update_once(state, key_of(key, i), first + i)
 
     return jax.lax.fori_loop(0, count, body, (state, zeros))

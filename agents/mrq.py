@@ -451,7 +451,14 @@ def update(state: MRQState, key: jax.Array, step: jax.Array,
     config = state.config
     once = lambda s, k, i: update_once(s, k, i, encoder_penalty)
     return critic.scheduled_updates(once, state, key, step, config.random_steps, config.updates_per_step,
-                                    config.num_envs)
+                                    config.num_envs, key_of=update_key)
+
+
+def update_key(key: jax.Array, i: jax.Array) -> jax.Array:
+    """The key of a loop step's i-th update: the step's own key for the first (MR.Q's single update per env
+    step drew with it before the schedule counted several, so one env at ratio 1 keeps its numbers), then
+    fold_in(key, i)."""
+    return jax.lax.cond(i == 0, lambda: key, lambda: jax.random.fold_in(key, i))
 
 
 AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update)
