@@ -93,6 +93,11 @@ class Agent:
     def __name__(self) -> str:          # what messages print: "agents.sac"
         return f"agents.{self.name}"
 
+    @property
+    def recurrent(self) -> bool:
+        """Whether the agent acts from a history (`initial_carry`, `act_step`); only offline agents can."""
+        return False
+
     def preset(self) -> str | None:
         """The preset used when `--preset` is not given (None: the flags' own defaults)."""
         return self.default_preset() if self.default_preset is not None else None

@@ -278,7 +278,7 @@ def _check_video(args: RunArgs, loop) -> None:
 
     try:
         video.check_available()
-        video.check_env(args.env, getattr(loop, "env", None))
+        video.check_env(args.env, loop.env)
     except video.VideoError as error:
         raise RunError(f"--video-every: {error}") from None
 

@@ -43,6 +43,7 @@ class Loop:
     granularity: int = 1
     devices: list | None = None
     placement: LanePlacement | None = None     # where the lanes live, for loops that shard them
+    env = None              # the env the loop steps (a JaxEnv or HostVecEnv), where it has one to show
 
     def __init__(self, agent: agents.Agent, config: Any, env_id: str, num_seeds: int, seed: int,
                  lanes: Lanes | None = None):
