@@ -113,7 +113,7 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
     """Train len(traced_points) x len(seeds) lanes in one program; `on_row(step, point, seed, return, diag)`."""
     from experiments.loops.driver import drive
     from experiments.loops.lanes import Lanes
-    from experiments.train import make_loop, replay_transitions_of
+    from experiments.train import check_warmup, make_loop, replay_transitions_of
 
     lanes = Lanes.of_sweep([dataclasses.replace(config, **point) for point in traced_points], seeds)
     points = [p for p in range(len(traced_points)) for _ in seeds]
@@ -128,6 +128,8 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
 
     try:
         memory.check(loop)        # the grid's agent states (replay buffers included), env states, rollouts
+        for point in traced_points:      # a point that would train nothing is refused (experiments/train.py)
+            check_warmup(agent, dataclasses.replace(config, **point), loop.spec, run_args.total_steps)
         drive(loop, loop.init(), 0, run_args.total_steps, eval_every=run_args.eval_every,
               eval_episodes=run_args.eval_episodes, on_eval=on_eval)
     except jax.errors.JaxRuntimeError as error:

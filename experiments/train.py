@@ -242,6 +242,7 @@ def train(args: RunArgs, config: Any) -> Path:
     loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
     try:
         memory.check(loop)
+        check_warmup(agent, config, loop.spec, args.total_steps)
         if is_main_process():
             _claim(run_dir, args)
         try:
@@ -323,6 +324,30 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
         if not isinstance(agent, agents.OfflineAgent):
             raise
         raise RunError(str(error)) from None
+
+
+def check_warmup(agent, config: Any, spec, total_steps: int) -> None:
+    """An off-policy agent acts at random for its warm-up (e.g. SAC's --learning-starts) and updates only after
+    it. A run shorter than the warm-up is a mistake (it would report an untrained policy's return): RunError
+    with the numbers. A run of exactly the warm-up (bench.py --startup times one) and one that trains for fewer
+    steps than it acted at random get a warning."""
+    if not isinstance(agent, agents.OffPolicyAgent) or agent.warmup is None:
+        return
+    warmup = agent.warmup_steps(config, spec)
+    flag = "--" + agent.warmup_flag.replace("_", "-")
+    setting = f"{flag} {getattr(config, agent.warmup_flag)}"
+    if getattr(config, agent.warmup_flag) != warmup:
+        setting += f" = {warmup} steps"
+    if total_steps < warmup:
+        raise RunError(f"--total-steps {total_steps} ends within {agent.name}'s random warm-up ({setting}): its "
+                       f"first update follows step {warmup}, so nothing would be trained; pass --total-steps above "
+                       f"{warmup} or a smaller {flag}")
+    if total_steps == warmup:
+        print(f"warning: {agent.name} trains nothing in this run: its {total_steps} steps are all random warm-up "
+              f"({setting})", file=sys.stderr, flush=True)
+    elif total_steps - warmup < warmup:
+        print(f"warning: {agent.name} trains for only {total_steps - warmup} of its {total_steps} steps per seed; "
+              f"the first {warmup} act at random ({setting})", file=sys.stderr, flush=True)
 
 
 def replay_transitions_of(agent, config: Any, total_steps: int) -> int:

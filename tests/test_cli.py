@@ -27,6 +27,9 @@ def _error_line(result) -> str:
     (["--discount", "1.5"], "--discount must be in [0, 1], got 1.5"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--resume"], "--resume needs --run-dir"),
+    (["--agent", "sac", "--env", "jax:PointMass", "--total-steps", "3000"],
+     "--total-steps 3000 ends within sac's random warm-up (--learning-starts 5000): its first update follows "
+     "step 5000, so nothing would be trained; pass --total-steps above 5000 or a smaller --learning-starts"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     run_dir = tmp_path / "run"
@@ -148,3 +151,29 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
     assert result.returncode == 2
     assert "--overwrite deletes only run directories" in _error_line(result)
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_warmup_warnings_name_the_numbers(capsys):
+    """Every off-policy agent declares its warm-up in its record; a run of exactly the warm-up, or one that trains
+    for fewer steps than it acted at random, is warned about (a shorter one is refused, above)."""
+    from types import SimpleNamespace
+
+    import agents
+    from agents import mrq, mrq_multitask, sac
+    from experiments.train import RunError, check_warmup
+
+    for name in agents.names():
+        agent = agents.get(name)
+        if isinstance(agent, agents.OffPolicyAgent):
+            assert agent.warmup is not None and agent.warmup_flag in agent.Config.__dataclass_fields__, name
+    check_warmup(agents.get("sac"), sac.Config(), None, 5000)
+    assert "sac trains nothing in this run: its 5000 steps are all random warm-up (--learning-starts 5000)" in \
+        capsys.readouterr().err
+    check_warmup(agents.get("mrq"), mrq.Config(), None, 15_000)
+    assert ("mrq trains for only 5000 of its 15000 steps per seed; the first 10000 act at random "
+            "(--random-steps 10000)") in capsys.readouterr().err
+    check_warmup(agents.get("mrq"), mrq.Config(), None, 20_000)
+    assert capsys.readouterr().err == ""
+    spec = SimpleNamespace(max_episode_steps=100)        # seeding episodes count whole episodes of every task
+    with pytest.raises(RunError, match=r"\(--seeding-episodes 5 = 500 steps\)"):
+        check_warmup(agents.get("mrq_multitask"), mrq_multitask.Config(), spec, 499)
