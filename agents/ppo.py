@@ -93,13 +93,16 @@ from networks.mlp import MLP
 from networks.normalizer import RunningStats, init_stats, normalize, update_stats
 
 
-# run.py defaults for this agent (Playground: 60M steps; evaluations every 1M steps here).
-RUN_DEFAULTS = {"total_steps": 60_000_000, "eval_every": 1_000_000, "log_every": 1_000_000}
+# run.py defaults for this agent (Playground: 60M steps; evaluations every 1M steps here; a JAX env, as PPO's
+# rollout runs on the device).
+RUN_DEFAULTS = {"env": "mjx:CartpoleBalance", "total_steps": 60_000_000, "eval_every": 1_000_000,
+                "log_every": 1_000_000}
 
 
 @hyperparameters
 class Config:
-    """PPO hyperparameters; defaults are MuJoCo Playground's DM Control config."""
+    """PPO hyperparameters. This class's defaults are MuJoCo Playground's DM Control config (--preset
+    playground); run.py applies a preset first (cpu on a CPU backend) and --help shows its values."""
 
     num_envs: int = field(2048, ">= 1")
     """Parallel environments per seed."""

@@ -32,19 +32,20 @@ envs; off-policy and offline, the lanes, so each device trains its own
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import itertools
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
 import numpy as np
+import tyro
 
 from agents.config import traced_fields
 from experiments import jax_setup, memory
@@ -53,6 +54,15 @@ from experiments.rundir import RunDir, RunDirError
 
 class SweepError(ValueError):
     """A bad --sweep: the message names it and the valid choices."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepFlags:
+    """What to sweep (the other flags are run.py's)."""
+
+    sweep: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """A field of the agent's config and its values, NAME=V1,V2,... (e.g. learning_rate=1e-4,3e-4); repeat the
+    flag for a grid of every combination."""
 
 
 def parse_sweeps(specs: list[str], config) -> dict[str, list]:
@@ -167,11 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.train import RunError
 
     argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--sweep", action="append", default=[])
-    known, rest = pre.parse_known_args(argv)
     try:
-        run_args, config = run_cli.parse(rest)
+        run_args, config, known = run_cli.parse_command(argv, "Sweep", SweepFlags)
         if not known.sweep:
             raise SweepError("give at least one --sweep name=v1,v2,... (e.g. --sweep learning_rate=1e-4,3e-4)")
         run_args.validate()

@@ -73,7 +73,8 @@ class RunArgs(jax_setup.JaxFlags):
     agent: str = "mrq"
     """Agent name (see agents/__init__.py)."""
     env: str = "dmc"
-    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass."""
+    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass (default: the
+    agent's; dmc = dmc:cheetah-run, for PPO, GTR and SIGReg mjx:CartpoleBalance)."""
     seed: int = field(0, ">= 0")
     """First seed; seed i of the run uses seed + i."""
     num_seeds: int = field(1, ">= 1")

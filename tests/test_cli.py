@@ -47,10 +47,41 @@ def test_wrong_type_is_rejected_by_the_parser(tmp_path):
 
 
 def test_help_lists_agent_hyperparameters():
-    result = run_cli("--agent", "mrq", "--help")
+    result = run_inprocess("--agent", "mrq", "--help")
     assert result.returncode == 0
     for flag in ("--enc-lr", "--target-update-freq", "--num-seeds", "--eval-episodes", "--resume"):
         assert flag in result.stdout
+
+
+def test_help_without_an_agent_lists_the_agents():
+    import agents
+
+    result = run_inprocess("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())           # the help's lines are wrapped to the terminal
+    assert "--agent{" + ",".join(agents.names()) + "}" in "".join(result.stdout.split())     # its choices
+    assert "`--agent NAME --help` lists NAME's hyperparameters" in text
+    assert "--total-steps" in text and "--enc-lr" not in text          # the run's flags, no agent's
+
+
+def test_sweep_help_names_the_agent_the_preset_and_the_sweep_flag():
+    from experiments import sweep
+    from tests.cli_utils import run_main
+
+    result = run_main(sweep.main, "--agent", "ppo", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "Sweep ppo (agents.ppo)." in text and "Train mrq" not in text
+    assert "The defaults shown are those of --preset cpu, the default for ppo on this cpu backend" in text
+    assert "--sweep STR A field of the agent's config and its values, NAME=V1,V2,..." in text
+    assert "(default: mjx:CartpoleBalance)" in text      # PPO's default env is a JAX env
+
+
+def test_default_env_is_the_agents():
+    """PPO (and GTR, SIGReg) train on JAX envs only: their default env is one (RUN_DEFAULTS); MR.Q's is dmc."""
+    assert run.parse(["--agent", "ppo"])[0].env == "mjx:CartpoleBalance"
+    assert run.parse(["--agent", "gtr"])[0].env == "mjx:CartpoleBalance"
+    assert run.parse(["--agent", "mrq"])[0].env == "dmc"
 
 
 @pytest.fixture(scope="module")
