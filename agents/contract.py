@@ -17,6 +17,8 @@ Every record
     act           (state, obs, key, explore: bool) -> action in [-1, 1]
     diagnostics   optional: (state, key) -> {name: scalar}, logged at every evaluation (dormant ratio, srank, ...)
     PRESETS       named sets of flag values (`--preset NAME`); RUN_DEFAULTS: run.py's defaults for this agent
+    curve_points  optional: when --eval-every / --log-every are not given, run.py shrinks them (from
+                  RUN_DEFAULTS') to --total-steps / curve_points in whole updates, so a short run still has a curve
     default_preset  optional: () -> the preset used when none is given (the choice is printed and saved)
     task_preset   optional: (preset, env_id) -> per-task flag values of that preset
 
@@ -69,6 +71,7 @@ class Agent:
     RUN_DEFAULTS: dict = dataclasses.field(default_factory=dict)
     default_preset: Callable | None = None
     task_preset: Callable | None = None
+    curve_points: int | None = None
 
     LOOP: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ("init", "act")

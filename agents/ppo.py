@@ -97,6 +97,8 @@ from networks.normalizer import RunningStats, init_stats, normalize, update_stat
 # rollout runs on the device).
 RUN_DEFAULTS = {"env": "mjx:CartpoleBalance", "total_steps": 60_000_000, "eval_every": 1_000_000,
                 "log_every": 1_000_000}
+# ... and a shorter run evaluates and logs about this many times (at least once per update) unless told otherwise.
+CURVE_POINTS = 20
 
 
 @hyperparameters
@@ -622,5 +624,5 @@ def diagnostics(state: PPOState, key: jax.Array) -> dict:
 
 
 AGENT = OnPolicyAgent(name="ppo", Config=Config, init=init, act=act, train_step=train_step, collect=collect, layout=layout,
-                      diagnostics=diagnostics, PRESETS=PRESETS, RUN_DEFAULTS=RUN_DEFAULTS,
+                      diagnostics=diagnostics, PRESETS=PRESETS, RUN_DEFAULTS=RUN_DEFAULTS, curve_points=CURVE_POINTS,
                       default_preset=default_preset, task_preset=task_preset)

@@ -206,12 +206,41 @@ def parse_command(argv: list[str], verb: str = "Train", extra: type | None = Non
         base, sep, query = run_args.env.partition("?")
         added = "&".join(f"{k}={v}" for k, v in missing.items())
         run_args = dataclasses.replace(run_args, env=f"{base}?{added}" + (f"&{query}" if query else ""))
+    if saved is None and agent.curve_points:
+        run_args = curve_intervals(agent, parsed.agent_config, run_args, argv)
     if run_args.preset is not None and saved is None:
         print(f"preset: {run_args.preset} (flags given on the command line override it)", flush=True)
         if task or missing:
             changes = ", ".join(f"{k}={v}" for k, v in {**task, **missing}.items())
             print(f"preset {run_args.preset} for this task: {changes} (env: {run_args.env})", flush=True)
     return run_args, parsed.agent_config, getattr(parsed, verb.lower()) if extra is not None else None
+
+
+def given(argv: list[str], name: str) -> bool:
+    """Whether the flag of field `name` is on the command line (tyro takes --eval-every and --eval_every)."""
+    flags = {"--" + name.replace("_", "-"), "--" + name}
+    return any(a in flags or a.split("=", 1)[0] in flags for a in argv)
+
+
+def curve_intervals(agent, config, run_args: RunArgs, argv: list[str]) -> RunArgs:
+    """An agent's default --eval-every and --log-every (RUN_DEFAULTS: PPO evaluates every 1M steps) shrunk to
+    --total-steps / agent.curve_points, in whole updates, where the flag was not given: a 200k-step PPO run
+    otherwise evaluates once. Says what it chose."""
+    steps_per_update = 1
+    if isinstance(agent, agents.OnPolicyAgent):
+        try:
+            steps_per_update = agent.layout(config).steps_per_update
+        except ValueError:
+            return run_args            # a layout that does not divide: validation names it next
+    interval = -(-run_args.total_steps // agent.curve_points)
+    interval = max(1, -(-interval // steps_per_update)) * steps_per_update
+    changes = {name: interval for name in ("eval_every", "log_every")
+               if not given(argv, name) and interval < getattr(run_args, name)}
+    if changes:
+        print(", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changes.items()) + f" (about {agent.curve_points} "
+              f"points over --total-steps {run_args.total_steps}, in whole updates of {steps_per_update} steps; "
+              "pass the flags to choose)", flush=True)
+    return dataclasses.replace(run_args, **changes)
 
 
 def _agent_list_help(argv: list[str], verb: str, extra: type | None) -> None:

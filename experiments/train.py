@@ -18,7 +18,7 @@ current chunk finish, writes a checkpoint at its step, says so in one line and
 exits with 128 + the signal number; `--resume` then continues exactly, with no
 step trained twice. A second SIGINT stops at once (the last checkpoint stays).
 A resumed run must be the same experiment: only its length, how it is shown
-(progress bar, W&B) and its compile cache may change.
+(progress bar, W&B), its checkpoints and its compile cache may change.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from agents.config import INT32_MAX, check_fields, field
 from experiments import jax_setup, memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from experiments.logger import RunLogger
-from experiments.loops.driver import drive, round_up
+from experiments.loops.driver import crossed, drive, round_up
+from experiments.progress import ProgressBar
 from experiments.rundir import RunDir, RunDirError, write_json
 
 
@@ -82,11 +83,18 @@ class RunArgs(jax_setup.JaxFlags):
     total_steps: int = field(500_000, ">= 1")
     """Agent (environment) steps per seed; frames = steps x action repeat."""
     eval_every: int = field(5_000, ">= 1")
-    """Agent steps between evaluations (a checkpoint is written at each)."""
+    """Agent steps between evaluations (a checkpoint is written at each, unless --checkpoint-every is given).
+    PPO, GTR, SIGReg without this flag: at most --total-steps / 20, in whole updates."""
     eval_episodes: int = field(10, ">= 1")
     """Deterministic evaluation episodes per seed."""
     log_every: int = field(1_000, ">= 1")
-    """Agent steps between rows of train.csv."""
+    """Agent steps between rows of train.csv (PPO, GTR, SIGReg without this flag: as --eval-every)."""
+    checkpoint_every: int | None = field(None, ">= 1")
+    """Agent steps between checkpoints (each is written at the end of the first chunk past a multiple of it; a
+    chunk ends at every --log-every and --eval-every); default: at every evaluation. The final step is always
+    checkpointed."""
+    keep_checkpoints: int = field(2, ">= 1")
+    """Checkpoints kept (the latest ones; an older one is deleted only once a newer one is complete)."""
     run_dir: str | None = None
     """Output directory (default runs/<agent>/<env>/<time>)."""
     resume: bool = False
@@ -131,14 +139,40 @@ def default_run_dir(args: RunArgs) -> Path:
     return Path("runs") / args.agent / args.env.replace(":", "_") / stamp
 
 
-def _versions() -> dict:
-    import flax
-    import mujoco
-    import optax
+# The packages whose versions can change a run's numbers, as config.json records them.
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "mujoco", "mujoco-mjx",
+                      "dm_control", "playground", "gymnasium", "brax")
 
-    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "mujoco": mujoco.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()]}
+
+def _versions() -> dict:
+    """Python, the packages above (None where one is not installed), the backend and its devices."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: version(name) for name in VERSIONED_PACKAGES},
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+
+
+def git_state(directory: Path = Path(__file__).resolve().parent.parent) -> dict | None:
+    """The code's git commit and whether tracked files differ from it ({"commit", "dirty"}), or None outside a
+    git checkout (e.g. an installed package) or without git."""
+    import subprocess
+
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(directory), *command], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
 
 
 def is_main_process() -> bool:
@@ -179,10 +213,10 @@ def read_saved_run(run_dir: Path) -> dict:
 
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
-    """A resumed run must be the same experiment; only its length, how it is shown and its compile cache may
-    change (the matmul precision may not: it changes the numbers on a GPU)."""
+    """A resumed run must be the same experiment; only its length, how it is shown, its checkpoints and its
+    compile cache may change (the matmul precision may not: it changes the numbers on a GPU)."""
     mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
-               "distributed", "compile_cache", "compile_cache_dir"}
+               "distributed", "compile_cache", "compile_cache_dir", "checkpoint_every", "keep_checkpoints"}
     run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
@@ -394,14 +428,15 @@ def _train(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
     """Set up (restore or start fresh), then train in chunks; a fresh start that fails before its first
     chunk removes what it wrote."""
     try:
-        state, start_step, checkpointer, logger = _setup(args, config, loop, run_dir, saved, replay_transitions)
+        state, start_step, clock, checkpointer, logger = _setup(args, config, loop, run_dir, saved,
+                                                                replay_transitions)
     except BaseException:
         if saved is None and is_main_process():
             run_dir.discard()
         raise
     try:
         with _GracefulStop() as stop:
-            step = _loop(args, loop, state, start_step, checkpointer, logger, run_dir, stop)
+            step = _loop(args, config, loop, state, start_step, clock, checkpointer, logger, run_dir, stop)
     except OSError as error:
         raise RunIOError(_io_failure(error, checkpointer)) from None
     finally:
@@ -421,9 +456,11 @@ def _io_failure(error: OSError, checkpointer: Checkpointer) -> str:
 
 
 def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_transitions: int):
+    """The state to train from (fresh, or restored), its step, the run's wall clock (WallClock), the
+    checkpointer and the logger; config.json and status.json written."""
     path = run_dir.path
-    checkpointer = Checkpointer(path / "checkpoints")
-    state, start_step = loop.init(), 0
+    checkpointer = Checkpointer(path / "checkpoints", keep=args.keep_checkpoints)
+    state, start_step, meta = loop.init(), 0, {}
     if saved is not None:
         if args.resume_from is not None:
             _drop_checkpoints_after(checkpointer, args.resume_from)
@@ -443,15 +480,39 @@ def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
     status = run_dir.status() or {}
     resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config), "derived": derived,
                 "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
-                "replay_capacity": loop.capacity, "jax": jax_setup.settings(), "versions": _versions(),
-                "command": " ".join(sys.argv)}
+                "replay_capacity": loop.capacity, "jax": jax_setup.settings(), **_history(saved, start_step)}
     _write_json(path / "config.json", resolved)
+    run_id = status.get("run_id")
     if is_main_process():
-        run_dir.mark(finished=False, step=start_step, run_id=status.get("run_id"))
-    logger = (RunLogger(path, args.wandb, args.wandb_project, resolved) if is_main_process()
-              else RunLogger(path / f"process_{jax.process_index()}", False))
-    logger.truncate_after(start_step)
-    return state, start_step, checkpointer, logger
+        run_id = run_dir.mark(finished=False, step=start_step, run_id=run_id)
+    resume_step = start_step if saved is not None else None
+    logger = (RunLogger(path, args.wandb, args.wandb_project, resolved, resume_step, run_id) if is_main_process()
+              else RunLogger(path / f"process_{jax.process_index()}", False, resume_step=resume_step))
+    return state, start_step, WallClock(meta.get("wall_clock_s", 0.0)), checkpointer, logger
+
+
+def _history(saved: dict | None, start_step: int) -> dict:
+    """config.json's record of how the run was made: `commands`, every start and resume in order (the command,
+    the time, the step it started from, the code's git commit and the package versions); `command`, `git` and
+    `versions` are the first start's, which a resume keeps."""
+    entry = {"command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
+             "from_step": start_step, "git": git_state(), "versions": _versions()}
+    earlier = [] if saved is None else saved.get("commands") or [
+        {"command": saved.get("command"), "from_step": 0, "git": saved.get("git"), "versions": saved.get("versions")}]
+    first = (earlier or [entry])[0]
+    return {"command": first["command"], "git": first["git"], "versions": first["versions"],
+            "commands": [*earlier, entry]}
+
+
+class WallClock:
+    """Seconds since the run started, accumulated over resumes (a resumed run continues from the value saved
+    in its checkpoint; the time between that checkpoint and the stop is not counted, as its rows are dropped)."""
+
+    def __init__(self, offset: float = 0.0):
+        self._offset, self._start = float(offset), time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(self._offset + time.perf_counter() - self._start, 3)
 
 
 def _restore(checkpointer: Checkpointer, state, step: int | None):
@@ -482,37 +543,63 @@ def _drop_checkpoints_after(checkpointer: Checkpointer, step: int) -> None:
         checkpointer.delete(later)
 
 
-def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: RunDir, stop: _GracefulStop) -> int:
-    """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations with a
-    checkpoint each, and a checkpoint before stopping on a signal; returns the final step."""
-    from tqdm import tqdm
+def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpointer, logger, run_dir: RunDir,
+          stop: _GracefulStop) -> int:
+    """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations,
+    checkpoints (at every evaluation, or every --checkpoint-every steps, and at the end), and a checkpoint before
+    stopping on a signal; returns the final step."""
+    agent = loop.agent
+    warmup = agent.warmup_steps(config, loop.spec) if isinstance(agent, agents.OffPolicyAgent) else 0
+    bar = ProgressBar(round_up(args.total_steps, loop), start_step, warmup, args.progress and is_main_process(),
+                      f"{args.agent} {args.env} x{args.num_seeds}")
+    # training/sps: steps over training time. The interval starts at the first progress report (the programs
+    # are compiled by then) or, for loops that report only at chunk ends, after the first logged chunk (whose
+    # sps is then left empty); evaluation time is left out.
+    interval = {"start": None, "step": start_step}
+    chunk = {"previous": start_step, "evaluated": False}
 
-    bar = tqdm(total=args.total_steps, initial=start_step, disable=not (args.progress and is_main_process()),
-               unit="step", dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
-    postfix = {"sps": "-", "eval_return": "-"}
-    interval = {"start": time.perf_counter(), "step": start_step}
+    def progress(step: int) -> None:
+        if interval["start"] is None:
+            interval.update(start=time.perf_counter(), step=step)
+        bar.advance(step)
+
+    loop.on_progress = progress
 
     def save(step: int, state) -> None:
-        checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode()})
+        checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode(),
+                                        "wall_clock_s": clock()})
         _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
 
     def on_log(step: int, per_seed: dict) -> None:
-        elapsed = time.perf_counter() - interval["start"]
-        sps = (step - interval["step"]) / max(elapsed, 1e-9)
-        logger.log_train(step, per_seed, {"training/sps": sps, "training/sps_all_seeds": sps * args.num_seeds})
+        sps = float("nan")
+        if interval["start"] is not None:
+            sps = (step - interval["step"]) / max(time.perf_counter() - interval["start"], 1e-9)
+        if step <= warmup:          # no update yet: the agent's metrics (zeros) do not exist
+            per_seed = {k: v if _is_episode_metric(k) else np.full(np.shape(v), np.nan) for k, v in per_seed.items()}
+        logger.log_train(step, per_seed, {"training/sps": sps, "training/sps_all_seeds": sps * args.num_seeds,
+                                          "wall_clock_s": clock()})
         interval.update(start=time.perf_counter(), step=step)
-        postfix["sps"] = f"{sps:.1f}"
-        bar.set_postfix(postfix)
+        if np.isfinite(sps):
+            bar.show(sps=f"{sps:.1f}")
 
     def on_eval(step: int, state, evaluation, diagnostics: dict) -> None:
-        logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks)
-        save(step, state)
-        postfix["eval_return"] = f"{float(np.mean(evaluation.returns)):.1f}"
-        bar.set_postfix(postfix)
-        interval["start"] = time.perf_counter()    # evaluation time is not training time
+        logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks,
+                        shared={"wall_clock_s": clock()})
+        if args.checkpoint_every is None:
+            save(step, state)
+        if not chunk["evaluated"]:
+            bar.skip_interval()            # the first evaluation compiles its program: not the rate of training
+            chunk["evaluated"] = True
+        bar.show(eval_return=f"{float(np.mean(evaluation.returns)):.1f}")
+        if interval["start"] is not None:
+            interval["start"] = time.perf_counter()    # evaluation time is not training time
 
     def on_chunk(step: int, state, finished: bool) -> None:
-        bar.update(min(step, bar.total) - bar.n)
+        previous, chunk["previous"] = chunk["previous"], step
+        progress(step)
+        due = finished or crossed(previous, step, args.checkpoint_every)
+        if args.checkpoint_every is not None and due and checkpointer.latest_step() != step:
+            save(step, state)
         if stop.signal is not None and not finished:
             if checkpointer.latest_step() != step:
                 save(step, state)
@@ -529,5 +616,11 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
         kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
         raise DivergenceError(f"{error}; {kept}") from None
     finally:
+        loop.on_progress = None
         bar.close()
     return step
+
+
+def _is_episode_metric(name: str) -> bool:
+    """The loops' own episode statistics, which exist from the first step (unlike the agent's update metrics)."""
+    return name in ("episode_return", "episodes", "nan_resets") or name.startswith("episode_return/")

@@ -1,5 +1,6 @@
 """Bad input to run.py: a one-line error naming the problem and the choices, exit 2, nothing written."""
 
+import csv
 import json
 import os
 import shutil
@@ -103,6 +104,11 @@ def test_finished_run_outputs(finished_run):
     rows = (finished_run / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,seed,return") and len(rows) == 3
     assert (finished_run / "train.csv").exists() and any((finished_run / "tensorboard").iterdir())
+    with open(finished_run / "train.csv") as f:
+        train = list(csv.DictReader(f))
+    # Before the first update (--random-steps 100) the agent's metrics do not exist: empty, not 0.
+    assert [(r["step"], r["value/loss"]) for r in train][0] == ("100", "")
+    assert float(train[1]["value/loss"]) > 0 and train[0]["episodes"] == "0"
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()) == ["100", "200"]
 
 
@@ -208,3 +214,16 @@ def test_warmup_warnings_name_the_numbers(capsys):
     spec = SimpleNamespace(max_episode_steps=100)        # seeding episodes count whole episodes of every task
     with pytest.raises(RunError, match=r"\(--seeding-episodes 5 = 500 steps\)"):
         check_warmup(agents.get("mrq_multitask"), mrq_multitask.Config(), spec, 499)
+
+
+def test_ppo_evaluates_about_20_times_per_run_unless_told():
+    """PPO's RUN_DEFAULTS evaluate and log every 1M steps: a shorter run shrinks both to about 1/20 of the run
+    in whole updates (the cpu preset's update is 30720 steps); a flag given is kept, and so is the 60M default."""
+    args, _ = run.parse(["--agent", "ppo", "--total-steps", "200000"])
+    assert (args.eval_every, args.log_every) == (30720, 30720)
+    args, _ = run.parse(["--agent", "ppo", "--total-steps", "3000000", "--eval-every", "500000"])
+    assert (args.eval_every, args.log_every) == (500000, 153600)
+    args, _ = run.parse(["--agent", "ppo"])
+    assert (args.eval_every, args.log_every) == (1_000_000, 1_000_000)
+    args, _ = run.parse(["--agent", "sac", "--total-steps", "20000"])        # only agents that declare it
+    assert (args.eval_every, args.log_every) == (5000, 1000)
