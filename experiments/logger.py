@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,15 +47,20 @@ class CsvLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows whose `step` is greater than `step` (used when resuming)."""
+        self.keep_rows(lambda row: _step_of(row["step"]) <= step)
+
+    def keep_rows(self, keep: Callable[[dict[str, str]], bool]) -> None:
+        """Keep only the rows (as {column: text}) for which `keep` is true, rewriting the file atomically (a
+        resumed sweep keeps each program's rows up to its own checkpoint)."""
         if not self.path.exists():
             return
         with self.path.open() as f:
             rows = list(csv.reader(f))
         if not rows:
             return
-        step_col = rows[0].index("step")
+        header = rows[0]
         # A row cut short by a failed write (disk full) has fewer columns: it is dropped with the later ones.
-        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and _step_of(r[step_col]) <= step]
+        kept = [header] + [r for r in rows[1:] if len(r) == len(header) and keep(dict(zip(header, r)))]
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as f:
             csv.writer(f).writerows(kept)

@@ -330,26 +330,28 @@ def _claim(run_dir: RunDir, args: RunArgs) -> None:
 
 
 def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None,
-              lanes=None):
+              lanes=None, world_dir: Path | None = None):
     """The loop of the agent's family for `args.env` (experiments/loops); configurations it cannot run raise
     RunError. `lanes` (experiments/loops/lanes.py) replaces the run's seeds for a sweep: (point, seed) pairs,
-    each with its config."""
+    each with its config. An offline agent keeps its world in `world_dir` (default: <run_dir>/world, or a
+    temporary directory without either), from where a resume reloads it."""
     from experiments import loops
     from experiments.loops.on_policy import LoopError
     from replay.datasets import DatasetError
 
     agent = agents.record(agent)
     num_seeds = args.num_seeds if lanes is None else len(lanes)
-    world_dir = None
     if isinstance(agent, agents.OfflineAgent):
         if not args.dataset:
             raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH "
                            "(make one with experiments/collect.py)")
-        if run_dir is None:          # a sweep keeps no world between runs
+        if world_dir is None and run_dir is None:        # nothing to resume: kept nowhere in particular
             import tempfile
 
-            run_dir = Path(tempfile.mkdtemp(prefix="sweep_world_"))
-        world_dir = run_dir / "world"
+            run_dir = Path(tempfile.mkdtemp(prefix="ctrlrl_world_"))
+        world_dir = run_dir / "world" if world_dir is None else world_dir
+    else:
+        world_dir = None
     try:
         return loops.make(agent, config, args.env, num_seeds, args.seed, replay_transitions=replay_transitions,
                           dataset=args.dataset, world_dir=world_dir, lanes=lanes)
@@ -574,8 +576,7 @@ def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpoi
         sps = float("nan")
         if interval["start"] is not None:
             sps = (step - interval["step"]) / max(time.perf_counter() - interval["start"], 1e-9)
-        if step <= warmup:          # no update yet: the agent's metrics (zeros) do not exist
-            per_seed = {k: v if _is_episode_metric(k) else np.full(np.shape(v), np.nan) for k, v in per_seed.items()}
+        per_seed = metrics_that_exist(step, warmup, per_seed)
         logger.log_train(step, per_seed, {"training/sps": sps, "training/sps_all_seeds": sps * args.num_seeds,
                                           "wall_clock_s": clock()})
         interval.update(start=time.perf_counter(), step=step)
@@ -619,6 +620,15 @@ def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpoi
         loop.on_progress = None
         bar.close()
     return step
+
+
+def metrics_that_exist(step: int, warmup: int, per_seed: dict) -> dict:
+    """`per_seed` with the agent's update metrics NaN (an empty cell: they do not exist) up to the end of an
+    off-policy agent's random warm-up (`warmup` steps; its loop reports zeros there); the loops' episode
+    statistics are kept."""
+    if step > warmup:
+        return per_seed
+    return {k: v if _is_episode_metric(k) else np.full(np.shape(v), np.nan) for k, v in per_seed.items()}
 
 
 def _is_episode_metric(name: str) -> bool:
