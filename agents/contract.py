@@ -10,10 +10,17 @@ float fields are pytree leaves; `init` stores the config in the state it returns
 reads its hyperparameters from the state, so a sweep is a vmap over stacked configs (experiments/loops/lanes.py).
 Required fields are checked when the record is built: a missing one is refused with its name.
 
+Exporting a policy needs nothing more (experiments/policy.py): after every checkpoint, the state leaves that
+`act` reads (with `explore` False and True; `initial_carry` and `act_step` too where the agent has them) are
+written to a params-only file, found by tracing those functions, and loaded back into the structure `init` gives
+under `jax.eval_shape` (nothing allocated). So `act` must read its state through jnp operations (not Python values
+of traced leaves), and an offline agent's `init` must accept `world=None` (a state to load a policy into: its
+world-derived leaves may be stand-ins, as acting never reads them).
+
 Every record
     name          the registry name (`--agent NAME`)
     Config        the `@hyperparameters` dataclass; tyro builds its flags, `validate()` checks them
-    init          (key, spec, config, ...) -> state      (off-policy: + replay capacity; offline: + world)
+    init          (key, spec, config, ...) -> state      (off-policy: + replay capacity; offline: + world, or None)
     act           (state, obs, key, explore: bool) -> action in [-1, 1]
     diagnostics   optional: (state, key) -> {name: scalar}, logged at every evaluation (dormant ratio, srank, ...)
     PRESETS       named sets of flag values (`--preset NAME`); RUN_DEFAULTS: run.py's defaults for this agent

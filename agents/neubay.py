@@ -596,7 +596,9 @@ def init(key: jax.Array, spec: EnvSpec, config: Config, world: dict) -> NEUBAYSt
         actor=trained(actor_params, optimizer, target=False), critic=trained(critic_params, optimizer),
         log_alpha=log_alpha, alpha_opt_state=optax.adam(config.alpha_lr).init(log_alpha),
         buffer=empty_buffer(config.buffer_size, window_length(config, spec), spec.obs_dim, spec.action_dim),
-        rollout_metrics={name: jnp.zeros(()) for name in ROLLOUT_METRICS}, probe_obs=world["probe_obs"],
+        rollout_metrics={name: jnp.zeros(()) for name in ROLLOUT_METRICS},
+        # Without a world (an exported policy being loaded: agents/contract.py), the probe is a stand-in of zeros.
+        probe_obs=world["probe_obs"] if world is not None else jnp.zeros((1, spec.obs_dim)),
         updates=jnp.zeros((), jnp.int32), rollout_countdown=jnp.zeros((), jnp.int32), config=config, spec=spec)
 
 

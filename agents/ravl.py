@@ -229,8 +229,9 @@ class RAVLState:
 def init(key: jax.Array, spec: EnvSpec, config: Config, world: dict) -> RAVLState:
     base = sac.init(key, spec, config, capacity=4).replace(replay=None)
     capacity = config.rollout_batch * config.rollout_horizon * config.retain_rounds
-    starts = world["starts"][:256]
-    return RAVLState(base, ring_lib.create(capacity, spec.obs_dim, spec.action_dim), world["data"].obs[starts])
+    # Without a world (an exported policy being loaded: agents/contract.py), the probe is a stand-in of zeros.
+    probe = world["data"].obs[world["starts"][:256]] if world is not None else jnp.zeros((1, spec.obs_dim))
+    return RAVLState(base, ring_lib.create(capacity, spec.obs_dim, spec.action_dim), probe)
 
 
 def act(state: RAVLState, obs: jax.Array, key: jax.Array, explore: bool) -> jax.Array:

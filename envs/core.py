@@ -19,6 +19,7 @@ acts on next.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
@@ -36,9 +37,23 @@ class UnknownEnvError(ValueError):
     """An environment id that names no environment; the message lists valid ones."""
 
 
+class UnsupportedEnvError(UnknownEnvError):
+    """An environment that exists but that the agents cannot use (a space that is not a bounded Box, no time
+    limit, a JAX env whose functions do not fit its spec); the message names what and why."""
+
+
+def all_env_ids() -> list[str]:
+    """The built-in id families and every family or id registered with ``envs.register`` (or named by a
+    ``ctrlrl.envs`` entry point), as error messages list them."""
+    from envs import registry
+
+    return [*ENV_ID_FAMILIES, *registry.listed_ids()]
+
+
 def unknown_env_error(env_id: str, kind: str = "", choices: Sequence[str] = ()) -> UnknownEnvError:
     """One-line error naming ``env_id``, the id families and, if given, the valid ``kind`` choices."""
-    message = f"Unknown env id {env_id!r}: valid ids are {', '.join(ENV_ID_FAMILIES)}"
+    message = (f"Unknown env id {env_id!r}: valid ids are {', '.join(all_env_ids())} (more with envs.register "
+               "or run.py --env-module)")
     if choices:
         message += f"; valid {kind} are {', '.join(choices)}"
     return UnknownEnvError(message + ".")
@@ -87,6 +102,24 @@ def scale_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nd
     """
     action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
     return low + (action + 1.0) * 0.5 * (high - low)
+
+
+@dataclasses.dataclass
+class MujocoScene:
+    """What drawing one MuJoCo env needs (experiments/video.py): its model and data (``mujoco.MjModel``,
+    ``mujoco.MjData``), the ``camera`` (a camera id, -1 the free camera, or a ``mujoco.MjvCamera``), and ``fps``,
+    the frames per second of one frame per agent step."""
+
+    model: Any
+    data: Any
+    camera: Any
+    fps: float
+
+
+def default_camera(model) -> int:
+    """The camera a video is drawn from where the env names none: the model's first (dm_control's suite and its
+    Playground ports define a fixed or tracking one per task), else the free camera (-1)."""
+    return 0 if model.ncam > 0 else -1
 
 
 # --------------------------------------------------------------------------
@@ -223,7 +256,9 @@ class HostVecEnv:
         """
         state = host_state.loads(blob)
         host_state.check_compatible(state, self.spec, [type(env).__name__ for env in self._instances])
-        previous = [env.get_state() for env in self._instances]
+        with warnings.catch_warnings():        # a snapshot to roll back to, not a checkpoint: no warnings from it
+            warnings.simplefilter("ignore")
+            previous = [env.get_state() for env in self._instances]
         for i, (env, (_, instance_state)) in enumerate(zip(self._instances, state["instances"])):
             try:
                 env.set_state(instance_state)
@@ -433,3 +468,96 @@ def any_over(mask: jax.Array, sync_axes: tuple[str, ...] = ()) -> jax.Array:
 def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:
     """Broadcast a [N] mask against a [N, ...] leaf."""
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+# --------------------------------------------------------------------------
+# A user's pure-JAX env: write reset, step and spec; JaxEnv does the rest
+# --------------------------------------------------------------------------
+
+
+class PureJaxEnv:
+    """Subclass this to bring a pure-JAX env: set ``spec`` and write ``reset`` and ``step`` for ONE env and ONE
+    frame, with no episode bookkeeping::
+
+        class Hover(envs.PureJaxEnv):
+            def __init__(self, episode_length: int = 200):
+                self.spec = envs.EnvSpec("my:Hover", obs_dim=2, action_dim=1, max_episode_steps=episode_length,
+                                         action_repeat=1, can_terminate=False)
+
+            def reset(self, key):                         # -> (state, obs [obs_dim])
+                height = jax.random.uniform(key, (1,), minval=-1.0, maxval=1.0)
+                state = (height, jnp.zeros(1))
+                return state, jnp.concatenate(state)
+
+            def step(self, state, action):                # action in [-1, 1]^action_dim
+                height, speed = state                     # -> (state, obs, reward, terminated)
+                speed = speed + 0.05 * action
+                height = height + 0.05 * speed
+                return (height, speed), jnp.concatenate([height, speed]), -jnp.abs(height[0]), jnp.array(False)
+
+    ``state`` is any pytree whose shapes ``step`` keeps; both functions must be jittable (no Python branches on
+    traced values). ``as_jax_env()`` wraps them into the ``JaxEnv`` that the loops drive, which adds everything
+    else once for every env: ``spec.action_repeat`` frames per agent step with rewards summed, truncation at
+    ``spec.max_episode_steps`` agent steps, auto-reset with a fresh key, episode returns, NaN recovery, batched
+    stepping (``step_batch``) and the non-stationary switches that work on any JAX env. ``envs.make`` calls it
+    for a registered factory that returns one (``envs.register``).
+    """
+
+    spec: EnvSpec
+
+    def reset(self, key: jax.Array) -> tuple[Any, jax.Array]:
+        raise NotImplementedError(f"{type(self).__name__}.reset(key) -> (state, obs)")
+
+    def step(self, state: Any, action: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+        raise NotImplementedError(f"{type(self).__name__}.step(state, action) -> (state, obs, reward, terminated)")
+
+    def as_jax_env(self) -> JaxEnv:
+        """The ``JaxEnv`` of this env, its shapes checked against ``spec`` (``check_jax_env``)."""
+        if not isinstance(getattr(self, "spec", None), EnvSpec):
+            raise UnsupportedEnvError(f"{type(self).__name__} has no spec: set self.spec = envs.EnvSpec(...)")
+        # A user's env knows no phases (envs/nonstationary.py): the frame functions drop them.
+        env = JaxEnv(self.spec, lambda key, phase: self.reset(key),
+                     lambda state, action, phase: self.step(state, action))
+        check_jax_env(env)
+        return env
+
+
+def check_jax_env(env: JaxEnv) -> None:
+    """Trace ``env``'s frame functions once, abstractly (``jax.eval_shape``: no compilation), and raise
+    ``UnsupportedEnvError`` naming the first output that does not fit ``env.spec``: so that a mistake in a
+    user's env is one line here rather than an error deep inside a training loop's trace."""
+    spec = env.spec
+    name = spec.env_id
+    phase = jax.ShapeDtypeStruct((), jnp.int32)
+    reset = jax.eval_shape(env._physics_reset, jax.ShapeDtypeStruct((2,), jnp.uint32), phase)
+    if not (isinstance(reset, tuple) and len(reset) == 2):
+        raise UnsupportedEnvError(f"{name}: reset(key) must return (state, obs), got {_describe(reset)}")
+    state, obs = reset
+    _check_shape(name, "reset's obs", obs, (spec.obs_dim,), f"(spec.obs_dim,) = ({spec.obs_dim},)")
+    action = jax.ShapeDtypeStruct((spec.action_dim,), jnp.float32)
+    stepped = jax.eval_shape(env._physics_step, state, action, phase)
+    if not (isinstance(stepped, tuple) and len(stepped) == 4):
+        raise UnsupportedEnvError(f"{name}: step(state, action) must return (state, obs, reward, terminated), "
+                                  f"got {_describe(stepped)}")
+    new_state, obs, reward, terminated = stepped
+    _check_shape(name, "step's obs", obs, (spec.obs_dim,), f"(spec.obs_dim,) = ({spec.obs_dim},)")
+    _check_shape(name, "step's reward", reward, (), "a scalar, ()")
+    _check_shape(name, "step's terminated", terminated, (), "a scalar, ()")
+    before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+    after = jax.tree.map(lambda x: (x.shape, x.dtype), new_state)
+    if jax.tree.structure(state) != jax.tree.structure(new_state) or before != after:
+        raise UnsupportedEnvError(f"{name}: step must return a state of the same structure, shapes and dtypes as "
+                                  f"reset's (auto-reset swaps one for the other): reset gave {before}, step gave "
+                                  f"{after}")
+
+
+def _check_shape(name: str, what: str, value: Any, shape: tuple, expected: str) -> None:
+    if getattr(value, "shape", None) != shape:
+        raise UnsupportedEnvError(f"{name}: {what} has shape {getattr(value, 'shape', _describe(value))}; "
+                                  f"expected {expected}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)}"
+    return type(value).__name__

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.core import EnvSpec, HostVecEnv, scale_action, unknown_env_error
+from envs.core import EnvSpec, HostVecEnv, MujocoScene, default_camera, scale_action, unknown_env_error
 from envs.host_state import array_fields
+from envs.options import EnvOptionError
 
 DEFAULT_TASK = "cheetah-run"
 
@@ -124,6 +125,12 @@ class DmcInstance:
                 break
         return _flatten(time_step.observation), reward, False, time_step.last()
 
+    def scene(self) -> MujocoScene:
+        """The simulator as it is now, for drawing (one frame per agent step: action repeat x control step)."""
+        physics = self.env.physics
+        return MujocoScene(physics.model.ptr, physics.data.ptr, default_camera(physics.model.ptr),
+                           1.0 / (self.env.control_timestep() * self._action_repeat))
+
     def get_state(self) -> dict[str, Any]:
         import mujoco
 
@@ -185,12 +192,24 @@ class DmcInstance:
         self.env.close()
 
 
-def make_dmc(task_id: str, num_envs: int, seed: int, action_repeat: int = 2) -> HostVecEnv:
-    """``num_envs`` instances of ``task_id`` (e.g. ``'walker-walk'``); env i uses seed + i."""
+def make_dmc(task_id: str, num_envs: int, seed: int, action_repeat: int = 2,
+             episode_length: int | None = None) -> HostVecEnv:
+    """``num_envs`` instances of ``task_id`` (e.g. ``'walker-walk'``); env i uses seed + i.
+
+    ``episode_length`` counts agent steps (envs/options.py): the episode ends after ``episode_length x
+    action_repeat`` frames. Left out, dm_control's own time limit (1000 frames for the suite) decides:
+    ``ceil(1000 / action_repeat)`` agent steps, 500 under MR.Q's action repeat of 2.
+    """
     domain, task = parse_task(task_id)
-    if action_repeat < 1:
-        raise ValueError(f"dmc:{task_id}: action_repeat must be >= 1, got {action_repeat}.")
+    if action_repeat < 1 or (episode_length is not None and episode_length < 1):
+        raise EnvOptionError(f"dmc:{task_id}: action_repeat ({action_repeat}) and episode_length "
+                             f"({episode_length}) must be >= 1.")
     instances = [DmcInstance(domain, task, seed + i, action_repeat) for i in range(num_envs)]
+    if episode_length is not None:
+        for instance in instances:
+            # dm_control's time limit in frames (set from time_limit / control_timestep; no public setter).
+            # Saved nowhere: like the rest of the constructor's arguments, a restore rebuilds it from the id.
+            instance.env._step_limit = episode_length * action_repeat
     probe = instances[0].env
     frame_limit = probe._step_limit  # dm_control's time limit in frames; no public accessor
     spec = EnvSpec(

@@ -11,8 +11,11 @@ truncation is reported separately and bootstraps.
 
 from __future__ import annotations
 
+import math
+
 from envs.core import EnvSpec, JaxEnv, UnknownEnvError, unknown_env_error
 from envs.mjx_cholesky import cholesky_without_lapack
+from envs.options import EnvOptionError
 
 
 def playground_names() -> list[str]:
@@ -27,28 +30,41 @@ def make_playground(
     impl: str = "jax",
     action_repeat: int = 1,
     episode_length: int | None = None,
+    ctrl_dt: float | None = None,
+    sim_dt: float | None = None,
 ) -> JaxEnv:
     """Load Playground task ``name``.
 
     ``impl='jax'`` works on every backend (CPU, GPU, TPU); ``'warp'`` needs
-    warp installed. ``episode_length`` counts simulator control steps (frames),
-    as in Playground's config (default there: 1000), so the default episode is
-    the same length in time whatever ``action_repeat`` is;
-    ``spec.max_episode_steps = episode_length // action_repeat`` agent steps.
+    warp installed. One frame is one Playground ``step``: ``ctrl_dt`` seconds,
+    integrated in ``ctrl_dt / sim_dt`` physics substeps (Playground's config
+    keys; left out, the task's own). ``action_repeat`` frames make one agent
+    step, as Brax's training wrapper repeats them (what Playground's PPO
+    configs set, e.g. 4 for PendulumSwingup; the ``action_repeat`` key of a
+    Playground *env* config is not read by the env). ``episode_length`` counts
+    agent steps, as for every family (envs/options.py); left out, it is
+    Playground's ``episode_length`` (frames, 1000 for the DMC ports) divided by
+    ``action_repeat``, rounded up, so that the default episode lasts as long
+    in time whatever ``action_repeat`` is, and ends where Brax's wrapper ends it.
+    ``mjx:CartpoleBalance?action_repeat=2&episode_length=500`` is MR.Q's DMC
+    protocol (1000 frames as 500 agent steps of 2).
     """
     from mujoco_playground import registry
 
     if name not in playground_names():
         names = ["mjx:" + n for n in playground_names()]
         raise unknown_env_error(f"mjx:{name}", "Playground DM Control suite names", names)
-    env = registry.load(name, config_overrides={"impl": impl})
+    overrides = {"impl": impl, **{k: v for k, v in (("ctrl_dt", ctrl_dt), ("sim_dt", sim_dt)) if v is not None}}
+    env = registry.load(name, config_overrides=overrides)
+    substeps = env.dt / env.sim_dt
+    if substeps < 1 or abs(substeps - round(substeps)) > 1e-6 * substeps:
+        raise EnvOptionError(f"mjx:{name}: ctrl_dt ({env.dt}) must be a whole multiple of sim_dt ({env.sim_dt}): "
+                             "one frame integrates ctrl_dt / sim_dt physics steps")
+    if action_repeat < 1 or (episode_length is not None and episode_length < 1):
+        raise EnvOptionError(f"mjx:{name}: action_repeat ({action_repeat}) and episode_length ({episode_length}) "
+                             "must be >= 1")
     if episode_length is None:
-        episode_length = int(env._config.episode_length)  # no public accessor
-    if action_repeat < 1 or episode_length < 1 or episode_length % action_repeat:
-        raise ValueError(
-            f"mjx:{name}: episode_length ({episode_length}) must be a positive "
-            f"multiple of action_repeat ({action_repeat})."
-        )
+        episode_length = math.ceil(int(env._config.episode_length) / action_repeat)  # no public accessor
 
     # MJX traced with jnp Cholesky factorizations on CPU: LAPACK's can deadlock there (envs/mjx_cholesky.py).
     def physics_reset(key, phase):
@@ -69,11 +85,19 @@ def make_playground(
         env_id=f"mjx:{name}",
         obs_dim=obs_size,
         action_dim=int(env.action_size),
-        max_episode_steps=episode_length // action_repeat,
+        max_episode_steps=episode_length,
         action_repeat=action_repeat,
         can_terminate=False,
     )
     # Playground's actions are already in [-1, 1]; JaxEnv clips them there.
     jax_env = JaxEnv(spec, physics_reset, physics_step)
     jax_env.playground = env      # for envs/nonstationary.py (dynamics and reward switches)
+    # For videos (experiments/video.py): what of a state drawing it needs, as Playground's own render_array sets
+    # it, and the model and frame rate (one frame per agent step) to draw it with.
+    jax_env.render_state = lambda state: {name: getattr(state.data, name) for name in RENDER_FIELDS}
+    jax_env.render_model = env.mj_model
+    jax_env.render_fps = 1.0 / (env.dt * action_repeat)
     return jax_env
+
+
+RENDER_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "xfrc_applied")

@@ -26,8 +26,8 @@ Options:
 * `every` (required): env steps per seed between switches. With N parallel envs
   stepping in lockstep, each env switches after ceil(every / N) of its own steps.
 * `scale` (dynamics and goal_mirror, default 0.5), `seed` (obs_permutation only, default 0).
-* `action_repeat` (any JAX env, with or without a switch): simulator frames per agent step, e.g.
-  `mjx:PendulumSwingup?action_repeat=4` (Playground's PPO setting for that task).
+* The env's own options (`action_repeat`, `episode_length`, ...; envs/options.py) may stand beside a
+  switch: `mjx:PendulumSwingup?action_repeat=4&switch=action_sign&every=1000000`.
 
 Phase p = clock // ceil(every / N), where `clock` counts an env's steps across
 episodes (`JaxEnvState.clock`); resets keep it, so the schedule is in training
@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 
 from envs import toy
-from envs.core import JaxEnv, UnknownEnvError
+from envs.core import JaxEnv
 from envs.mjx_cholesky import cholesky_without_lapack
+from envs.options import EnvOptionError, integer, parse_query, with_query
 
 DYNAMICS = ("gravity", "actuator_gain", "mass", "friction")
 SWITCHES = DYNAMICS + ("reward", "obs_permutation", "action_sign", "goal_mirror")
@@ -65,7 +66,7 @@ REWARD_CYCLES = {
 _WALKER_TASK = {"stand": "WalkerStand", "walk": "WalkerWalk", "run": "WalkerRun"}
 
 
-class NonStationaryError(UnknownEnvError):
+class NonStationaryError(EnvOptionError):
     """A bad non-stationary option; the message names the valid values."""
 
 
@@ -78,45 +79,14 @@ class Schedule:
 
 
 SWITCH_OPTIONS = ("switch", "every", "scale", "seed")
-ENV_OPTIONS = ("action_repeat",)   # options of the env itself, stationary or not
-
-
-def _options(env_id: str) -> tuple[str, dict[str, str]]:
-    """`base?k=v&...` -> (base, {k: v}); refuses malformed, repeated and unknown options."""
-    base, sep, query = env_id.partition("?")
-    valid = ", ".join(SWITCH_OPTIONS + ENV_OPTIONS)
-    options: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise NonStationaryError(f"{env_id}: option {item!r} is not key=value; valid keys: {valid}")
-        if key in options:
-            raise NonStationaryError(f"{env_id}: option {key!r} is given twice ({options[key]!r} and {value!r})")
-        options[key] = value
-    unknown = set(options) - set(SWITCH_OPTIONS + ENV_OPTIONS)
-    if unknown:
-        raise NonStationaryError(f"{env_id}: unknown option(s) {sorted(unknown)}; valid: {valid}")
-    return base, options
-
-
-def env_options(env_id: str) -> tuple[str, dict]:
-    """`mjx:PendulumSwingup?action_repeat=4` -> (`mjx:PendulumSwingup`, {"action_repeat": 4}): the env's own
-    options (given in the id so that one string names the env everywhere: training, evaluation, config.json)."""
-    base, options = _options(env_id)
-    kwargs = {}
-    if "action_repeat" in options:
-        kwargs["action_repeat"] = _integer(env_id, "action_repeat", options["action_repeat"])
-        if kwargs["action_repeat"] < 1:
-            raise NonStationaryError(f"{env_id}: action_repeat must be >= 1, got {kwargs['action_repeat']}")
-    return base, kwargs
 
 
 def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
     """`mjx:CheetahRun?switch=reward&every=5000000` -> (`mjx:CheetahRun`, Schedule); ids without a switch ->
-    (id, None). The env's own options (`action_repeat`) stay on the returned id."""
-    base, all_options = _options(env_id)
-    kept = [f"{k}={v}" for k, v in all_options.items() if k in ENV_OPTIONS]
-    base = base + ("?" + "&".join(kept) if kept else "")
+    (id, None). The env's own options (`action_repeat`, `episode_length`, ...: envs/options.py) stay on the
+    returned id. The id's query is parsed by envs/options.py, the syntax every family shares."""
+    base, all_options = parse_query(env_id)
+    base = with_query(base, {k: v for k, v in all_options.items() if k not in SWITCH_OPTIONS})
     options = {k: v for k, v in all_options.items() if k in SWITCH_OPTIONS}
     if not options:
         return base, None
@@ -142,12 +112,9 @@ def split_env_id(env_id: str) -> tuple[str, Schedule | None]:
 
 def _integer(env_id: str, name: str, text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise NonStationaryError(f"{env_id}: {name} must be an integer, got {text!r}") from None
-    if abs(value) > 2**31 - 1:
-        raise NonStationaryError(f"{env_id}: {name} must be below 2^31 (an int32 on the device), got {value}")
-    return value
+        return integer(env_id, name, text)
+    except EnvOptionError as error:
+        raise NonStationaryError(str(error)) from None
 
 
 def phase_schedule(every: int, num_envs: int):
@@ -159,7 +126,7 @@ def phase_schedule(every: int, num_envs: int):
 def make(base: JaxEnv, base_id: str, schedule: Schedule, num_envs: int) -> JaxEnv:
     """Wrap `base` (made from `base_id`) so that its task changes on `schedule`."""
     phase_of = phase_schedule(schedule.every, num_envs)
-    base_id = env_options(base_id)[0]
+    base_id = parse_query(base_id)[0]
     if schedule.switch == "obs_permutation":
         return _with_obs_permutation(base, schedule, phase_of)
     if schedule.switch == "action_sign":

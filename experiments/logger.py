@@ -95,6 +95,40 @@ def _mean_over_seeds(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
+def eval_rows(step: int, returns: np.ndarray, per_seed: Mapping[str, np.ndarray] | None = None,
+              per_task: np.ndarray | None = None, tasks: Sequence[str] = (), seeds: Sequence[int] | None = None
+              ) -> tuple[list[dict], dict]:
+    """eval.csv's rows for `returns` [num_seeds, episodes] (one per seed: its mean return and the std over its
+    episodes, and its `per_seed` values) and the multitask scalars; `seeds`: the seed indices of the rows
+    (default 0 .. num_seeds - 1). experiments/evaluate.py writes its rows with it too.
+
+    A multitask run also gives `per_task` [num_seeds, episodes, T] and the `tasks`' ids: the rows then have a
+    `task` column and a `score` column (the return normalised per task, envs/multitask.py); each seed's row
+    with task `all` holds the mean over the tasks (its score is the aggregate normalised score), and one row per
+    seed and task follows it."""
+    per_seed = per_seed or {}
+    seeds = list(range(len(returns))) if seeds is None else list(seeds)
+    rows = [{"step": step, "seed": seeds[i], "return": float(np.mean(r)), "return_std": float(np.std(r)),
+             **{k: float(v[i]) for k, v in per_seed.items()}} for i, r in enumerate(returns)]
+    scalars = {}
+    if per_task is not None:
+        from envs.multitask import normalized_score
+
+        score = np.stack([normalized_score(task, per_task[..., t]) for t, task in enumerate(tasks)], -1)
+        task_rows = []
+        for i, row in enumerate(rows):
+            rows[i] = {"step": step, "seed": seeds[i], "task": "all", "score": float(score[i].mean()), **{
+                k: v for k, v in row.items() if k not in ("step", "seed")}}
+            task_rows += [{"step": step, "seed": seeds[i], "task": task, "score": float(score[i, :, t].mean()),
+                           "return": float(per_task[i, :, t].mean()),
+                           "return_std": float(per_task[i, :, t].std())} for t, task in enumerate(tasks)]
+        rows = [r for i in range(len(rows)) for r in [rows[i]] + task_rows[i * len(tasks):(i + 1) * len(tasks)]]
+        scalars["eval/normalized_score"] = float(score.mean())
+        scalars.update({f"eval/{task}/episode_reward": float(per_task[..., t].mean())
+                        for t, task in enumerate(tasks)})
+    return rows, scalars
+
+
 class RunLogger:
     """eval.csv, train.csv, TensorBoard events and (optionally) Weights & Biases."""
 
@@ -132,34 +166,13 @@ class RunLogger:
     def log_eval(self, step: int, returns: np.ndarray, per_seed: Mapping[str, np.ndarray] | None = None,
                  per_task: np.ndarray | None = None, tasks: Sequence[str] = (),
                  shared: Mapping[str, float] | None = None) -> None:
-        """`returns` is [num_seeds, episodes]; one row per seed, with the agent's diagnostics ([num_seeds] each).
-
-        A multitask run also gives `per_task` [num_seeds, episodes, T] and the `tasks`' ids: eval.csv then has a
-        `task` column and a `score` column (the return normalised per task, envs/multitask.py); each seed's
-        row with task `all` holds the mean over the tasks (its score is the aggregate normalised score), and
-        one row per seed and task follows it. `shared` adds columns of one value to every row (wall_clock_s)."""
+        """`returns` is [num_seeds, episodes]; one row per seed (`eval_rows`), with the agent's diagnostics
+        ([num_seeds] each). `shared` adds columns of one value to every row (wall_clock_s)."""
         per_seed = per_seed or {}
-        rows = [{"step": step, "seed": seed, "return": float(np.mean(r)), "return_std": float(np.std(r)),
-                 **{k: float(v[seed]) for k, v in per_seed.items()}} for seed, r in enumerate(returns)]
-        scalars = {}
+        rows, scalars = eval_rows(step, returns, per_seed, per_task, tasks)
         seed_scalars = {"eval/episode_reward": np.mean(returns, axis=1)}
-        if per_task is not None:
-            from envs.multitask import normalized_score
-
-            score = np.stack([normalized_score(task, per_task[..., t]) for t, task in enumerate(tasks)], -1)
-            task_rows = []
-            for seed, row in enumerate(rows):
-                rows[seed] = {"step": step, "seed": seed, "task": "all", "score": float(score[seed].mean()), **{
-                    k: v for k, v in row.items() if k not in ("step", "seed")}}
-                task_rows += [{"step": step, "seed": seed, "task": task, "score": float(score[seed, :, t].mean()),
-                               "return": float(per_task[seed, :, t].mean()),
-                               "return_std": float(per_task[seed, :, t].std())} for t, task in enumerate(tasks)]
-            rows = [r for seed in range(len(rows)) for r in [rows[seed]] + task_rows[seed * len(tasks):
-                                                                                   (seed + 1) * len(tasks)]]
-            scalars["eval/normalized_score"] = float(score.mean())
-            scalars.update({f"eval/{task}/episode_reward": float(per_task[..., t].mean())
-                            for t, task in enumerate(tasks)})
-            seed_scalars["eval/normalized_score"] = score.mean(axis=(1, 2))
+        if per_task is not None:          # each seed's aggregate normalised score: its row of task `all`
+            seed_scalars["eval/normalized_score"] = np.array([r["score"] for r in rows if r["task"] == "all"])
         rows = [{**row, **(shared or {})} for row in rows]
         self.eval_csv.write(rows)
         self._scalars(step, {"eval/episode_reward": float(np.mean(returns)),

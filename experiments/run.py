@@ -21,7 +21,7 @@ if __package__ in (None, ""):          # run as a script: make the repository im
 import tyro
 
 import agents
-from envs import UnknownEnvError, nonstationary
+from envs import UnknownEnvError, nonstationary, options
 from experiments.checkpoint import CheckpointError
 from experiments.train import (DivergenceError, RunArgs, RunError, RunIOError, Stopped, from_saved, read_saved_run,
                                train)
@@ -173,7 +173,7 @@ def parse_command(argv: list[str], verb: str = "Train", extra: type | None = Non
     # given on the command line still override; an env option (action_repeat) is added to the env id.
     task = {} if saved is not None or agent.task_preset is None else dict(agent.task_preset(
         preset, known.env or run_defaults.env))
-    task_env_options = {k: task.pop(k) for k in list(task) if k in nonstationary.ENV_OPTIONS}
+    task_env_options = {k: task.pop(k) for k in list(task) if k in options.FAMILY_OPTIONS["mjx"]}
     run_fields = {f.name for f in dataclasses.fields(RunArgs)}
     run_defaults = dataclasses.replace(run_defaults, **{k: v for k, v in task.items() if k in run_fields})
     config_defaults = dataclasses.replace(config_defaults, **{k: v for k, v in task.items() if k not in run_fields})
@@ -200,7 +200,7 @@ def parse_command(argv: list[str], verb: str = "Train", extra: type | None = Non
         description += f" The defaults shown are those of --preset {preset}{chosen}."
     parsed = cli(cli_type, argv, description)
     run_args = _as_run_args(parsed.run)
-    env_options = nonstationary.env_options(nonstationary.split_env_id(run_args.env)[0])[1] if task_env_options else {}
+    env_options = options.parse_query(nonstationary.split_env_id(run_args.env)[0])[1] if task_env_options else {}
     missing = {k: v for k, v in task_env_options.items() if k not in env_options}
     if missing:
         base, sep, query = run_args.env.partition("?")
@@ -258,6 +258,10 @@ def _agent_list_help(argv: list[str], verb: str, extra: type | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("--video-every") for arg in argv):
+        from experiments import video
+
+        video.configure_headless()      # before anything imports mujoco, which then keeps its GL backend
     try:
         run_args, config = parse(argv)
         run_dir = train(run_args, config)

@@ -35,7 +35,7 @@ LOCK_FILE = "run.lock"
 # Everything a run or a sweep writes into its directory (temporary `.tmp` files included).
 RUN_ENTRIES = frozenset({
     "status.json", "status.tmp", "config.json", "config.tmp", "eval.csv", "eval.tmp", "train.csv", "train.tmp",
-    "summary.csv", "summary.tmp", "tensorboard", "checkpoints", "world", "wandb", LOCK_FILE,
+    "summary.csv", "summary.tmp", "tensorboard", "checkpoints", "world", "wandb", "videos", "evaluations", LOCK_FILE,
 })
 _PROCESS_DIR = re.compile(r"^process_\d+$")     # non-main hosts of a multi-host run
 

@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         if run_args.resume_from is not None:
             raise SweepError("--resume-from is for runs: a sweep resumes each of its programs from that program's "
                              "latest checkpoint (delete a later checkpoint to continue from an earlier one)")
+        if run_args.video_every is not None:
+            raise SweepError("--video-every is for runs: a sweep writes no policy exports or videos (evaluate a "
+                             "point by running it with run.py, then experiments/evaluate.py --video)")
         agent = agents.get(run_args.agent)
         path = Path(run_args.run_dir or f"runs/sweep/{run_args.agent}")
         if run_args.resume:

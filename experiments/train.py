@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 import agents
+import envs
 from agents.config import INT32_MAX, check_fields, field
 from experiments import jax_setup, memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
@@ -74,8 +75,12 @@ class RunArgs(jax_setup.JaxFlags):
     agent: str = "mrq"
     """Agent name (see agents/__init__.py)."""
     env: str = "dmc"
-    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass (default: the
-    agent's; dmc = dmc:cheetah-run, for PPO, GTR and SIGReg mjx:CartpoleBalance)."""
+    """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass, or one registered
+    with envs.register (see --env-module); options follow a '?': dmc:walker-walk?action_repeat=4&episode_length=250
+    (envs/options.py). Default: the agent's (dmc = dmc:cheetah-run; for PPO, GTR and SIGReg mjx:CartpoleBalance)."""
+    env_module: tuple[str, ...] = ()
+    """Modules to import before the env is made, e.g. mypackage.envs: their envs.register calls make your own
+    env ids valid (the current directory is on the path). Saved in config.json: --resume imports them again."""
     seed: int = field(0, ">= 0")
     """First seed; seed i of the run uses seed + i."""
     num_seeds: int = field(1, ">= 1")
@@ -117,6 +122,11 @@ class RunArgs(jax_setup.JaxFlags):
     preset: str | None = None
     """Named preset of the agent's flags, applied before the flags given (PPO: playground, cpu; default
     for PPO: cpu on a CPU backend, playground on GPU/TPU)."""
+    video_every: int | None = field(None, ">= 1")
+    """Every N evaluations, also write MP4s of seed 0's first --video-episodes evaluation episodes to
+    <run-dir>/videos/<step>/ (off by default; needs the video extra, experiments/video.py)."""
+    video_episodes: int = field(1, ">= 1")
+    """Episodes drawn at each --video-every evaluation."""
 
     def validate(self) -> None:
         try:
@@ -207,16 +217,19 @@ def read_saved_run(run_dir: Path) -> dict:
             raise KeyError("run / agent_config")
         # A run saved before --matmul-precision existed ran at JAX's default precision.
         saved["run"].setdefault("matmul_precision", "default")
+        saved["run"].setdefault("env_module", [])           # ... and before --env-module, imported nothing
         return saved
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunError(f"{path} is corrupt ({error}); cannot resume this run") from None
 
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
-    """A resumed run must be the same experiment; only its length, how it is shown, its checkpoints and its
-    compile cache may change (the matmul precision may not: it changes the numbers on a GPU)."""
+    """A resumed run must be the same experiment; only its length, how it is shown (videos included), its
+    checkpoints and its compile cache may change (the matmul precision may not: it changes the numbers on a
+    GPU)."""
     mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
-               "distributed", "compile_cache", "compile_cache_dir", "checkpoint_every", "keep_checkpoints"}
+               "distributed", "compile_cache", "compile_cache_dir", "checkpoint_every", "keep_checkpoints",
+               "video_every", "video_episodes"}
     run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
@@ -276,6 +289,8 @@ def train(args: RunArgs, config: Any) -> Path:
     # Building the env validates the id (UnknownEnvError lists the valid ones) before anything is written.
     loop = make_loop(agent, config, args, replay_transitions, run_dir.path)
     try:
+        if args.video_every is not None:
+            _check_video(args, loop)
         memory.check(loop)
         check_warmup(agent, config, loop.spec, args.total_steps)
         if is_main_process():
@@ -292,6 +307,17 @@ def train(args: RunArgs, config: Any) -> Path:
         raise RunError(f"out of device memory while training: {memory.describe(loop)}") from None
     finally:
         loop.close()
+
+
+def _check_video(args: RunArgs, loop) -> None:
+    """RunError unless this machine can draw the run's env (experiments/video.py)."""
+    from experiments import video
+
+    try:
+        video.check_available()
+        video.check_env(args.env, getattr(loop, "env", None))
+    except video.VideoError as error:
+        raise RunError(f"--video-every: {error}") from None
 
 
 def _claim(run_dir: RunDir, args: RunArgs) -> None:
@@ -340,6 +366,10 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
     from replay.datasets import DatasetError
 
     agent = agents.record(agent)
+    try:
+        envs.import_modules(args.env_module)      # a user's envs.register calls, before the env is made
+    except envs.EnvModuleError as error:
+        raise RunError(str(error)) from None
     num_seeds = args.num_seeds if lanes is None else len(lanes)
     if isinstance(agent, agents.OfflineAgent):
         if not args.dataset:
@@ -545,6 +575,72 @@ def _drop_checkpoints_after(checkpointer: Checkpointer, step: int) -> None:
         checkpointer.delete(later)
 
 
+class _PolicyExports:
+    """The policy export written beside every checkpoint (experiments/policy.py), and the videos drawn from it
+    every --video-every evaluations (experiments/video.py). An agent that cannot be exported is said once, and
+    the run goes on without exports."""
+
+    def __init__(self, args: RunArgs, loop, run_dir: Path):
+        from experiments.policy import Exporter
+
+        self.args, self.run_dir = args, run_dir
+        self.exporter = Exporter(loop, args.eval_episodes, args.matmul_precision)
+        self.failed = False
+        self.last = None                 # the latest export (host arrays), for the videos
+        self.evaluations = 0
+        self._video_evaluator = None
+
+    @staticmethod
+    def written(checkpoint_dir: Path) -> bool:
+        from experiments.policy import FILE
+
+        return (checkpoint_dir / FILE).is_file()
+
+    def write(self, checkpoint_dir: Path, state, step: int) -> None:
+        from experiments.policy import FILE, ExportError
+
+        if self.failed:
+            return
+        try:
+            # Every process takes part (a sharded state is gathered), the main one writes.
+            self.last = self.exporter.write(checkpoint_dir / FILE, state["agent"], step, write=is_main_process())
+        except ExportError as error:
+            self.failed = True
+            print(f"warning: no policy exports for this run: {error}", file=sys.stderr, flush=True)
+
+    def video(self, step: int, state) -> None:
+        """At every --video-every-th evaluation: seed 0's first --video-episodes evaluation episodes, evaluated
+        again from the export with the same keys and env seeds, drawn to videos/<step>/. The export is this
+        step's: the one written with its checkpoint, or (no checkpoint at this evaluation: --checkpoint-every)
+        one made for the video and not written."""
+        self.evaluations += 1
+        every = self.args.video_every
+        if every is None or self.evaluations % every or self.failed or not is_main_process():
+            return
+        if self.last is None or self.last.step != step:
+            from experiments.policy import ExportError
+
+            try:
+                self.last = self.exporter.export(state["agent"], step)
+            except ExportError as error:
+                self.failed = True
+                print(f"warning: no policy exports for this run: {error}", file=sys.stderr, flush=True)
+                return
+        import envs as envs_lib
+        from experiments import video
+        from experiments.policy import ExportEvaluator
+
+        if self._video_evaluator is None:
+            self._video_evaluator = ExportEvaluator(self.last)
+        recorder = video.Recorder([0], self.args.video_episodes, 320, 240)
+        # Host envs: seed 0's k-th episode has the same env instance whatever the number of episodes, so only the
+        # drawn ones are run; JAX envs draw their episodes' keys from the count, so all of them run.
+        jax_env = envs_lib.is_jax_env(self.args.env)
+        episodes = self.args.eval_episodes if jax_env else min(self.args.video_episodes, self.args.eval_episodes)
+        self._video_evaluator(self.last, [0], episodes, recorder=recorder)
+        recorder.write(self.run_dir / "videos" / str(step))
+
+
 def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpointer, logger, run_dir: RunDir,
           stop: _GracefulStop) -> int:
     """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations,
@@ -567,9 +663,15 @@ def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpoi
 
     loop.on_progress = progress
 
+    exports = _PolicyExports(args, loop, run_dir.path)
+    if start_step and not exports.written(checkpointer.directory / str(start_step)):
+        # A run killed between writing its checkpoint and the export beside it: every checkpoint has one.
+        exports.write(checkpointer.directory / str(start_step), state, start_step)
+
     def save(step: int, state) -> None:
         checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode(),
                                         "wall_clock_s": clock()})
+        exports.write(checkpointer.directory / str(step), state, step)
         _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
 
     def on_log(step: int, per_seed: dict) -> None:
@@ -588,6 +690,7 @@ def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpoi
                         shared={"wall_clock_s": clock()})
         if args.checkpoint_every is None:
             save(step, state)
+        exports.video(step, state)
         if not chunk["evaluated"]:
             bar.skip_interval()            # the first evaluation compiles its program: not the rate of training
             chunk["evaluated"] = True

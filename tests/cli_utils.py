@@ -47,3 +47,24 @@ def run_inprocess(*args: str) -> Result:
     from experiments import run
 
     return run_main(run.main, "--no-progress", *args)
+
+
+def eval_rows(path, step: int) -> dict:
+    """{seed: (return, return_std)} of an eval.csv-like file's rows of `step`, as the file holds them (text)."""
+    import csv
+
+    with open(path) as f:
+        return {row["seed"]: (row["return"], row["return_std"]) for row in csv.DictReader(f)
+                if int(row["step"]) == step}
+
+
+def assert_evaluate_reproduces(run_dir, out, step: int, *args: str) -> dict:
+    """experiments/evaluate.py on the run's policy export of checkpoint `step` (its own evaluator, keys and env
+    seeds; never the training state) writes to `out` the run's eval.csv rows of that step, exactly; returns them."""
+    from experiments import evaluate
+
+    result = run_main(evaluate.main, "--run-dir", str(run_dir), "--step", str(step), "--out", str(out), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = eval_rows(Path(run_dir) / "eval.csv", step)
+    assert eval_rows(out, step) == expected and expected
+    return expected

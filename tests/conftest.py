@@ -19,6 +19,14 @@ if not os.environ.get("CTRLRL_TEST_CACHE_DIR"):
     atexit.register(shutil.rmtree, os.environ["CTRLRL_TEST_CACHE_DIR"], ignore_errors=True)
 os.environ["CTRLRL_CACHE_DIR"] = os.environ["CTRLRL_TEST_CACHE_DIR"]
 
+# Videos (experiments/video.py) are drawn headless with EGL where the machine has libEGL (Mesa's renders on the
+# CPU), as evaluate.py --video sets it up. MuJoCo chooses its GL backend when first imported, so it is set here,
+# before any test imports it.
+import ctypes.util  # noqa: E402
+
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and ctypes.util.find_library("EGL"):
+    os.environ["MUJOCO_GL"] = "egl"
+
 # This process too, as run.py sets up its own: the same cache and float32 matmuls from the first test on, whichever
 # test comes first (a test that calls train() in this process would otherwise switch them midway).
 from experiments.jax_setup import JaxFlags, configure_jax  # noqa: E402

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from experiments import run
+from experiments import evaluate, run
 from experiments.train import _check_resume_config, read_saved_run
-from tests.cli_utils import TINY_MRQ, run_cli, run_inprocess
+from tests.cli_utils import TINY_MRQ, assert_evaluate_reproduces, run_cli, run_inprocess, run_main
 
 
 def _error_line(result) -> str:
@@ -112,6 +112,25 @@ def test_finished_run_outputs(finished_run):
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()) == ["100", "200"]
 
 
+def test_evaluate_reproduces_the_runs_eval_rows_and_draws_it_on_dmc_and_mjx(finished_run, tmp_path):
+    """experiments/evaluate.py on MR.Q's export gives eval.csv's rows of both checkpoints; --video draws its
+    episode on dm_control (500 agent steps, one frame each) and on MJX (mjx:CartpoleBalance has dm_control
+    cartpole's widths; 1000 steps)."""
+    from tests.test_evaluate import VIDEO, frames
+
+    for step in (100, 200):
+        assert_evaluate_reproduces(finished_run, tmp_path / f"{step}.csv", step)
+    assert_evaluate_reproduces(finished_run, tmp_path / "video.csv", 200, "--video", *VIDEO, "--video-dir",
+                               str(tmp_path / "dmc"))
+    assert frames(tmp_path / "dmc" / "seed0_episode0.mp4") == (500, (48, 64, 3))
+    result = run_main(evaluate.main, "--run-dir", str(finished_run), "--env", "mjx:CartpoleBalance", "--video", *VIDEO,
+                      "--video-dir", str(tmp_path / "mjx"), "--out", str(tmp_path / "mjx.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert frames(tmp_path / "mjx" / "seed0_episode0.mp4") == (1000, (48, 64, 3))
+    rows = json.loads((tmp_path / "mjx.json").read_text())["rows"]
+    assert [(r["env"], r["policy"], r["step"]) for r in rows] == [("mjx:CartpoleBalance", "deterministic", 200)]
+
+
 def test_refuses_to_overwrite_a_finished_run(finished_run):
     before = (finished_run / "eval.csv").read_text()
     result = run_inprocess("--env", "dmc:cartpole-balance", "--total-steps", "200", "--run-dir", str(finished_run),
@@ -135,11 +154,12 @@ def test_resume_keeps_the_matmul_precision_and_may_change_the_compile_cache(fini
     args, config = run.parse(["--run-dir", str(finished_run), "--resume", "--compile-cache-dir", str(tmp_path)])
     assert (args.matmul_precision, args.compile_cache_dir) == ("float32", str(tmp_path))
     _check_resume_config(read_saved_run(finished_run), args, config)          # no refusal
-    # A run saved before --matmul-precision existed ran at JAX's default precision, and resumes at it.
+    # A run saved before --matmul-precision existed ran at JAX's default precision, and resumes at it (and one
+    # saved before --env-module imported no module).
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     saved = json.loads((finished_run / "config.json").read_text())
-    del saved["run"]["matmul_precision"]
+    del saved["run"]["matmul_precision"], saved["run"]["env_module"]
     (legacy / "config.json").write_text(json.dumps(saved))
     args, config = run.parse(["--run-dir", str(legacy), "--resume"])
     assert args.matmul_precision == "default"

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from tests.cli_utils import TINY_MRQ, run_cli
+from tests.cli_utils import TINY_MRQ, assert_evaluate_reproduces, run_cli
 
 # `long`: learning runs of several minutes each (on MuJoCo Playground, or dm_control with many updates), kept
 # out of CI's 25 minutes (pytest deselects them by default; run them with `pytest -m long`). CI keeps one real
@@ -86,6 +86,8 @@ def test_ppo_learns_point_mass(tmp_path):
     last_returns = [float(r["return"]) for r in rows if int(r["step"]) == last]
     assert len(last_returns) == 2 and min(last_returns) >= -50, rows
     assert sum(last_returns) / 2 >= sum(first_returns) / 2 + 15, rows
+    # Its policy export gives the same evaluation (experiments/evaluate.py: the loop's evaluator on the device).
+    assert_evaluate_reproduces(run_dir, tmp_path / "evaluate.csv", last)
 
 
 @long

@@ -8,7 +8,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 
 def test_every_notebook_has_a_text_pair():
-    assert {p.stem for p in NOTEBOOKS} == {"quickstart", "extend_an_agent", "sweep"}
+    assert {p.stem for p in NOTEBOOKS} == {"quickstart", "extend_an_agent", "sweep", "bring_your_own_env"}
     import jupytext
 
     for path in NOTEBOOKS:

@@ -16,7 +16,7 @@ from agents import ravl, sac
 from networks import ensemble as ensemble_lib
 from networks.actor_critic import GaussianActor
 from replay import ring as ring_lib
-from tests.cli_utils import run_cli, run_inprocess, run_main
+from tests.cli_utils import assert_evaluate_reproduces, run_cli, run_inprocess, run_main
 
 
 def test_diversity_equals_hand_computation():
@@ -153,6 +153,8 @@ def test_collect_then_ravl_end_to_end(tmp_path):
     assert rows[0].startswith("step,seed,return") and "value/q_start_min" in rows[0] and len(rows) == 3
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run"]["dataset"] == str(data)
+    # Its policy export alone gives the same evaluation (experiments/evaluate.py; no dataset, no world).
+    assert_evaluate_reproduces(run_dir, tmp_path / "evaluate.csv", 100)
 
 
 @pytest.mark.parametrize("problem", ["missing", "other_env", "nan", "truncated", "no_dataset"])

@@ -385,9 +385,10 @@ def test_divergence_before_any_checkpoint_says_none_was_written(tmp_path, monkey
     ("jax:PointMass?switch=obs_permutation&every=ten", "every must be an integer, got 'ten'"),
 ])
 def test_nonstationary_options_are_checked(env_id, message):
-    from envs import nonstationary
+    from envs import EnvOptionError, nonstationary
 
-    with pytest.raises(nonstationary.NonStationaryError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    # NonStationaryError is an EnvOptionError; a malformed query is an EnvOptionError of any id (envs/options.py).
+    with pytest.raises(EnvOptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         nonstationary.split_env_id(env_id)
 
 
@@ -489,6 +490,32 @@ class _FakeWandb:
         pass
 
 
+def _exports(run_dir) -> dict[int, int]:
+    """{checkpoint step: the step its policy export holds} for every export under checkpoints/ (and no temporary
+    file left there)."""
+    from experiments.policy import read_export
+
+    assert not list((run_dir / "checkpoints").rglob("*.tmp"))
+    exports = (run_dir / "checkpoints").glob("*/policy.msgpack")
+    return {int(path.parent.name): read_export(path).step for path in exports}
+
+
+def test_resume_writes_the_export_a_killed_run_had_not_written(reference, tmp_path):
+    """A run killed between its checkpoint and the export beside it: --resume writes that export first (the same
+    bytes as the one written in the run), so that every checkpoint has one."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    export = run_dir / "checkpoints" / "1920" / "policy.msgpack"
+    written = export.read_bytes()
+    export.unlink()
+    result = run_inprocess("--run-dir", str(run_dir), "--resume", "--total-steps", "2560")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _exports(run_dir) == {1920: 1920, 2560: 2560}
+    assert export.read_bytes() == written
+
+
 def test_checkpoint_interval_retention_wandb_id_and_resume_history(reference, tmp_path, monkeypatch):
     """--checkpoint-every puts checkpoints at the first chunk end past each multiple (480 -> 480, 960, 1440, and
     the final 1920), --keep-checkpoints keeps the latest; where they lie changes no result, and a resume from one
@@ -501,6 +528,8 @@ def test_checkpoint_interval_retention_wandb_id_and_resume_history(reference, tm
                            "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [960, 1440, 1920]
+    # Each kept checkpoint has its policy export (also 1440, not an evaluation step); the deleted ones took theirs.
+    assert _exports(run_dir) == {960: 960, 1440: 1440, 1920: 1920}
     assert _rows(run_dir / "eval.csv") == _rows(reference / "eval.csv")
     run_id = json.loads((run_dir / "status.json").read_text())["run_id"]
     assert wandb.inits[0]["id"] == run_id and wandb.inits[0]["resume"] == "allow"
@@ -513,6 +542,7 @@ def test_checkpoint_interval_retention_wandb_id_and_resume_history(reference, tm
     assert _rows(run_dir / "eval.csv") == _rows(reference / "eval.csv")
     assert _rows(run_dir / "train.csv") == _rows(reference / "train.csv")
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [1920]
+    assert _exports(run_dir) == {1920: 1920}
     assert wandb.inits[1]["id"] == run_id
     # TensorBoard drops the first run's events after 1440 when it reads the resumed writer's start.
     starts = [e.step for e in _events(run_dir / "tensorboard" / "mean") if e.WhichOneof("what") == "session_log"]

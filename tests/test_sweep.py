@@ -99,6 +99,7 @@ def test_sweep_cli_traced_and_static_fields(tmp_path):
     (["--sweep", "num_epochs=1.5"], "'1.5' is not a valid int"),
     (["--sweep", "learning_rate=fast"], "'fast' is not a valid float"),
     ([], "give at least one --sweep"),
+    (["--sweep", "learning_rate=1e-4", "--video-every", "1"], "--video-every is for runs"),
 ])
 def test_bad_sweep_input(tmp_path, args, expected):
     run_dir = tmp_path / "sweep"

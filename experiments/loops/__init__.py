@@ -9,7 +9,8 @@
     sharding.py    the 1-D device mesh, the lanes' placement on it (and the rule when the devices do not divide
                    the lanes), host copies of sharded results
     keys.py        the stateless per-lane keys every loop draws
-    evaluation.py  deterministic evaluation on the device or on host env instances, and its result
+    evaluation.py  evaluation on the device or on host env instances, its result, and LaneEvaluator: the compiled
+                   evaluation every loop builds (and experiments/evaluate.py around a policy export)
 
 `make(agent, config, env_id, num_seeds, seed, ...)` builds the loop of an agent record's family.
 """

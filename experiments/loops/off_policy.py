@@ -44,8 +44,8 @@ import envs as envs_lib
 import replay
 from experiments import memory
 from experiments.loops.base import Loop
-from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
-from experiments.loops.keys import ACT, ENV_RESET, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.evaluation import Evaluation, LaneEvaluator
+from experiments.loops.keys import ACT, ENV_RESET, SEED_AXIS, UPDATE, step_key, step_keys
 from experiments.loops.lanes import Lanes
 from experiments.loops.sharding import to_host
 
@@ -119,9 +119,6 @@ class HostLoop(_SeedLoop):
             raise _single_task_error(agent, env_id, self.spec)
         agent = self.agent
 
-        def act(state, obs, seed_key, step, explore):
-            return agent.act(state, obs, step_key(seed_key, step, ACT), explore)
-
         def act_in_training(state, obs, seed_key, step):
             action = agent.act(state, obs, step_key(seed_key, step, ACT), True)
             return action, early_stop(agent, state, obs, action)
@@ -132,12 +129,12 @@ class HostLoop(_SeedLoop):
         # `step` is unbatched (in_axes None): the agent's schedule branches on it for real. Everything else
         # has a lane axis, sharded over the devices; the host's observations are put there before each call.
         lane, replicated = self.placement.lanes, self.placement.replicated
-        self._act = jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None, None)), static_argnums=4,
-                            in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
         self._act_in_training = jax.jit(jax.vmap(act_in_training, in_axes=(0, 0, 0, None)),
                                         in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
         self._train = jax.jit(jax.vmap(store_and_update, in_axes=(0, 0, 0, None)), donate_argnums=0,
                               in_shardings=(lane, lane, lane, replicated), out_shardings=lane)
+        self.evaluator = LaneEvaluator.of(agent, self.config, env_id, self.spec, seed, env_kwargs=self.env_kwargs,
+                                          placement=self.placement)
 
     # -- state ---------------------------------------------------------------
 
@@ -210,10 +207,7 @@ class HostLoop(_SeedLoop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh env instances seeded from (seed, step)."""
-        act = lambda obs, prev_reward, first: to_host(
-            self._act(state["agent"], self.placement.from_host(obs), self.seed_keys, step, False))
-        returns = evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes, self.env_kwargs)[0]
-        return Evaluation.of(returns, self.spec)
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes)
 
     def close(self) -> None:
         if self.env is not None:
@@ -271,11 +265,8 @@ class DeviceLoop(_SeedLoop):
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, None), axis_name=SEED_AXIS), donate_argnums=0,
                               in_shardings=(lane, lane, lane, lane, replicated), out_shardings=lane)
 
-        def evaluate(agent_state, key, episodes, clock):
-            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
-
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
-                                 static_argnums=2, in_shardings=(lane, lane, replicated), out_shardings=lane)
+        self.evaluator = LaneEvaluator.of(agent, self.config, env_id, self.spec, seed, jax_env=env,
+                                          placement=self.placement)
 
         def reset(keys):
             # Each seed's env as a batch of one ([seeds, 1, ...]; a multitask env: one env slot of every task),
@@ -315,6 +306,4 @@ class DeviceLoop(_SeedLoop):
         return {"agent": agent_state, "env": env_state, "tracker": tracker}, per_seed
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
-        keys = step_keys(self.seed_keys, step, EVAL)
-        # One env per seed: the eval envs' clock is the step.
-        return Evaluation.of(to_host(self._evaluate(state["agent"], keys, episodes, jnp.int32(step))), self.spec)
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes)

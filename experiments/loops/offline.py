@@ -37,8 +37,8 @@ import agents
 import envs as envs_lib
 from experiments import memory
 from experiments.loops.base import Loop
-from experiments.loops.evaluation import Evaluation, evaluate_host, evaluate_on_device
-from experiments.loops.keys import ACT, EVAL, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.evaluation import Evaluation, LaneEvaluator
+from experiments.loops.keys import UPDATE, step_key
 from experiments.loops.lanes import Lanes
 from experiments.loops.sharding import to_host
 
@@ -79,23 +79,10 @@ class OfflineLoop(Loop):
         lane, replicated = self.placement.lanes, self.placement.replicated
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0, None)), donate_argnums=0,
                               in_shardings=(lane, replicated, lane, replicated), out_shardings=lane)
-        self._act = jax.jit(jax.vmap(lambda s, o, k: agent.act(s, o, k, False)), in_shardings=lane,
-                            out_shardings=lane)
-        # History-dependent agents (NEUBAY) act through a carry: initial_carry + act_step(..., reward, first, ...).
-        self.recurrent = agent.recurrent
-        if self.recurrent:
-            self._initial_carry = jax.jit(jax.vmap(agent.initial_carry, in_axes=(0, None)), static_argnums=1,
-                                          in_shardings=lane, out_shardings=lane)
-            self._act_step = jax.jit(jax.vmap(lambda s, c, o, r, f, k: agent.act_step(s, c, o, r, f, k, False)),
-                                     in_shardings=lane, out_shardings=lane)
-        if self.is_jax:
-            env = self.env
-
-            def evaluate(agent_state, key, episodes):
-                return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,))
-
-            self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None), axis_name=SEED_AXIS),
-                                     static_argnums=2, in_shardings=lane, out_shardings=lane)
+        # Evaluation in the real env (experiments/loops/evaluation.py): on host envs with the discounted returns too,
+        # and through a carry for agents that act from a history (NEUBAY: initial_carry + act_step).
+        self.evaluator = LaneEvaluator.of(agent, config, env_id, self.spec, seed,
+                                          jax_env=self.env if self.is_jax else None, placement=self.placement)
 
     def _init_agents(self, configs=None):
         return self.init_agents(self.spec, configs, world=self.world)
@@ -137,22 +124,7 @@ class OfflineLoop(Loop):
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] in the real environment (and, on host envs, the
         discounted returns)."""
-        if self.is_jax:
-            return Evaluation(to_host(self._evaluate(state["agent"], step_keys(self.seed_keys, step, EVAL),
-                                                     episodes)))
-        keys = step_keys(self.seed_keys, step, ACT)
-        from_host = self.placement.from_host       # the host envs' rows, for their lanes' devices
-        if self.recurrent:
-            carry = self._initial_carry(state["agent"], (episodes,))
-
-            def act(obs, prev_reward, first):         # the carry goes from step to step
-                nonlocal carry
-                action, carry = self._act_step(state["agent"], carry, *from_host((obs, prev_reward, first)), keys)
-                return to_host(action)
-        else:
-            act = lambda obs, prev_reward, first: to_host(self._act(state["agent"], from_host(obs), keys))
         # Each lane's own discount (a sweep may trace it), read from its state's config.
         discount = np.asarray(to_host(getattr(state["agent"].config, "discount", np.ones(self.num_seeds))),
                               np.float64)
-        return Evaluation(*evaluate_host(act, self.env_id, self.num_seeds, self.seed, step, episodes,
-                                         discount=discount))
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes, discount=discount)

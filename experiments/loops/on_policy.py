@@ -32,8 +32,8 @@ import agents
 import envs as envs_lib
 from experiments import memory
 from experiments.loops.base import Loop
-from experiments.loops.evaluation import Evaluation, evaluate_on_device
-from experiments.loops.keys import ENV_RESET, EVAL, INIT, SEED_AXIS, UPDATE, step_key, step_keys
+from experiments.loops.evaluation import Evaluation, LaneEvaluator
+from experiments.loops.keys import ENV_RESET, INIT, SEED_AXIS, UPDATE, step_key
 from experiments.loops.lanes import Lanes
 from experiments.loops.sharding import all_devices, device_mesh
 
@@ -50,7 +50,8 @@ class OnPolicyLoop(Loop):
         agent = agents.record(agent)
         if not envs_lib.is_jax_env(env_id):
             raise LoopError(f"{agent.__name__.split('.')[-1]} trains on JAX envs (mjx:<PlaygroundName>, "
-                            f"jax:PointMass), not {env_id!r}: its rollout runs on the device")
+                            f"jax:PointMass, or an envs.PureJaxEnv you register), not {env_id!r}: its rollout runs "
+                            "on the device")
         super().__init__(agent, config, env_id, num_seeds, seed, lanes)
         agent, config = self.agent, self.config
         self.env = envs_lib.make(env_id, num_envs=config.num_envs, **(env_kwargs or {}))
@@ -80,11 +81,7 @@ class OnPolicyLoop(Loop):
             out_shardings=(self.replicated, self.env_sharding, self.replicated),
             donate_argnums=(0, 1))
 
-        def evaluate(agent_state, key, episodes, clock):
-            return evaluate_on_device(agent, env, agent_state, key, episodes, (SEED_AXIS,), clock)
-
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None), axis_name=SEED_AXIS),
-                                 static_argnums=2)
+        self.evaluator = LaneEvaluator.of(agent, config, env_id, self.spec, seed, jax_env=env)
 
         def init_state(keys, configs):
             agent_state = jax.vmap(lambda k, c: agent.init(step_key(k, 0, INIT), self.spec, c))(keys, configs)
@@ -184,6 +181,4 @@ class OnPolicyLoop(Loop):
 
     def evaluate(self, state: dict, step: int, episodes: int) -> Evaluation:
         """Deterministic returns [num_seeds, episodes] on fresh envs keyed by (seed, step)."""
-        keys = step_keys(self.seed_keys, step, EVAL)
-        clock = jnp.int32(step // self.config.num_envs)      # the training envs' own step count
-        return Evaluation(np.asarray(self._evaluate(state["agent"], keys, episodes, clock)))
+        return self.evaluator(state["agent"], self.seed_keys, step, episodes)
