@@ -46,7 +46,7 @@ def launch(name: str) -> int:
         return 2
     if Path(getattr(experiments, "__file__", None) or "").resolve().parent != ROOT / "experiments":
         print(f"error: ctrlrl's import name 'experiments' is taken by another project's package "
-              f"({getattr(experiments, '__file__', None) or experiments!r}; ctrlrl's is in {ROOT}): install ctrlrl "
+              f"({getattr(experiments, '__file__', None) or repr(experiments)}; ctrlrl's is in {ROOT}): install ctrlrl "
               "into its own virtual environment (README, Set up), or uninstall the other project from this one",
               file=sys.stderr)
         return 2

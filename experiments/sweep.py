@@ -135,9 +135,10 @@ def split_fields(grid: dict[str, list], config) -> tuple[list[str], list[str]]:
 def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[int], on_row, on_log=None, *,
                 run_dir: Path | None = None, program: int = 0, stop=None, check_configs: list | None = None,
                 label: str = "the program") -> None:
-    """Train len(traced_points) x len(seeds) lanes in one program. Per lane: `on_row(step, point, seed, return,
-    diagnostics)` at every evaluation and `on_log(step, point, seed, metrics)` at every --log-every (point
-    indexes `traced_points`; a metric that does not exist yet is NaN, as in a run's train.csv).
+    """Train len(traced_points) x len(seeds) lanes in one program. At every evaluation `on_row(step, lanes)`
+    with one (point, seed, return, diagnostics) per lane, and at every --log-every `on_log(step, lanes)` with
+    one (point, seed, metrics) per lane (point indexes `traced_points`; a metric that does not exist yet is NaN,
+    as in a run's train.csv).
 
     `run_dir`: the sweep's directory, where the program (the `program`-th) checkpoints its state into
     checkpoints/<program> as a run does (at every evaluation, or every --checkpoint-every steps; always at the
@@ -170,13 +171,13 @@ def run_program(agent, config, run_args, traced_points: list[dict], seeds: list[
 
     def log(step, per_lane):
         per_lane = metrics_that_exist(step, warmup, per_lane)
-        for lane, (p, s) in enumerate(zip(points, lanes.seeds)):
-            on_log(step, p, s, {k: float(v[lane]) for k, v in per_lane.items()})
+        on_log(step, [(p, s, {k: float(v[lane]) for k, v in per_lane.items()})
+                      for lane, (p, s) in enumerate(zip(points, lanes.seeds))])
 
     def on_eval(step, state, evaluation, diagnostics):
         returns = evaluation.returns.mean(axis=1)
-        for lane, (p, s) in enumerate(zip(points, lanes.seeds)):
-            on_row(step, p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
+        on_row(step, [(p, s, float(returns[lane]), {k: float(v[lane]) for k, v in diagnostics.items()})
+                      for lane, (p, s) in enumerate(zip(points, lanes.seeds))])
         print(f"  step {step}: " + ", ".join(f"{r:.1f}" for r in returns), file=sys.stderr, flush=True)
         if run_args.checkpoint_every is None:
             save(step, state)
@@ -407,6 +408,7 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir, stop,
     write_json(path / "config.json", {
         "run": dataclasses.asdict(run_args), "agent_config": dataclasses.asdict(config),
         "sweep": names, "grid": {k: list(v) for k, v in grid.items()}, "traced": traced, "static": static,
+        # The history's from_step: the least step a program continues from.
         "jax": jax_setup.settings(), **_history(saved, min(reached))})
     eval_csv, train_csv = CsvLog(path / "eval.csv"), CsvLog(path / "train.csv")
     if run_args.resume:
@@ -419,6 +421,8 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir, stop,
 
         eval_csv.keep_rows(up_to_checkpoint)
         train_csv.keep_rows(up_to_checkpoint)
+        if any(r < run_args.total_steps for r in reached):
+            (path / "summary.csv").unlink(missing_ok=True)     # rewritten at the end, with the rows to come
 
     checked = False
     for index, static_values in enumerate(programs):
@@ -429,15 +433,15 @@ def _sweep(agent, config, run_args, grid, traced, static, run_dir: RunDir, stop,
         def columns(p: int, fixed=fixed) -> dict:
             return {n: {**fixed, **traced_grid[p]}[n] for n in names}
 
-        def write_eval(step, p, s, ret, diagnostics, columns=columns):
+        def write_eval(step, lanes, columns=columns):
             written["rows"] = True
             eval_csv.write([{"step": step, "seed": s, **columns(p), "return": ret,
-                             **{k: diagnostics[k] for k in sorted(diagnostics)}}])
+                             **{k: diagnostics[k] for k in sorted(diagnostics)}} for p, s, ret, diagnostics in lanes])
 
-        def write_train(step, p, s, metrics, columns=columns):
+        def write_train(step, lanes, columns=columns):
             written["rows"] = True
             train_csv.write([{"step": step, "seed": s, **columns(p),
-                              **{k: _value_or_empty(metrics[k]) for k in sorted(metrics)}}])
+                              **{k: _value_or_empty(metrics[k]) for k in sorted(metrics)}} for p, s, metrics in lanes])
 
         label = f"program {index + 1} of {len(programs)}" + (
             f" ({', '.join(f'{k}={v}' for k, v in fixed.items())})" if fixed else "")
