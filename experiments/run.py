@@ -226,12 +226,11 @@ def curve_intervals(agent, config, run_args: RunArgs, argv: list[str]) -> RunArg
     """An agent's default --eval-every and --log-every (RUN_DEFAULTS: PPO evaluates every 1M steps) shrunk to
     --total-steps / agent.curve_points, in whole updates, where the flag was not given: a 200k-step PPO run
     otherwise evaluates once. Says what it chose."""
-    steps_per_update = 1
-    if isinstance(agent, agents.OnPolicyAgent):
-        try:
-            steps_per_update = agent.layout(config).steps_per_update
-        except ValueError:
-            return run_args            # a layout that does not divide: validation names it next
+    try:
+        config.validate()
+        steps_per_update = agent.layout(config).steps_per_update if isinstance(agent, agents.OnPolicyAgent) else 1
+    except ValueError:
+        return run_args            # a bad value, or a layout that does not divide: validation names it next
     interval = -(-run_args.total_steps // agent.curve_points)
     interval = max(1, -(-interval // steps_per_update)) * steps_per_update
     changes = {name: interval for name in ("eval_every", "log_every")

@@ -15,10 +15,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from experiments import sweep as sweep_lib
-from tests.cli_utils import ROOT, run_main
 from agents import ppo
+from experiments import sweep as sweep_lib
 from experiments.checkpoint import checkpoint_steps
+from tests.cli_utils import ROOT, run_main
 from tests.test_ppo import TINY, TINY_FLAGS
 
 SHARDED = textwrap.dedent("""
@@ -26,7 +26,6 @@ SHARDED = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, numpy as np
     from agents import ppo
-from experiments.checkpoint import checkpoint_steps
     from experiments.loops.lanes import Lanes
     from experiments.loops.on_policy import OnPolicyLoop
     from tests.test_ppo import TINY
