@@ -433,4 +433,5 @@ def update(state: MRQState, key: jax.Array, step: jax.Array,
     return jax.lax.cond(update_index >= 0, train, wait, state)
 
 
-AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update)
+AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update,
+                       warmup=lambda config, spec: config.random_steps, warmup_flag="random_steps")

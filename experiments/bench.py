@@ -427,7 +427,15 @@ def main(args: BenchArgs) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def command(argv: list[str] | None = None) -> int:
+    """`python experiments/bench.py` and `ctrlrl-bench`: the flags (a bad one is one `error:` line, exit 2),
+    then main."""
     from experiments.run import parse_or_exit
 
-    main(parse_or_exit(BenchArgs, "Throughput and start-up benchmarks, as JSON (see the module's docstring)."))
+    main(parse_or_exit(BenchArgs, "Throughput and start-up benchmarks, as JSON (see the module's docstring).",
+                       argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command())
