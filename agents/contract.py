@@ -24,6 +24,8 @@ Every record
     act           (state, obs, key, explore: bool) -> action in [-1, 1]
     diagnostics   optional: (state, key) -> {name: scalar}, logged at every evaluation (dormant ratio, srank, ...)
     PRESETS       named sets of flag values (`--preset NAME`); RUN_DEFAULTS: run.py's defaults for this agent
+    curve_points  optional: when --eval-every / --log-every are not given, run.py shrinks them (from
+                  RUN_DEFAULTS') to --total-steps / curve_points in whole updates, so a short run still has a curve
     default_preset  optional: () -> the preset used when none is given (the choice is printed and saved)
     task_preset   optional: (preset, env_id) -> per-task flag values of that preset
 
@@ -41,6 +43,9 @@ OffPolicyAgent (experiments/loops/off_policy.py: host envs one step at a time, J
                   `step_batch`); `act` then sees [N, obs_dim] per seed
     replay_transitions  the replay transitions the agent keeps per seed, over all its envs: min(config's
                   buffer_size, total steps)
+    warmup        optional: (config, spec) -> the env steps per seed before the first update (random actions
+                  until then); run.py refuses a run that ends within it, since nothing would be trained
+    warmup_flag   the Config field that sets the warm-up (e.g. "learning_starts"), named in that refusal
 
 OnPolicyAgent (experiments/loops/on_policy.py: whole updates on a JAX env, the env axis sharded over devices)
     train_step    (state, env, env_state, key, sync_axes) -> (state, env_state, metrics): rollout + update
@@ -79,6 +84,7 @@ class Agent:
     RUN_DEFAULTS: dict = dataclasses.field(default_factory=dict)
     default_preset: Callable | None = None
     task_preset: Callable | None = None
+    curve_points: int | None = None
 
     LOOP: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ("init", "act")
@@ -99,6 +105,11 @@ class Agent:
     def __name__(self) -> str:          # what messages print: "agents.sac"
         return f"agents.{self.name}"
 
+    @property
+    def recurrent(self) -> bool:
+        """Whether the agent acts from a history (`initial_carry`, `act_step`); only offline agents can."""
+        return False
+
     def preset(self) -> str | None:
         """The preset used when `--preset` is not given (None: the flags' own defaults)."""
         return self.default_preset() if self.default_preset is not None else None
@@ -110,6 +121,8 @@ class OffPolicyAgent(Agent):
     update: Callable | None = None
     early_stop: Callable | None = None
     multitask: bool = False
+    warmup: Callable | None = None
+    warmup_flag: str | None = None
 
     LOOP: ClassVar[str] = "off_policy"
     REQUIRED: ClassVar[tuple[str, ...]] = ("init", "act", "store", "update")
@@ -122,6 +135,10 @@ class OffPolicyAgent(Agent):
         """N, the envs each seed steps together: the config's `num_envs` (a static field: it shapes the
         program), 1 for an agent whose config has none."""
         return getattr(config, "num_envs", 1)
+
+    def warmup_steps(self, config: Any, spec: Any) -> int:
+        """Env steps per seed before the first update (0 for an agent that declares no warm-up)."""
+        return 0 if self.warmup is None else int(self.warmup(config, spec))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -297,4 +297,5 @@ def diagnostics(state: GTRState, key: jax.Array) -> dict:
 
 AGENT = OnPolicyAgent(name="gtr", Config=Config, init=init, act=act, train_step=train_step, collect=collect, layout=ppo.layout,
                       diagnostics=diagnostics, PRESETS=ppo.PRESETS, RUN_DEFAULTS=ppo.RUN_DEFAULTS,
+                      curve_points=ppo.CURVE_POINTS,
                       default_preset=ppo.default_preset, task_preset=ppo.task_preset)

@@ -386,4 +386,5 @@ def diagnostics(state: LEASTState, key: jax.Array) -> dict:
 
 
 AGENT = OffPolicyAgent(name="least", Config=Config, init=init, act=act, store=store, update=update, diagnostics=diagnostics,
-                       early_stop=early_stop)
+                       early_stop=early_stop, warmup=lambda config, spec: config.learning_starts,
+                       warmup_flag="learning_starts")

@@ -461,4 +461,5 @@ def update_key(key: jax.Array, i: jax.Array) -> jax.Array:
     return jax.lax.cond(i == 0, lambda: key, lambda: jax.random.fold_in(key, i))
 
 
-AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update)
+AGENT = OffPolicyAgent(name="mrq", Config=Config, init=init, act=act, store=store, update=update,
+                       warmup=lambda config, spec: config.random_steps, warmup_flag="random_steps")

@@ -446,4 +446,4 @@ def update(state: MultitaskState, key: jax.Array, step: jax.Array) -> tuple[Mult
 
 
 AGENT = OffPolicyAgent(name="mrq_multitask", Config=Config, init=init, act=act, store=store, update=update,
-                       multitask=True)
+                       multitask=True, warmup=seeding_steps, warmup_flag="seeding_episodes")

@@ -93,13 +93,18 @@ from networks.mlp import MLP
 from networks.normalizer import RunningStats, init_stats, normalize, update_stats
 
 
-# run.py defaults for this agent (Playground: 60M steps; evaluations every 1M steps here).
-RUN_DEFAULTS = {"total_steps": 60_000_000, "eval_every": 1_000_000, "log_every": 1_000_000}
+# run.py defaults for this agent (Playground: 60M steps; evaluations every 1M steps here; a JAX env, as PPO's
+# rollout runs on the device).
+RUN_DEFAULTS = {"env": "mjx:CartpoleBalance", "total_steps": 60_000_000, "eval_every": 1_000_000,
+                "log_every": 1_000_000}
+# ... and a shorter run evaluates and logs about this many times (at least once per update) unless told otherwise.
+CURVE_POINTS = 20
 
 
 @hyperparameters
 class Config:
-    """PPO hyperparameters; defaults are MuJoCo Playground's DM Control config."""
+    """PPO hyperparameters. This class's defaults are MuJoCo Playground's DM Control config (--preset
+    playground); run.py applies a preset first (cpu on a CPU backend) and --help shows its values."""
 
     num_envs: int = field(2048, ">= 1")
     """Parallel environments per seed."""
@@ -619,5 +624,5 @@ def diagnostics(state: PPOState, key: jax.Array) -> dict:
 
 
 AGENT = OnPolicyAgent(name="ppo", Config=Config, init=init, act=act, train_step=train_step, collect=collect, layout=layout,
-                      diagnostics=diagnostics, PRESETS=PRESETS, RUN_DEFAULTS=RUN_DEFAULTS,
+                      diagnostics=diagnostics, PRESETS=PRESETS, RUN_DEFAULTS=RUN_DEFAULTS, curve_points=CURVE_POINTS,
                       default_preset=default_preset, task_preset=task_preset)

@@ -158,4 +158,5 @@ def diagnostics(state: ReGraMaState, key: jax.Array) -> dict:
 
 
 AGENT = OffPolicyAgent(name="regrama", Config=Config, init=init, act=act, store=store, update=update,
-                       diagnostics=diagnostics)
+                       diagnostics=diagnostics, warmup=lambda config, spec: config.learning_starts,
+                       warmup_flag="learning_starts")

@@ -351,4 +351,5 @@ def diagnostics(state: SACState, key: jax.Array) -> dict:
 
 
 AGENT = OffPolicyAgent(name="sac", Config=Config, init=init, act=act, store=store, update=update,
-                       diagnostics=diagnostics)
+                       diagnostics=diagnostics, warmup=lambda config, spec: config.learning_starts,
+                       warmup_flag="learning_starts")

@@ -205,5 +205,5 @@ PRESETS = {"playground": {}, "cpu": {**ppo.PRESETS["cpu"], "trunk_hidden": (128,
 
 AGENT = OnPolicyAgent(name="sigreg", Config=Config, init=init, act=ppo.act, train_step=train_step, collect=ppo.collect,
                       layout=ppo.layout, diagnostics=ppo.diagnostics, PRESETS=PRESETS,
-                      RUN_DEFAULTS=ppo.RUN_DEFAULTS, default_preset=ppo.default_preset,
+                      RUN_DEFAULTS=ppo.RUN_DEFAULTS, curve_points=ppo.CURVE_POINTS, default_preset=ppo.default_preset,
                       task_preset=ppo.task_preset)

@@ -211,4 +211,5 @@ def diagnostics(state: TD3State, key: jax.Array) -> dict:
 
 
 AGENT = OffPolicyAgent(name="td3", Config=Config, init=init, act=act, store=store, update=update,
-                       diagnostics=diagnostics)
+                       diagnostics=diagnostics, warmup=lambda config, spec: config.learning_starts,
+                       warmup_flag="learning_starts")

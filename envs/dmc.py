@@ -49,6 +49,28 @@ def _flatten(observation) -> np.ndarray:
     )
 
 
+# MuJoCo >= 3.3 warns, through dm_control's absl logger, each time a suite model that uses the deprecated
+# `settotalmass` compiler attribute (cartpole, cheetah, ...) is compiled: several lines at every evaluation,
+# which builds fresh instances. It is dm_control's model, not ours to fix, so exactly this message is dropped.
+KNOWN_WARNING = "compiler attribute 'settotalmass' is deprecated"
+
+
+class _DropKnownWarning:
+    """A logging filter (on absl's logger) that drops MuJoCo's `settotalmass` deprecation warning."""
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(KNOWN_WARNING)
+
+
+def silence_known_warnings() -> None:
+    """Add the filter to absl's logger once (dm_control logs MuJoCo's warnings there)."""
+    import logging
+
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropKnownWarning) for f in logger.filters):
+        logger.addFilter(_DropKnownWarning())
+
+
 # (domain, task) -> the model's arrays as compiled, before any episode changed
 # them; shared by all instances of a task (some models are tens of MB).
 _PRISTINE_MODEL_ARRAYS: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -76,6 +98,7 @@ class DmcInstance:
     def __init__(self, domain: str, task: str, seed: int, action_repeat: int):
         from dm_control import suite
 
+        silence_known_warnings()
         self.env = suite.load(domain, task, task_kwargs={"random": seed})
         self._action_repeat = action_repeat
         spec = self.env.action_spec()

@@ -127,11 +127,12 @@ def measure(agent, config, env_id: str, num_seeds: int, steps: int, capacity: in
     step, the agent steps/s count env steps."""
     if isinstance(agent, agents.OffPolicyAgent) and agent.multitask:
         return measure_multitask(agent, config, env_id, num_seeds, steps)
-    num_envs = agents.record(agent).envs_per_seed(config)
+    record = agents.record(agent)
+    num_envs = record.envs_per_seed(config)
     # Training starts at the last warm-up loop step, so the warm-up compiles every branch and the timed window
-    # holds exactly one schedule period. MR.Q calls its warm-up random_steps, SAC and TD3 learning_starts.
-    warmup_field = "random_steps" if hasattr(config, "random_steps") else "learning_starts"
-    config = dataclasses.replace(config, **{warmup_field: (steps - 1) * num_envs})
+    # holds exactly one schedule period (the record names its warm-up field: MR.Q's random_steps, SAC's
+    # learning_starts).
+    config = dataclasses.replace(config, **{record.warmup_flag: (steps - 1) * num_envs})
     env_steps = steps * num_envs
     loop = loops.make(agent, config, env_id, num_seeds, seed=0, replay_transitions=capacity or 4 * env_steps)
     warmup, elapsed, state = _timed_chunks(loop, 2 * env_steps, env_steps)
@@ -139,9 +140,7 @@ def measure(agent, config, env_id: str, num_seeds: int, steps: int, capacity: in
               "timed_steps": steps, "seconds": round(elapsed, 3), "ms_per_step": round(1000 * elapsed / steps, 2),
               "agent_steps_per_s_per_seed": round(env_steps / elapsed, 2),
               "agent_steps_per_s_all_seeds": round(num_seeds * env_steps / elapsed, 2),
-              "compile_and_warmup_s": round(warmup, 1)}
-    if hasattr(config, "updates_per_step"):
-        result["updates_per_loop_step"] = config.updates_per_step * num_envs
+              "compile_and_warmup_s": round(warmup, 1), "updates_per_loop_step": config.updates_per_step * num_envs}
     buffer = getattr(state["agent"], "replay", None)
     if isinstance(buffer, replay.ReplayBuffer):
         sample_ms = 1000 * time_sampling(buffer, config.batch_size)
@@ -436,7 +435,15 @@ def main(args: BenchArgs) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def command(argv: list[str] | None = None) -> int:
+    """`python experiments/bench.py` and `ctrlrl-bench`: the flags (a bad one is one `error:` line, exit 2),
+    then main."""
     from experiments.run import parse_or_exit
 
-    main(parse_or_exit(BenchArgs, "Throughput and start-up benchmarks, as JSON (see the module's docstring)."))
+    main(parse_or_exit(BenchArgs, "Throughput and start-up benchmarks, as JSON (see the module's docstring).",
+                       argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command())

@@ -381,7 +381,15 @@ def main(args: CompareArgs) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+def command(argv: list[str] | None = None) -> int:
+    """`python experiments/compare.py` and `ctrlrl-compare`: the flags (a bad one is one `error:` line, exit 2),
+    then main."""
     from experiments.run import parse_or_exit
 
-    main(parse_or_exit(CompareArgs, "PPO, PPO+KL, GTR and SIGReg across task switches (see the module's docstring)."))
+    main(parse_or_exit(CompareArgs, "PPO, PPO+KL, GTR and SIGReg across task switches (see the module's "
+                                    "docstring).", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command())

@@ -806,6 +806,21 @@ def steps_label(curves: Sequence[Curve]) -> str:
     return "env steps per seed"
 
 
+def step_tick_label(step: float) -> str:
+    """16000 -> "16k", 2500000 -> "2.5M": step counts short enough that a subplot's ticks do not run together."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(step) >= scale:
+            return f"{step / scale:.4g}{suffix}"
+    return f"{step:.4g}"
+
+
+def _step_ticks(ax) -> None:
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, integer=True))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda step, _: step_tick_label(step)))
+
+
 def plot_curves(curves: Sequence[Curve], ax=None, num_resamples: int = NUM_RESAMPLES, confidence: float = 0.95,
                 seed: int = 0, legend: bool = True, style: Style = Style()):
     """Each curve's mean over seeds (line) with its percentile-bootstrap CI over seeds (band; with 2 seeds their
@@ -827,6 +842,7 @@ def plot_curves(curves: Sequence[Curve], ax=None, num_resamples: int = NUM_RESAM
                             linewidth=0)
     ax.set_xlabel(style.xlabel if style.xlabel is not None else steps_label(curves))
     ax.set_ylabel(style.ylabel if style.ylabel is not None else metric_label(curves[0].metric) if curves else "")
+    _step_ticks(ax)
     ax.grid(alpha=0.3)
     if legend and curves:
         ax.legend(fontsize=8)

@@ -80,7 +80,7 @@ def _acting(agent, spec: EnvSpec) -> list[Callable]:
     obs = jnp.zeros((1, spec.obs_dim), jnp.float32)
     key = jax.random.PRNGKey(0)
     functions = [lambda state, explore=explore: agent.act(state, obs, key, explore) for explore in (False, True)]
-    if getattr(agent, "act_step", None) is not None:
+    if agent.recurrent:
         def step(state, explore):
             carry = agent.initial_carry(state, (1,))
             return agent.act_step(state, carry, obs, jnp.zeros(1), jnp.ones(1, bool), key, explore)
@@ -185,7 +185,7 @@ class PolicyExport:
             return jax.tree.unflatten(treedef, [exported.get(p, placeholders[p]) for p in paths])
 
         record = dataclasses.replace(agent, act=lambda s, obs, key, explore: agent.act(full(s), obs, key, explore))
-        if getattr(agent, "act_step", None) is not None:
+        if agent.recurrent:
             record = dataclasses.replace(
                 record, initial_carry=lambda s, batch_shape: agent.initial_carry(full(s), batch_shape),
                 act_step=lambda s, carry, *args: agent.act_step(full(s), carry, *args))

@@ -13,7 +13,7 @@ import io
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 if __package__ in (None, ""):          # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -97,12 +97,42 @@ def panel_message(text: str) -> str:
     return message
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
 def parse(argv: list[str]):
     """(RunArgs, agent Config) from the command line.
 
     The agent is read first to pick its flags. With `--resume`, the saved run's
     flags are the defaults, so only what should change (e.g. `--total-steps`)
     needs to be given.
+    """
+    run_args, config, _ = parse_command(argv)
+    return run_args, config
+
+
+def _run_args_type(agent_name: str) -> type:
+    """RunArgs with `--agent` as a choice among the registered agents (computed now: agents.register adds
+    some at run time), so that --help lists them."""
+    names = tuple(agents.names())
+    agent = Annotated[Literal[names], tyro.conf.arg(help=(
+        "Agent name; `--agent NAME --help` lists NAME's hyperparameters and its defaults for these flags."))]
+    cls = dataclasses.make_dataclass("RunArgs", [("agent", agent, dataclasses.field(default=agent_name))],
+                                     bases=(RunArgs,), frozen=True)
+    cls.__doc__ = RunArgs.__doc__
+    return cls
+
+
+def _as_run_args(parsed) -> RunArgs:
+    return RunArgs(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(RunArgs)})
+
+
+def parse_command(argv: list[str], verb: str = "Train", extra: type | None = None):
+    """(RunArgs, agent Config, the `extra` flags) from the command line: `parse` for run.py, and for a command
+    with flags of its own (sweep.py's --sweep), given as the dataclass `extra` (None: none), which --help shows
+    with the run's. `verb` starts the help's description ("Train ppo ...", "Sweep ppo ...").
+
+    `--help` without `--agent` lists the agents and the run's flags; with `--agent NAME`, NAME's flags too.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--agent", default=None)
@@ -119,6 +149,9 @@ def parse(argv: list[str]):
 
         jax.distributed.initialize()
     saved = _saved_flags(known.run_dir) if known.resume and known.run_dir else None
+    helping = any(a in HELP_FLAGS for a in argv)
+    if helping and known.agent is None and saved is None:
+        _agent_list_help(argv, verb, extra)
     agent_name = known.agent or (saved["run"].get("agent", RunArgs.agent) if saved else RunArgs.agent)
     agent = agents.get(agent_name)
     # Agents may set their own run defaults (PPO: 60M steps) and named presets of their flags.
@@ -127,7 +160,7 @@ def parse(argv: list[str]):
     preset = known.preset
     if preset is None and saved is None:
         preset = agent.preset()
-        if preset is not None and not any(a in ("-h", "--help") for a in argv):
+        if preset is not None and not helping:
             # The default may depend on the backend (PPO: cpu on a CPU, playground on GPU/TPU): say which.
             print(f"preset: {preset} (the default for {agent_name} on this {_backend()} backend; choose one with "
                   f"--preset {'|'.join(sorted(presets))}; it is saved in config.json)", file=sys.stderr)
@@ -150,26 +183,76 @@ def parse(argv: list[str]):
                                            overwrite=False, compile_cache=RunArgs.compile_cache,
                                            compile_cache_dir=RunArgs.compile_cache_dir)
         config_defaults = from_saved(agent.Config, saved["agent_config"])
-    cli_type = dataclasses.make_dataclass("Args", [
-        ("run", Annotated[RunArgs, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_defaults)),
-        ("agent_config", Annotated[agent.Config, tyro.conf.OmitArgPrefixes],
-         dataclasses.field(default=config_defaults)),
-    ], frozen=True)
-    presets_help = f" Presets (--preset): {', '.join(sorted(presets))}." if presets else ""
-    parsed = cli(cli_type, argv, f"Train {agent_name} ({agent.__name__}).{presets_help}")
-    run_args = parsed.run
+    run_type = _run_args_type(agent_name)
+    fields = [("run", Annotated[run_type, tyro.conf.OmitArgPrefixes],
+               dataclasses.field(default=run_type(**dataclasses.asdict(run_defaults)))),
+              ("agent_config", Annotated[agent.Config, tyro.conf.OmitArgPrefixes],
+               dataclasses.field(default=config_defaults))]
+    if extra is not None:
+        fields.append((verb.lower(), Annotated[extra, tyro.conf.OmitArgPrefixes], dataclasses.field(default=extra())))
+    cli_type = dataclasses.make_dataclass("Args", fields, frozen=True)
+    description = f"{verb} {agent_name} ({agent.__name__})."
+    if presets:
+        description += f" Presets (--preset): {', '.join(sorted(presets))}."
+    if preset is not None:
+        # The defaults shown are the preset's, not the Config's own (PPO's `cpu` on a CPU, not Playground's).
+        chosen = "" if known.preset else f", the default for {agent_name} on this {_backend()} backend"
+        description += f" The defaults shown are those of --preset {preset}{chosen}."
+    parsed = cli(cli_type, argv, description)
+    run_args = _as_run_args(parsed.run)
     env_options = options.parse_query(nonstationary.split_env_id(run_args.env)[0])[1] if task_env_options else {}
     missing = {k: v for k, v in task_env_options.items() if k not in env_options}
     if missing:
         base, sep, query = run_args.env.partition("?")
-        extra = "&".join(f"{k}={v}" for k, v in missing.items())
-        run_args = dataclasses.replace(run_args, env=f"{base}?{extra}" + (f"&{query}" if query else ""))
+        added = "&".join(f"{k}={v}" for k, v in missing.items())
+        run_args = dataclasses.replace(run_args, env=f"{base}?{added}" + (f"&{query}" if query else ""))
+    if saved is None and agent.curve_points:
+        run_args = curve_intervals(agent, parsed.agent_config, run_args, argv)
     if run_args.preset is not None and saved is None:
         print(f"preset: {run_args.preset} (flags given on the command line override it)", flush=True)
         if task or missing:
             changes = ", ".join(f"{k}={v}" for k, v in {**task, **missing}.items())
             print(f"preset {run_args.preset} for this task: {changes} (env: {run_args.env})", flush=True)
-    return run_args, parsed.agent_config
+    return run_args, parsed.agent_config, getattr(parsed, verb.lower()) if extra is not None else None
+
+
+def given(argv: list[str], name: str) -> bool:
+    """Whether the flag of field `name` is on the command line (tyro takes --eval-every and --eval_every)."""
+    flags = {"--" + name.replace("_", "-"), "--" + name}
+    return any(a in flags or a.split("=", 1)[0] in flags for a in argv)
+
+
+def curve_intervals(agent, config, run_args: RunArgs, argv: list[str]) -> RunArgs:
+    """An agent's default --eval-every and --log-every (RUN_DEFAULTS: PPO evaluates every 1M steps) shrunk to
+    --total-steps / agent.curve_points, in whole updates, where the flag was not given: a 200k-step PPO run
+    otherwise evaluates once. Says what it chose."""
+    try:
+        config.validate()
+        steps_per_update = agent.layout(config).steps_per_update if isinstance(agent, agents.OnPolicyAgent) else 1
+    except ValueError:
+        return run_args            # a bad value, or a layout that does not divide: validation names it next
+    interval = -(-run_args.total_steps // agent.curve_points)
+    interval = max(1, -(-interval // steps_per_update)) * steps_per_update
+    changes = {name: interval for name in ("eval_every", "log_every")
+               if not given(argv, name) and interval < getattr(run_args, name)}
+    if changes:
+        print(", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changes.items()) + f" (about {agent.curve_points} "
+              f"points over --total-steps {run_args.total_steps}, in whole updates of {steps_per_update} steps; "
+              "pass the flags to choose)", flush=True)
+    return dataclasses.replace(run_args, **changes)
+
+
+def _agent_list_help(argv: list[str], verb: str, extra: type | None) -> None:
+    """--help without --agent: the run's flags (with the default agent's defaults), the agents to choose from,
+    and how to see one agent's flags. Exits (SystemExit(0), as tyro's help does)."""
+    run_type = _run_args_type(RunArgs.agent)
+    fields = [("run", Annotated[run_type, tyro.conf.OmitArgPrefixes], dataclasses.field(default=run_type()))]
+    if extra is not None:
+        fields.append((verb.lower(), Annotated[extra, tyro.conf.OmitArgPrefixes], dataclasses.field(default=extra())))
+    description = (f"{verb} an agent. Agents (--agent): {', '.join(agents.names())}. "
+                   f"`--agent NAME --help` lists NAME's hyperparameters, which are flags of this command too, "
+                   f"and its defaults for the flags below (shown here for {RunArgs.agent}).")
+    cli(dataclasses.make_dataclass("Args", fields, frozen=True), argv, description)
 
 
 def main(argv: list[str] | None = None) -> int:

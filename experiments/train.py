@@ -18,7 +18,7 @@ current chunk finish, writes a checkpoint at its step, says so in one line and
 exits with 128 + the signal number; `--resume` then continues exactly, with no
 step trained twice. A second SIGINT stops at once (the last checkpoint stays).
 A resumed run must be the same experiment: only its length, how it is shown
-(progress bar, W&B) and its compile cache may change.
+(progress bar, W&B), its checkpoints and its compile cache may change.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from agents.config import INT32_MAX, check_fields, field
 from experiments import jax_setup, memory
 from experiments.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from experiments.logger import RunLogger
-from experiments.loops.driver import drive, round_up
+from experiments.loops.driver import crossed, drive, round_up
+from experiments.progress import ProgressBar
 from experiments.rundir import RunDir, RunDirError, write_json
 
 
@@ -76,7 +77,7 @@ class RunArgs(jax_setup.JaxFlags):
     env: str = "dmc"
     """Environment id: dmc, dmc:<domain>-<task>, gym:<id>, mjx:<PlaygroundName>, jax:PointMass, or one registered
     with envs.register (see --env-module); options follow a '?': dmc:walker-walk?action_repeat=4&episode_length=250
-    (envs/options.py)."""
+    (envs/options.py). Default: the agent's (dmc = dmc:cheetah-run; for PPO, GTR and SIGReg mjx:CartpoleBalance)."""
     env_module: tuple[str, ...] = ()
     """Modules to import before the env is made, e.g. mypackage.envs: their envs.register calls make your own
     env ids valid (the current directory is on the path). Saved in config.json: --resume imports them again."""
@@ -88,11 +89,18 @@ class RunArgs(jax_setup.JaxFlags):
     """Agent (environment) steps per seed, summed over the seed's envs (--num-envs); frames = steps x action
     repeat."""
     eval_every: int = field(5_000, ">= 1")
-    """Agent steps between evaluations (a checkpoint is written at each)."""
+    """Agent steps between evaluations (a checkpoint is written at each, unless --checkpoint-every is given).
+    PPO, GTR, SIGReg without this flag: at most --total-steps / 20, in whole updates."""
     eval_episodes: int = field(10, ">= 1")
     """Deterministic evaluation episodes per seed."""
     log_every: int = field(1_000, ">= 1")
-    """Agent steps between rows of train.csv."""
+    """Agent steps between rows of train.csv (PPO, GTR, SIGReg without this flag: as --eval-every)."""
+    checkpoint_every: int | None = field(None, ">= 1")
+    """Agent steps between checkpoints (each is written at the end of the first chunk past a multiple of it; a
+    chunk ends at every --log-every and --eval-every); default: at every evaluation. The final step is always
+    checkpointed."""
+    keep_checkpoints: int = field(2, ">= 1")
+    """Checkpoints kept (the latest ones; an older one is deleted only once a newer one is complete)."""
     run_dir: str | None = None
     """Output directory (default runs/<agent>/<env>/<time>)."""
     resume: bool = False
@@ -142,14 +150,40 @@ def default_run_dir(args: RunArgs) -> Path:
     return Path("runs") / args.agent / args.env.replace(":", "_") / stamp
 
 
-def _versions() -> dict:
-    import flax
-    import mujoco
-    import optax
+# The packages whose versions can change a run's numbers, as config.json records them.
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "mujoco", "mujoco-mjx",
+                      "dm_control", "playground", "gymnasium", "brax")
 
-    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "mujoco": mujoco.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()]}
+
+def _versions() -> dict:
+    """Python, the packages above (None where one is not installed), the backend and its devices."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: version(name) for name in VERSIONED_PACKAGES},
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+
+
+def git_state(directory: Path = Path(__file__).resolve().parent.parent) -> dict | None:
+    """The code's git commit and whether tracked files differ from it ({"commit", "dirty"}), or None outside a
+    git checkout (e.g. an installed package) or without git."""
+    import subprocess
+
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(directory), *command], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
 
 
 def is_main_process() -> bool:
@@ -191,10 +225,12 @@ def read_saved_run(run_dir: Path) -> dict:
 
 
 def _check_resume_config(saved: dict, args: RunArgs, config: Any) -> None:
-    """A resumed run must be the same experiment; only its length, how it is shown and its compile cache may
-    change (the matmul precision may not: it changes the numbers on a GPU)."""
+    """A resumed run must be the same experiment; only its length, how it is shown (videos included), its
+    checkpoints and its compile cache may change (the matmul precision may not: it changes the numbers on a
+    GPU)."""
     mutable = {"total_steps", "resume", "resume_from", "overwrite", "progress", "wandb", "wandb_project", "run_dir",
-               "distributed", "compile_cache", "compile_cache_dir", "video_every", "video_episodes"}
+               "distributed", "compile_cache", "compile_cache_dir", "checkpoint_every", "keep_checkpoints",
+               "video_every", "video_episodes"}
     run, agent_config = as_saved(dataclasses.asdict(args)), as_saved(dataclasses.asdict(config))
     differences = [f"--{k.replace('_', '-')} {saved['run'].get(k)!r} -> {v!r}"
                    for k, v in run.items() if k not in mutable and saved["run"].get(k) != v]
@@ -257,6 +293,7 @@ def train(args: RunArgs, config: Any) -> Path:
         if args.video_every is not None:
             _check_video(args, loop)
         memory.check(loop)
+        check_warmup(agent, config, loop.spec, args.total_steps)
         if is_main_process():
             _claim(run_dir, args)
         try:
@@ -279,7 +316,7 @@ def _check_video(args: RunArgs, loop) -> None:
 
     try:
         video.check_available()
-        video.check_env(args.env, getattr(loop, "env", None))
+        video.check_env(args.env, loop.env)
     except video.VideoError as error:
         raise RunError(f"--video-every: {error}") from None
 
@@ -320,10 +357,11 @@ def _claim(run_dir: RunDir, args: RunArgs) -> None:
 
 
 def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_dir: Path | None = None,
-              lanes=None):
+              lanes=None, world_dir: Path | None = None):
     """The loop of the agent's family for `args.env` (experiments/loops); configurations it cannot run raise
     RunError. `lanes` (experiments/loops/lanes.py) replaces the run's seeds for a sweep: (point, seed) pairs,
-    each with its config."""
+    each with its config. An offline agent keeps its world in `world_dir` (default: <run_dir>/world, or a
+    temporary directory without either), from where a resume reloads it."""
     from experiments import loops
     from experiments.loops.on_policy import LoopError
     from replay.datasets import DatasetError
@@ -334,16 +372,17 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
     except envs.EnvModuleError as error:
         raise RunError(str(error)) from None
     num_seeds = args.num_seeds if lanes is None else len(lanes)
-    world_dir = None
     if isinstance(agent, agents.OfflineAgent):
         if not args.dataset:
             raise RunError(f"agent {args.agent!r} learns from a dataset: pass --dataset PATH "
                            "(make one with experiments/collect.py)")
-        if run_dir is None:          # a sweep keeps no world between runs
+        if world_dir is None and run_dir is None:        # nothing to resume: kept nowhere in particular
             import tempfile
 
-            run_dir = Path(tempfile.mkdtemp(prefix="sweep_world_"))
-        world_dir = run_dir / "world"
+            run_dir = Path(tempfile.mkdtemp(prefix="ctrlrl_world_"))
+        world_dir = run_dir / "world" if world_dir is None else world_dir
+    else:
+        world_dir = None
     try:
         return loops.make(agent, config, args.env, num_seeds, args.seed, replay_transitions=replay_transitions,
                           dataset=args.dataset, world_dir=world_dir, lanes=lanes)
@@ -353,6 +392,30 @@ def make_loop(agent, config: Any, args: RunArgs, replay_transitions: int, run_di
         if not isinstance(agent, agents.OfflineAgent):
             raise
         raise RunError(str(error)) from None
+
+
+def check_warmup(agent, config: Any, spec, total_steps: int) -> None:
+    """An off-policy agent acts at random for its warm-up (e.g. SAC's --learning-starts) and updates only after
+    it. A run shorter than the warm-up is a mistake (it would report an untrained policy's return): RunError
+    with the numbers. A run of exactly the warm-up (bench.py --startup times one) and one that trains for fewer
+    steps than it acted at random get a warning."""
+    if not isinstance(agent, agents.OffPolicyAgent) or agent.warmup is None:
+        return
+    warmup = agent.warmup_steps(config, spec)
+    flag = "--" + agent.warmup_flag.replace("_", "-")
+    setting = f"{flag} {getattr(config, agent.warmup_flag)}"
+    if getattr(config, agent.warmup_flag) != warmup:
+        setting += f" = {warmup} steps"
+    if total_steps < warmup:
+        raise RunError(f"--total-steps {total_steps} ends within {agent.name}'s random warm-up ({setting}): its "
+                       f"first update follows step {warmup}, so nothing would be trained; pass --total-steps above "
+                       f"{warmup} or a smaller {flag}")
+    if total_steps == warmup:
+        print(f"warning: {agent.name} trains nothing in this run: its {total_steps} steps are all random warm-up "
+              f"({setting})", file=sys.stderr, flush=True)
+    elif total_steps - warmup < warmup:
+        print(f"warning: {agent.name} trains for only {total_steps - warmup} of its {total_steps} steps per seed; "
+              f"the first {warmup} act at random ({setting})", file=sys.stderr, flush=True)
 
 
 def replay_transitions_of(agent, config: Any, total_steps: int) -> int:
@@ -398,14 +461,15 @@ def _train(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
     """Set up (restore or start fresh), then train in chunks; a fresh start that fails before its first
     chunk removes what it wrote."""
     try:
-        state, start_step, checkpointer, logger = _setup(args, config, loop, run_dir, saved, replay_transitions)
+        state, start_step, clock, checkpointer, logger = _setup(args, config, loop, run_dir, saved,
+                                                                replay_transitions)
     except BaseException:
         if saved is None and is_main_process():
             run_dir.discard()
         raise
     try:
         with _GracefulStop() as stop:
-            step = _loop(args, loop, state, start_step, checkpointer, logger, run_dir, stop)
+            step = _loop(args, config, loop, state, start_step, clock, checkpointer, logger, run_dir, stop)
     except OSError as error:
         raise RunIOError(_io_failure(error, checkpointer)) from None
     finally:
@@ -425,9 +489,11 @@ def _io_failure(error: OSError, checkpointer: Checkpointer) -> str:
 
 
 def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_transitions: int):
+    """The state to train from (fresh, or restored), its step, the run's wall clock (WallClock), the
+    checkpointer and the logger; config.json and status.json written."""
     path = run_dir.path
-    checkpointer = Checkpointer(path / "checkpoints")
-    state, start_step = loop.init(), 0
+    checkpointer = Checkpointer(path / "checkpoints", keep=args.keep_checkpoints)
+    state, start_step, meta = loop.init(), 0, {}
     if saved is not None:
         if args.resume_from is not None:
             _drop_checkpoints_after(checkpointer, args.resume_from)
@@ -447,15 +513,39 @@ def _setup(args, config, loop, run_dir: RunDir, saved: dict | None, replay_trans
     status = run_dir.status() or {}
     resolved = {"run": dataclasses.asdict(args), "agent_config": dataclasses.asdict(config), "derived": derived,
                 "env_spec": dataclasses.asdict(loop.spec), "replay_transitions": replay_transitions,
-                "replay_capacity": loop.capacity, "jax": jax_setup.settings(), "versions": _versions(),
-                "command": " ".join(sys.argv)}
+                "replay_capacity": loop.capacity, "jax": jax_setup.settings(), **_history(saved, start_step)}
     _write_json(path / "config.json", resolved)
+    run_id = status.get("run_id")
     if is_main_process():
-        run_dir.mark(finished=False, step=start_step, run_id=status.get("run_id"))
-    logger = (RunLogger(path, args.wandb, args.wandb_project, resolved) if is_main_process()
-              else RunLogger(path / f"process_{jax.process_index()}", False))
-    logger.truncate_after(start_step)
-    return state, start_step, checkpointer, logger
+        run_id = run_dir.mark(finished=False, step=start_step, run_id=run_id)
+    resume_step = start_step if saved is not None else None
+    logger = (RunLogger(path, args.wandb, args.wandb_project, resolved, resume_step, run_id) if is_main_process()
+              else RunLogger(path / f"process_{jax.process_index()}", False, resume_step=resume_step))
+    return state, start_step, WallClock(meta.get("wall_clock_s", 0.0)), checkpointer, logger
+
+
+def _history(saved: dict | None, start_step: int) -> dict:
+    """config.json's record of how the run was made: `commands`, every start and resume in order (the command,
+    the time, the step it started from, the code's git commit and the package versions); `command`, `git` and
+    `versions` are the first start's, which a resume keeps."""
+    entry = {"command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
+             "from_step": start_step, "git": git_state(), "versions": _versions()}
+    earlier = [] if saved is None else saved.get("commands") or [
+        {"command": saved.get("command"), "from_step": 0, "git": saved.get("git"), "versions": saved.get("versions")}]
+    first = (earlier or [entry])[0]
+    return {"command": first["command"], "git": first["git"], "versions": first["versions"],
+            "commands": [*earlier, entry]}
+
+
+class WallClock:
+    """Seconds since the run started, accumulated over resumes (a resumed run continues from the value saved
+    in its checkpoint; the time between that checkpoint and the stop is not counted, as its rows are dropped)."""
+
+    def __init__(self, offset: float = 0.0):
+        self._offset, self._start = float(offset), time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(self._offset + time.perf_counter() - self._start, 3)
 
 
 def _restore(checkpointer: Checkpointer, state, step: int | None):
@@ -501,6 +591,12 @@ class _PolicyExports:
         self.evaluations = 0
         self._video_evaluator = None
 
+    @staticmethod
+    def written(checkpoint_dir: Path) -> bool:
+        from experiments.policy import FILE
+
+        return (checkpoint_dir / FILE).is_file()
+
     def write(self, checkpoint_dir: Path, state, step: int) -> None:
         from experiments.policy import FILE, ExportError
 
@@ -513,13 +609,24 @@ class _PolicyExports:
             self.failed = True
             print(f"warning: no policy exports for this run: {error}", file=sys.stderr, flush=True)
 
-    def video(self, step: int) -> None:
+    def video(self, step: int, state) -> None:
         """At every --video-every-th evaluation: seed 0's first --video-episodes evaluation episodes, evaluated
-        again from the export with the same keys and env seeds, drawn to videos/<step>/."""
+        again from the export with the same keys and env seeds, drawn to videos/<step>/. The export is this
+        step's: the one written with its checkpoint, or (no checkpoint at this evaluation: --checkpoint-every)
+        one made for the video and not written."""
         self.evaluations += 1
         every = self.args.video_every
-        if every is None or self.evaluations % every or self.last is None or not is_main_process():
+        if every is None or self.evaluations % every or self.failed or not is_main_process():
             return
+        if self.last is None or self.last.step != step:
+            from experiments.policy import ExportError
+
+            try:
+                self.last = self.exporter.export(state["agent"], step)
+            except ExportError as error:
+                self.failed = True
+                print(f"warning: no policy exports for this run: {error}", file=sys.stderr, flush=True)
+                return
         import envs as envs_lib
         from experiments import video
         from experiments.policy import ExportEvaluator
@@ -535,41 +642,69 @@ class _PolicyExports:
         recorder.write(self.run_dir / "videos" / str(step))
 
 
-def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: RunDir, stop: _GracefulStop) -> int:
-    """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations with a
-    checkpoint each, and a checkpoint before stopping on a signal; returns the final step."""
-    from tqdm import tqdm
+def _loop(args, config, loop, state, start_step: int, clock: WallClock, checkpointer, logger, run_dir: RunDir,
+          stop: _GracefulStop) -> int:
+    """The driver's chunks (experiments/loops/driver.py) with a progress bar, train.csv rows, evaluations,
+    checkpoints (at every evaluation, or every --checkpoint-every steps, and at the end), and a checkpoint before
+    stopping on a signal; returns the final step."""
+    agent = loop.agent
+    warmup = agent.warmup_steps(config, loop.spec) if isinstance(agent, agents.OffPolicyAgent) else 0
+    bar = ProgressBar(round_up(args.total_steps, loop), start_step, warmup, args.progress and is_main_process(),
+                      f"{args.agent} {args.env} x{args.num_seeds}")
+    # training/sps: steps over training time. The interval starts at the first progress report (the programs
+    # are compiled by then) or, for loops that report only at chunk ends, after the first logged chunk (whose
+    # sps is then left empty); evaluation time is left out.
+    interval = {"start": None, "step": start_step}
+    chunk = {"previous": start_step, "evaluated": False}
 
-    bar = tqdm(total=args.total_steps, initial=start_step, disable=not (args.progress and is_main_process()),
-               unit="step", dynamic_ncols=True, desc=f"{args.agent} {args.env} x{args.num_seeds}")
-    postfix = {"sps": "-", "eval_return": "-"}
-    interval = {"start": time.perf_counter(), "step": start_step}
+    def progress(step: int) -> None:
+        if interval["start"] is None:
+            interval.update(start=time.perf_counter(), step=step)
+        bar.advance(step)
+
+    loop.on_progress = progress
 
     exports = _PolicyExports(args, loop, run_dir.path)
+    if start_step and not exports.written(checkpointer.directory / str(start_step)):
+        # A run killed between writing its checkpoint and the export beside it: every checkpoint has one.
+        exports.write(checkpointer.directory / str(start_step), state, start_step)
 
     def save(step: int, state) -> None:
-        checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode()})
+        checkpointer.save(step, state, {"step": step, "host_state": base64.b64encode(loop.host_state()).decode(),
+                                        "wall_clock_s": clock()})
         exports.write(checkpointer.directory / str(step), state, step)
         _write_json(run_dir.path / "status.json", {**(run_dir.status() or {}), "finished": False, "step": step})
 
     def on_log(step: int, per_seed: dict) -> None:
-        elapsed = time.perf_counter() - interval["start"]
-        sps = (step - interval["step"]) / max(elapsed, 1e-9)
-        logger.log_train(step, per_seed, {"training/sps": sps, "training/sps_all_seeds": sps * args.num_seeds})
+        sps = float("nan")
+        if interval["start"] is not None:
+            sps = (step - interval["step"]) / max(time.perf_counter() - interval["start"], 1e-9)
+        per_seed = metrics_that_exist(step, warmup, per_seed)
+        logger.log_train(step, per_seed, {"training/sps": sps, "training/sps_all_seeds": sps * args.num_seeds,
+                                          "wall_clock_s": clock()})
         interval.update(start=time.perf_counter(), step=step)
-        postfix["sps"] = f"{sps:.1f}"
-        bar.set_postfix(postfix)
+        if np.isfinite(sps):
+            bar.show(sps=f"{sps:.1f}")
 
     def on_eval(step: int, state, evaluation, diagnostics: dict) -> None:
-        logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks)
-        save(step, state)
-        exports.video(step)
-        postfix["eval_return"] = f"{float(np.mean(evaluation.returns)):.1f}"
-        bar.set_postfix(postfix)
-        interval["start"] = time.perf_counter()    # evaluation time is not training time
+        logger.log_eval(step, evaluation.returns, diagnostics, evaluation.per_task, evaluation.tasks,
+                        shared={"wall_clock_s": clock()})
+        if args.checkpoint_every is None:
+            save(step, state)
+        exports.video(step, state)
+        if not chunk["evaluated"]:
+            bar.skip_interval()            # the first evaluation compiles its program: not the rate of training
+            chunk["evaluated"] = True
+        bar.show(eval_return=f"{float(np.mean(evaluation.returns)):.1f}")
+        if interval["start"] is not None:
+            interval["start"] = time.perf_counter()    # evaluation time is not training time
 
     def on_chunk(step: int, state, finished: bool) -> None:
-        bar.update(min(step, bar.total) - bar.n)
+        previous, chunk["previous"] = chunk["previous"], step
+        progress(step)
+        due = finished or crossed(previous, step, args.checkpoint_every)
+        if args.checkpoint_every is not None and due and checkpointer.latest_step() != step:
+            save(step, state)
         if stop.signal is not None and not finished:
             if checkpointer.latest_step() != step:
                 save(step, state)
@@ -586,5 +721,20 @@ def _loop(args, loop, state, start_step: int, checkpointer, logger, run_dir: Run
         kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
         raise DivergenceError(f"{error}; {kept}") from None
     finally:
+        loop.on_progress = None
         bar.close()
     return step
+
+
+def metrics_that_exist(step: int, warmup: int, per_seed: dict) -> dict:
+    """`per_seed` with the agent's update metrics NaN (an empty cell: they do not exist) up to the end of an
+    off-policy agent's random warm-up (`warmup` steps; its loop reports zeros there); the loops' episode
+    statistics are kept."""
+    if step > warmup:
+        return per_seed
+    return {k: v if _is_episode_metric(k) else np.full(np.shape(v), np.nan) for k, v in per_seed.items()}
+
+
+def _is_episode_metric(name: str) -> bool:
+    """The loops' own episode statistics, which exist from the first step (unlike the agent's update metrics)."""
+    return name in ("episode_return", "episodes", "nan_resets") or name.startswith("episode_return/")

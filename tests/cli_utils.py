@@ -7,6 +7,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Columns of train.csv and eval.csv that measure time, which differ between two runs of the same experiment.
+TIMING_COLUMNS = ("training/sps", "training/sps_all_seeds", "wall_clock_s")
+
 # A reduced MR.Q (small widths, short schedule) so CLI tests take seconds; stated here once.
 TINY_MRQ = ["--batch-size", "32", "--enc-hidden-dim", "32", "--zs-dim", "32", "--zsa-dim", "32", "--za-dim", "16",
             "--value-hidden-dim", "32", "--policy-hidden-dim", "32", "--target-update-freq", "20",

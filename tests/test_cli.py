@@ -1,5 +1,6 @@
 """Bad input to run.py: a one-line error naming the problem and the choices, exit 2, nothing written."""
 
+import csv
 import json
 import os
 import shutil
@@ -27,6 +28,9 @@ def _error_line(result) -> str:
     (["--discount", "1.5"], "--discount must be in [0, 1], got 1.5"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--resume"], "--resume needs --run-dir"),
+    (["--agent", "sac", "--env", "jax:PointMass", "--total-steps", "3000"],
+     "--total-steps 3000 ends within sac's random warm-up (--learning-starts 5000): its first update follows "
+     "step 5000, so nothing would be trained; pass --total-steps above 5000 or a smaller --learning-starts"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     run_dir = tmp_path / "run"
@@ -44,10 +48,41 @@ def test_wrong_type_is_rejected_by_the_parser(tmp_path):
 
 
 def test_help_lists_agent_hyperparameters():
-    result = run_cli("--agent", "mrq", "--help")
+    result = run_inprocess("--agent", "mrq", "--help")
     assert result.returncode == 0
     for flag in ("--enc-lr", "--target-update-freq", "--num-seeds", "--eval-episodes", "--resume"):
         assert flag in result.stdout
+
+
+def test_help_without_an_agent_lists_the_agents():
+    import agents
+
+    result = run_inprocess("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())           # the help's lines are wrapped to the terminal
+    assert "--agent{" + ",".join(agents.names()) + "}" in "".join(result.stdout.split())     # its choices
+    assert "`--agent NAME --help` lists NAME's hyperparameters" in text
+    assert "--total-steps" in text and "--enc-lr" not in text          # the run's flags, no agent's
+
+
+def test_sweep_help_names_the_agent_the_preset_and_the_sweep_flag():
+    from experiments import sweep
+    from tests.cli_utils import run_main
+
+    result = run_main(sweep.main, "--agent", "ppo", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "Sweep ppo (agents.ppo)." in text and "Train mrq" not in text
+    assert "The defaults shown are those of --preset cpu, the default for ppo on this cpu backend" in text
+    assert "--sweep STR A field of the agent's config and its values, NAME=V1,V2,..." in text
+    assert "(default: mjx:CartpoleBalance)" in text      # PPO's default env is a JAX env
+
+
+def test_default_env_is_the_agents():
+    """PPO (and GTR, SIGReg) train on JAX envs only: their default env is one (RUN_DEFAULTS); MR.Q's is dmc."""
+    assert run.parse(["--agent", "ppo"])[0].env == "mjx:CartpoleBalance"
+    assert run.parse(["--agent", "gtr"])[0].env == "mjx:CartpoleBalance"
+    assert run.parse(["--agent", "mrq"])[0].env == "dmc"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +104,11 @@ def test_finished_run_outputs(finished_run):
     rows = (finished_run / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,seed,return") and len(rows) == 3
     assert (finished_run / "train.csv").exists() and any((finished_run / "tensorboard").iterdir())
+    with open(finished_run / "train.csv") as f:
+        train = list(csv.DictReader(f))
+    # Before the first update (--random-steps 100) the agent's metrics do not exist: empty, not 0.
+    assert [(r["step"], r["value/loss"]) for r in train][0] == ("100", "")
+    assert float(train[1]["value/loss"]) > 0 and train[0]["episodes"] == "0"
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()) == ["100", "200"]
 
 
@@ -168,3 +208,42 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
     assert result.returncode == 2
     assert "--overwrite deletes only run directories" in _error_line(result)
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_warmup_warnings_name_the_numbers(capsys):
+    """Every off-policy agent declares its warm-up in its record; a run of exactly the warm-up, or one that trains
+    for fewer steps than it acted at random, is warned about (a shorter one is refused, above)."""
+    from types import SimpleNamespace
+
+    import agents
+    from agents import mrq, mrq_multitask, sac
+    from experiments.train import RunError, check_warmup
+
+    for name in agents.names():
+        agent = agents.get(name)
+        if isinstance(agent, agents.OffPolicyAgent):
+            assert agent.warmup is not None and agent.warmup_flag in agent.Config.__dataclass_fields__, name
+    check_warmup(agents.get("sac"), sac.Config(), None, 5000)
+    assert "sac trains nothing in this run: its 5000 steps are all random warm-up (--learning-starts 5000)" in \
+        capsys.readouterr().err
+    check_warmup(agents.get("mrq"), mrq.Config(), None, 15_000)
+    assert ("mrq trains for only 5000 of its 15000 steps per seed; the first 10000 act at random "
+            "(--random-steps 10000)") in capsys.readouterr().err
+    check_warmup(agents.get("mrq"), mrq.Config(), None, 20_000)
+    assert capsys.readouterr().err == ""
+    spec = SimpleNamespace(max_episode_steps=100)        # seeding episodes count whole episodes of every task
+    with pytest.raises(RunError, match=r"\(--seeding-episodes 5 = 500 steps\)"):
+        check_warmup(agents.get("mrq_multitask"), mrq_multitask.Config(), spec, 499)
+
+
+def test_ppo_evaluates_about_20_times_per_run_unless_told():
+    """PPO's RUN_DEFAULTS evaluate and log every 1M steps: a shorter run shrinks both to about 1/20 of the run
+    in whole updates (the cpu preset's update is 30720 steps); a flag given is kept, and so is the 60M default."""
+    args, _ = run.parse(["--agent", "ppo", "--total-steps", "200000"])
+    assert (args.eval_every, args.log_every) == (30720, 30720)
+    args, _ = run.parse(["--agent", "ppo", "--total-steps", "3000000", "--eval-every", "500000"])
+    assert (args.eval_every, args.log_every) == (500000, 153600)
+    args, _ = run.parse(["--agent", "ppo"])
+    assert (args.eval_every, args.log_every) == (1_000_000, 1_000_000)
+    args, _ = run.parse(["--agent", "sac", "--total-steps", "20000"])        # only agents that declare it
+    assert (args.eval_every, args.log_every) == (5000, 1000)

@@ -54,6 +54,22 @@ def test_dmc_default_task_and_domains_with_underscores():
     assert envs.make("dmc:cartpole-swingup_sparse").spec.action_dim == 1
 
 
+def test_dmc_cheetah_evaluation_prints_no_settotalmass_warning(caplog):
+    """MuJoCo warns, through dm_control's absl logger, about cheetah's deprecated `settotalmass` each time the
+    model compiles (every evaluation builds fresh instances): that one message is dropped, others stay."""
+    import logging
+
+    from experiments.loops.evaluation import evaluate_host
+
+    with caplog.at_level(logging.WARNING):
+        returns, _ = evaluate_host(lambda obs, reward, first: np.zeros(obs.shape[:-1] + (6,), np.float32),
+                                   "dmc", num_seeds=1, seed=0, step=0, episodes=2)
+        logging.getLogger("absl").warning("another warning")
+    assert returns.shape == (1, 2)
+    assert not [r for r in caplog.records if "settotalmass" in r.getMessage()]
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["another warning"]
+
+
 def test_dmc_truncates_exactly_at_step_500_and_auto_resets(cartpole):
     cartpole.reset()
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import replay
 from agents import mrq_multitask as mt
 from envs.core import EnvSpec, TaskSpec
 from replay import streams
-from tests.cli_utils import run_inprocess
+from tests.cli_utils import TIMING_COLUMNS, run_inprocess
 
 TINY = dict(enc_dim=16, mlp_dim=16, latent_dim=16, num_q=3, za_dim=8, batch_size=16, seeding_episodes=0, utd=1.0)
 TINY_FLAGS = ["--enc-dim", "16", "--mlp-dim", "16", "--latent-dim", "16", "--num-q", "3", "--za-dim", "8",
@@ -139,7 +139,7 @@ def test_updates_follow_the_fractional_schedule():
 
 def _rows(path):
     with open(path) as f:
-        return [{k: v for k, v in r.items() if not k.startswith("training/sps")} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f)]
 
 
 def test_a_multitask_run_resumes_exactly_and_logs_every_task(tmp_path):

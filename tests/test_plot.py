@@ -447,3 +447,11 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, case):
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert not out.exists()
+
+
+def test_step_ticks_are_short():
+    """Step counts on a subplot's x axis read 16k / 2.5M, so neighbouring ticks do not run together."""
+    from experiments.plot import step_tick_label
+
+    assert [step_tick_label(x) for x in (0, 500, 12000, 16000, 2_500_000, 1e9)] == ["0", "500", "12k", "16k",
+                                                                                    "2.5M", "1G"]

@@ -16,7 +16,7 @@ import envs
 from agents import ppo
 from experiments.loops.on_policy import OnPolicyLoop
 from networks import distributions as dist_lib
-from tests.cli_utils import ROOT, run_cli, run_inprocess
+from tests.cli_utils import ROOT, TIMING_COLUMNS, run_cli, run_inprocess
 
 # A reduced PPO for fast tests (stated once): 32 envs on jax:PointMass, unroll 8, 2 minibatches of 16
 # trajectories, 2 epochs, small networks.
@@ -186,7 +186,7 @@ def test_sharded_over_four_devices_equals_one_device():
 
 def _rows(path):
     with open(path) as f:
-        return [{k: v for k, v in row.items() if not k.startswith("training/sps")} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
 
 
 def test_resume_equals_uninterrupted(tmp_path):

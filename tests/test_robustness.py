@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.cli_utils import ROOT, TINY_MRQ, run_inprocess, run_main
+from tests.cli_utils import ROOT, TIMING_COLUMNS, TINY_MRQ, run_inprocess, run_main
 
 TINY_PPO = ["--agent", "ppo", "--env", "jax:PointMass", "--num-envs", "16", "--batch-size", "16",
             "--num-minibatches", "1", "--unroll-length", "10", "--num-epochs", "1", "--policy-hidden", "8", "8",
@@ -32,7 +32,7 @@ def _error_line(result) -> str:
     return lines[0]
 
 
-def _rows(path, drop=("training/sps", "training/sps_all_seeds")):
+def _rows(path, drop=TIMING_COLUMNS):
     with open(path) as f:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 
@@ -422,3 +422,184 @@ def test_tiny_mrq_flags_are_still_valid():
     _, config = parse(["--agent", "mrq", *TINY_MRQ])
     assert isinstance(config, mrq.Config)
     config.validate()
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging, checkpoints and the progress bar (issue 23's rough edges)
+# ------------------------------------------------------------------------------------------------
+
+
+def _events(directory):
+    """The events of a TensorBoard run directory, in file order (TFRecords of tensorboardX's Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + length])
+            events.append(event)
+            i += 12 + length + 4
+    return events
+
+
+def _scalars(directory, tag):
+    return {e.step: v.simple_value for e in _events(directory) for v in e.summary.value if v.tag == tag}
+
+
+def test_run_records_time_versions_and_per_seed_scalars(reference):
+    with open(reference / "train.csv") as f:
+        train = list(csv.DictReader(f))
+    with open(reference / "eval.csv") as f:
+        evals = list(csv.DictReader(f))
+    # The first chunk compiled (this loop reports progress only at chunk ends here): its sps is left empty.
+    assert train[0]["training/sps"] == "" and float(train[1]["training/sps"]) > 0
+    for rows in (train, evals):
+        clock = [float(r["wall_clock_s"]) for r in rows]
+        assert clock == sorted(clock) and clock[0] > 0
+    config = json.loads((reference / "config.json").read_text())
+    for package in ("jax", "flax", "mujoco", "gymnasium", "dm_control", "playground"):
+        assert config["versions"][package], package
+    assert config["git"] is None or (len(config["git"]["commit"]) == 40 and isinstance(config["git"]["dirty"], bool))
+    assert [c["from_step"] for c in config["commands"]] == [0] and config["command"] == config["commands"][0]["command"]
+    # TensorBoard: the mean over seeds and each seed under the same tags, as runs of one chart.
+    assert sorted(p.name for p in (reference / "tensorboard").iterdir()) == ["mean", "seed_0"]
+    per_seed = _scalars(reference / "tensorboard" / "seed_0", "eval/episode_reward")
+    assert per_seed == pytest.approx({int(r["step"]): float(r["return"]) for r in evals}, rel=1e-4)
+    assert _scalars(reference / "tensorboard" / "mean", "eval/episode_reward").keys() == per_seed.keys()
+
+
+class _FakeWandb:
+    """Stands in for the wandb package: records what a run passes to init and log."""
+
+    def __init__(self):
+        self.inits, self.logged = [], []
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, values, step):
+        self.logged.append((step, dict(values)))
+
+    def finish(self):
+        pass
+
+
+def _exports(run_dir) -> dict[int, int]:
+    """{checkpoint step: the step its policy export holds} for every export under checkpoints/ (and no temporary
+    file left there)."""
+    from experiments.policy import read_export
+
+    assert not list((run_dir / "checkpoints").rglob("*.tmp"))
+    exports = (run_dir / "checkpoints").glob("*/policy.msgpack")
+    return {int(path.parent.name): read_export(path).step for path in exports}
+
+
+def test_resume_writes_the_export_a_killed_run_had_not_written(reference, tmp_path):
+    """A run killed between its checkpoint and the export beside it: --resume writes that export first (the same
+    bytes as the one written in the run), so that every checkpoint has one."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    export = run_dir / "checkpoints" / "1920" / "policy.msgpack"
+    written = export.read_bytes()
+    export.unlink()
+    result = run_inprocess("--run-dir", str(run_dir), "--resume", "--total-steps", "2560")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _exports(run_dir) == {1920: 1920, 2560: 2560}
+    assert export.read_bytes() == written
+
+
+def test_checkpoint_interval_retention_wandb_id_and_resume_history(reference, tmp_path, monkeypatch):
+    """--checkpoint-every puts checkpoints at the first chunk end past each multiple (480 -> 480, 960, 1440, and
+    the final 1920), --keep-checkpoints keeps the latest; where they lie changes no result, and a resume from one
+    that is not an evaluation step (1440) is exact. The resume keeps W&B's run id, purges TensorBoard's events
+    after its step, and adds its command to config.json's history."""
+    wandb = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    run_dir = tmp_path / "run"
+    result = run_inprocess(*TINY_PPO, *SCHEDULE, "--checkpoint-every", "480", "--keep-checkpoints", "3", "--wandb",
+                           "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [960, 1440, 1920]
+    # Each kept checkpoint has its policy export (also 1440, not an evaluation step); the deleted ones took theirs.
+    assert _exports(run_dir) == {960: 960, 1440: 1440, 1920: 1920}
+    assert _rows(run_dir / "eval.csv") == _rows(reference / "eval.csv")
+    run_id = json.loads((run_dir / "status.json").read_text())["run_id"]
+    assert wandb.inits[0]["id"] == run_id and wandb.inits[0]["resume"] == "allow"
+    assert any("seed_0/eval/episode_reward" in values and "eval/episode_reward" in values
+               for _, values in wandb.logged)
+
+    resumed = run_inprocess("--run-dir", str(run_dir), "--resume", "--resume-from", "1440", "--keep-checkpoints",
+                            "1", "--wandb")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(run_dir / "eval.csv") == _rows(reference / "eval.csv")
+    assert _rows(run_dir / "train.csv") == _rows(reference / "train.csv")
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [1920]
+    assert _exports(run_dir) == {1920: 1920}
+    assert wandb.inits[1]["id"] == run_id
+    # TensorBoard drops the first run's events after 1440 when it reads the resumed writer's start.
+    starts = [e.step for e in _events(run_dir / "tensorboard" / "mean") if e.WhichOneof("what") == "session_log"]
+    assert starts == [1441]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert [c["from_step"] for c in config["commands"]] == [0, 1440]
+    assert config["command"] == config["commands"][0]["command"]
+    with open(run_dir / "eval.csv") as f:     # the clock goes on from the checkpoint's
+        clock = [float(r["wall_clock_s"]) for r in csv.DictReader(f)]
+    assert clock == sorted(clock)
+
+
+def test_ppo_progress_moves_per_update_up_to_the_steps_it_trains(tmp_path, monkeypatch):
+    """The bar's total is --total-steps rounded up to whole updates (600 -> 640), and PPO reports each finished
+    update inside a chunk (one chunk of four updates here)."""
+    from experiments import progress
+
+    totals, reports = [], []
+    original_init, original_advance = progress.ProgressBar.__init__, progress.ProgressBar.advance
+
+    def init(self, total, *args, **kwargs):
+        totals.append(total)
+        original_init(self, total, *args, **kwargs)
+
+    def advance(self, step):
+        reports.append(step)
+        original_advance(self, step)
+
+    monkeypatch.setattr(progress.ProgressBar, "__init__", init)
+    monkeypatch.setattr(progress.ProgressBar, "advance", advance)
+    result = run_inprocess(*TINY_PPO, "--total-steps", "600", "--log-every", "640", "--eval-every", "640",
+                           "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert totals == [640] and reports == [160, 320, 480, 640]
+
+
+def test_eta_comes_from_the_training_phase_alone():
+    """A warm-up at 1000 steps/s and training at 10 steps/s, with a compiling first interval: the ETA uses each
+    phase's own rate; the first interval, one across the warm-up's end and a skipped one count for neither."""
+    from experiments.progress import ProgressBar
+
+    now = [0.0]
+    bar = ProgressBar(total=10_000, initial=0, warmup=1000, enabled=False, clock=lambda: now[0])
+
+    def at(step, seconds):
+        now[0] += seconds
+        bar.advance(step)
+
+    at(100, 60.0)                        # compilation: the first report only starts the clock
+    assert bar.eta() == "?"
+    at(600, 0.5)                         # warm-up: 1000 steps/s
+    assert bar.rate("warmup") == pytest.approx(1000) and bar.eta() == "?"      # training not measured yet
+    at(1100, 7.0)                        # across the warm-up's end: neither phase
+    at(1200, 10.0)                       # training: 10 steps/s
+    assert bar.rate("training") == pytest.approx(10) and bar.remaining_seconds() == pytest.approx(880)
+    bar.skip_interval()
+    at(1300, 500.0)                      # e.g. the first evaluation, which compiles
+    at(1400, 10.0)
+    assert bar.rate("training") == pytest.approx(10) and bar.eta() == "14:20"      # 8600 steps at 10/s
+    bar.close()

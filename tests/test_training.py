@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli_utils import ROOT, TINY_MRQ, run_cli
+from tests.cli_utils import ROOT, TIMING_COLUMNS, TINY_MRQ, run_cli
 
 
-def _rows(path, drop=("training/sps", "training/sps_all_seeds")):
+def _rows(path, drop=TIMING_COLUMNS):
     with open(path) as f:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 

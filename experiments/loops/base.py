@@ -14,7 +14,9 @@ A loop trains the lanes of one compiled program (experiments/loops/lanes.py: a r
 
 `granularity`: the steps a loop advances in (on-policy: one whole update); `run` is called with multiples of
 it. `devices`: the devices its arrays live on (None: the local devices), whose memory `memory.check` compares
-with the estimate.
+with the estimate. `on_progress`: None, or a function of the step reached that a loop calls inside `run` where
+it can tell without slowing down (the on-policy loop after each update, the host loop after each env step), so
+that a progress bar moves within long chunks (experiments/progress.py).
 
 Lane-sharded loops (off-policy, offline) call `place_lanes(devices)` in their constructor (sharding.py): the
 lanes' keys, the states `init_agents` makes, and everything their programs return then have their lane axis
@@ -24,7 +26,7 @@ spread over `devices`; `diagnostics` runs on each device's own lanes.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -42,7 +44,9 @@ class Loop:
 
     granularity: int = 1
     devices: list | None = None
+    on_progress: Callable[[int], None] | None = None
     placement: LanePlacement | None = None     # where the lanes live, for loops that shard them
+    env = None              # the env the loop steps (a JaxEnv or HostVecEnv), where it has one to show
 
     def __init__(self, agent: agents.Agent, config: Any, env_id: str, num_seeds: int, seed: int,
                  lanes: Lanes | None = None):

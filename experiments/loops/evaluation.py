@@ -147,7 +147,7 @@ class LaneEvaluator:
         self.env, self.env_kwargs = jax_env, env_kwargs or {}
         self.clock = clock or (lambda step: 0)
         self.per_task, self.discounted = per_task, discounted
-        self.recurrent = getattr(agent, "act_step", None) is not None
+        self.recurrent = agent.recurrent
         # With a placement, lane arrays in and out are sharded over its devices and the rest replicated;
         # without one (the on-policy loop's replicated agents, an exported policy), jit places them.
         lane = replicated = None

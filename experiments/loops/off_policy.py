@@ -221,6 +221,8 @@ class HostLoop(_SeedLoop):
             episode_return = np.where(done, 0.0, episode_return).astype(np.float32)
             episodes = episodes + done
             obs = self._per_seed(result.obs)
+            if self.on_progress is not None:
+                self.on_progress(step)
         new_state = {"agent": agent_state, "obs": obs, "episode_return": episode_return,
                      "last_episode_return": last_return, "episodes": episodes}
         per_seed = to_host(metrics or {})

@@ -159,6 +159,10 @@ class OnPolicyLoop(Loop):
             agent_state, env_state, metrics = self._update(agent_state, env_state, self.seed_keys,
                                                            jnp.int32(update_index))
             all_metrics.append(metrics)
+            if self.on_progress is not None and len(all_metrics) > 1:
+                # Wait for the update before this one: the one just dispatched keeps the device busy meanwhile.
+                jax.block_until_ready(all_metrics[-2])
+                self.on_progress(update_index * self.granularity)
         # leaves [num_seeds, updates]
         metrics = jax.device_get(jax.tree.map(lambda *m: jnp.stack(m, axis=1), *all_metrics))
         tracker = jax.device_get(state["tracker"])

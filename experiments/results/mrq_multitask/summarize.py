@@ -22,8 +22,9 @@ from experiments.plot import bootstrap_ci  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 RUNS = {"S": "mt4_size_S", "B": "mt4_size_B",                        # 4k steps per task, utd 0.25
-        "S_utd0.5": "mt4_S_utd05", "B_utd0.5": "mt4_B_utd05"}           # 12k (S) and 6k (B) steps, utd 0.5
-RANDOM_AT = (4000, 6000, 12000)          # the evaluation steps whose envs and seeds the random policy replays
+        "S_utd0.5": "mt4_S_utd05", "B_utd0.5": "mt4_B_utd05",           # 12k (S) and 6k (B) steps, utd 0.5
+        "S_utd0.5_long": "mt4_S_utd05_long"}                               # S again, stopped at 16k of 40k
+RANDOM_AT = (4000, 6000, 12000, 16000)          # the evaluation steps whose envs and seeds the random policy replays
 EPISODES, SEEDS = 5, 2
 
 

@@ -26,13 +26,27 @@ def read_csv(path: pathlib.Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def interval_seconds(train_rows: list[dict]) -> list[tuple[int, float]]:
+    """[(log step, seconds of the interval ending there)]: the interval's env steps per seed over its steps/s.
+    train.py leaves steps/s empty for a device loop's first chunk (it cannot tell compilation from training
+    there); such an interval counts its wall-clock instead (`wall_clock_s` since the previous row: start-up and
+    compilation included, as the runs logged before that change counted them)."""
+    rows = sorted({int(r["step"]): r for r in train_rows}.items())
+    out, previous_step, previous_clock = [], 0, 0.0
+    for step, row in rows:
+        sps = float(row["training/sps"] or "nan")
+        clock = float(row.get("wall_clock_s") or "nan")
+        out.append((step, (step - previous_step) / sps if math.isfinite(sps) else clock - previous_clock))
+        previous_step, previous_clock = step, clock
+    return out
+
+
 def training_seconds(train_rows: list[dict]) -> dict[int, float]:
-    """{log step: training seconds up to it}: each interval's env steps per seed over its steps/s, summed."""
-    steps = sorted({int(r["step"]): float(r["training/sps"]) for r in train_rows}.items())
-    elapsed, previous, out = 0.0, 0, {}
-    for step, sps in steps:
-        elapsed += (step - previous) / sps
-        out[step], previous = elapsed, step
+    """{log step: training seconds up to it}: the intervals' seconds, summed."""
+    elapsed, out = 0.0, {}
+    for step, seconds in interval_seconds(train_rows):
+        elapsed += seconds
+        out[step] = elapsed
     return out
 
 
@@ -40,11 +54,11 @@ def compile_estimate(train_rows: list[dict]) -> float:
     """Seconds of the first log interval beyond what its steps cost at the second interval's rate: mostly the
     compilation of the training chunk (an estimate; at N = 16 the first interval is partly random steps, which
     are cheaper, so it is an underestimate there)."""
-    steps = sorted({int(r["step"]): float(r["training/sps"]) for r in train_rows}.items())
-    if len(steps) < 2:
+    intervals = interval_seconds(train_rows)
+    if len(intervals) < 2:
         return float("nan")
-    (s1, sps1), (s2, sps2) = steps[:2]
-    return max(s1 / sps1 - s1 / sps2, 0.0)
+    (s1, t1), (s2, t2) = intervals[:2]
+    return max(t1 - s1 * t2 / (s2 - s1), 0.0)
 
 
 def summarize(run_dir: pathlib.Path, threshold: float, wall: dict) -> dict:
