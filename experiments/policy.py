@@ -210,10 +210,12 @@ class ExportEvaluator:
 
         self.env_id = env_id or export.env_id
         if envs_lib.is_jax_env(self.env_id):
-            # An off-policy run's N envs per seed, as its device loop made the env: a non-stationary schedule
-            # switches every so many env steps summed over them (envs/nonstationary.py).
+            # The env as the run's loop made it (an off-policy run's N envs per seed, an on-policy run's
+            # num_envs): a non-stationary schedule switches every so many env steps summed over them
+            # (envs/nonstationary.py), and the evaluator's clock divides by the same N.
             record = export.agent
-            num_envs = record.envs_per_seed(export.config) if record.LOOP == "off_policy" else 1
+            num_envs = {"off_policy": lambda: record.envs_per_seed(export.config),
+                        "on_policy": lambda: export.config.num_envs}.get(record.LOOP, lambda: 1)()
             self.env = envs_lib.make(self.env_id, num_envs=num_envs)    # UnknownEnvError names the valid ids
             spec = self.env.spec
         else:

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 import agents
+import envs
 from experiments import evaluate, policy
 from tests.cli_utils import ROOT, assert_evaluate_reproduces, eval_rows, run_inprocess, run_main
 
@@ -245,3 +246,25 @@ def test_video_where_rendering_is_unavailable_fails_clearly(sac_export, tmp_path
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: MuJoCo cannot render here (MUJOCO_GL=osmesa" in result.stderr
     assert "MUJOCO_GL=egl works" in result.stderr and not (tmp_path / "out.csv").exists()
+
+
+def test_a_ppo_export_evaluates_a_switching_env_in_the_runs_phase(tmp_path):
+    """An on-policy run's env switches every `every` env steps summed over its num_envs envs (its evaluator's
+    clock is step // num_envs): evaluating the export builds the env with the run's num_envs, so the eval envs
+    start in the phase the run's evaluation saw -- here already switched, where one env would not be."""
+    from envs.core import EnvSpec
+    from tests.test_sweep_every_agent import CASES
+
+    env_id = "jax:PointMass?switch=obs_permutation&every=800"
+    agent = agents.get("ppo")
+    config = agent.Config(**{**CASES["ppo"][1], "num_envs": 8})
+    spec = EnvSpec(env_id, 4, 2, 100, 1, False)
+    path = tmp_path / "policy.msgpack"
+    policy.Exporter(_Loop(agent, spec, config, 64), eval_episodes=1).write(
+        path, _random_state(agent, spec, config, capacity=64), step=800)
+    evaluator = policy.ExportEvaluator(policy.read_export(path))
+    clock = 800 // 8                                              # the phase switches at clock 800 / 8
+    key = jax.random.PRNGKey(3)
+    obs = lambda env: np.asarray(env.reset(key, clock).obs)
+    np.testing.assert_array_equal(obs(evaluator.env), obs(envs.make(env_id, num_envs=8)))
+    assert not np.array_equal(obs(evaluator.env), obs(envs.make(env_id, num_envs=1)))
