@@ -3,6 +3,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+import pytest
 from pathlib import Path
 
 # Tests run on the CPU with a fixed number of host threads; no GPU preallocation games.
@@ -32,3 +34,30 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and ctypes.ut
 from experiments.jax_setup import JaxFlags, configure_jax  # noqa: E402
 
 configure_jax(JaxFlags())
+
+
+# CI's 25-minute budget: these run with `pytest -m long`. Each is covered in the default run by a cheaper
+# sibling, named after it.
+LONG_IN_CI = {
+    "tests/test_sharding.py::test_four_devices_equal_one_device[sac_device_loop]":      # SAC at 4 envs per seed
+    "test_sharding's SAC with 4 envs per seed on 4 devices",
+    "tests/test_bench.py::test_multitask_bench_reports_steps_per_task_per_seed_and_replay_bytes":
+    "test_gpu_suite's dry run (multitask bench on jax:PointMass)",
+    "tests/test_sac_td3.py::test_agents_train_vmapped_in_the_device_loop_with_diagnostics":
+    "test_training's vmapped = separate device-loop tests",
+    "tests/test_compare.py::test_comparison_runs_end_to_end": "test_compare's unit tests",
+    "tests/test_notebooks.py::test_notebook_executes[bring_your_own_env]": "tests/test_byo_env.py",
+    "tests/test_mrq_multitask.py::test_a_multitask_run_on_jax_tasks_in_the_device_loop_resumes_exactly_and_logs_"
+    "every_task": "the host-loop multitask resume test",
+    "tests/test_byo_env.py::test_run_py_trains_a_registered_jax_env[sac]": "the same test with PPO",
+    "tests/test_sweep_every_agent.py::test_sweep_lanes_equal_separate_runs[sac]": "the same test with PPO and BC",
+    "tests/test_training.py::test_vmapped_seeds_equal_separate_runs_device_loop[td3]":
+    "the same test with 4 envs per seed",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in LONG_IN_CI:
+            item.add_marker(pytest.mark.long)
