@@ -206,16 +206,13 @@ class ExportEvaluator:
 
     def __init__(self, export: PolicyExport, env_id: str | None = None):
         import envs as envs_lib
-        from experiments.loops.evaluation import LaneEvaluator
+        from experiments.loops.evaluation import LaneEvaluator, envs_per_lane
 
         self.env_id = env_id or export.env_id
         if envs_lib.is_jax_env(self.env_id):
-            # The env as the run's loop made it (an off-policy run's N envs per seed, an on-policy run's
-            # num_envs): a non-stationary schedule switches every so many env steps summed over them
-            # (envs/nonstationary.py), and the evaluator's clock divides by the same N.
-            record = export.agent
-            num_envs = {"off_policy": lambda: record.envs_per_seed(export.config),
-                        "on_policy": lambda: export.config.num_envs}.get(record.LOOP, lambda: 1)()
+            # The env as the run's loop made it: a non-stationary schedule switches every so many env steps
+            # summed over its envs (envs/nonstationary.py), and the evaluator's clock divides by the same count.
+            num_envs = envs_per_lane(export.agent, export.config)
             self.env = envs_lib.make(self.env_id, num_envs=num_envs)    # UnknownEnvError names the valid ids
             spec = self.env.spec
         else:

@@ -130,6 +130,15 @@ def evaluate_host(act, env_id: str, num_seeds: int, seed: int, step: int, episod
     return returns.reshape(num_seeds, rows), discounted.reshape(num_seeds, rows)
 
 
+def envs_per_lane(agent, config) -> int:
+    """The envs each lane's loop steps: an off-policy run's N envs per seed, an on-policy run's num_envs, an
+    offline run's 1. A lane's env steps count over them, so a non-stationary schedule and the eval clock divide
+    by this."""
+    if agent.LOOP == "off_policy":
+        return agent.envs_per_seed(config)
+    return config.num_envs if agent.LOOP == "on_policy" else 1
+
+
 class LaneEvaluator:
     """The evaluation of a program's lanes, compiled once: episodes of `agent` (a record of agents/contract.py)
     on `env_id`, on the device where `jax_env` is given (`evaluate_on_device`, keyed by the lanes' EVAL keys of
@@ -194,8 +203,8 @@ class LaneEvaluator:
         never stepped (0). The off-policy loops split a multitask env's returns per task; the offline loop also
         gives the discounted returns."""
         loop = agent.LOOP
-        clock = {"off_policy": lambda step: step // agent.envs_per_seed(config),
-                 "on_policy": lambda step: step // config.num_envs}.get(loop)
+        num_envs = envs_per_lane(agent, config)
+        clock = (lambda step: step // num_envs) if loop in ("off_policy", "on_policy") else None
         return cls(agent, env_id, spec, seed, jax_env=jax_env, clock=clock, env_kwargs=env_kwargs,
                    per_task=loop == "off_policy", discounted=loop == "offline", placement=placement)
 
