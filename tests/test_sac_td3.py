@@ -43,6 +43,21 @@ def test_update_to_data_ratio(ratio, expected):
     assert int(state.updates) == expected
 
 
+@pytest.mark.parametrize("ratio, fraction", [(0.075, (3, 40)), (2 / 1024, (1, 512)), (1 / 3, (1, 3)), (7.3, (73, 10))])
+def test_update_schedule_is_exact_past_float32(ratio, fraction):
+    """The schedule is floor((t - learning_starts) p / q) with the fraction the ratio stands for, exactly, also past
+    2^24 env steps per seed, where a float32 product (t has a 24-bit mantissa there) was off by one now and then;
+    and the updates of consecutive N-env loop steps add up to it."""
+    p, q = fraction
+    steps = np.array([10, 50, 16_000_049, 16_777_217, 40_000_003, 200_000_011])
+    steps = steps[steps * ratio < 2**31]
+    got = np.array([int(updates_before(jnp.int32(t), 10, ratio)) for t in steps])
+    np.testing.assert_array_equal(got, np.maximum(steps - 10, 0) * p // q)
+    loop_ends = jnp.arange(16_777_216, 16_777_216 + 1024 * 64, 1024, dtype=jnp.int32)
+    per_loop_step = jax.vmap(lambda t: updates_before(t, 10, ratio) - updates_before(t - 1024, 10, ratio))(loop_ends)
+    assert int(per_loop_step.sum()) == (int(loop_ends[-1]) - 10) * p // q - (int(loop_ends[0]) - 1024 - 10) * p // q
+
+
 def test_sac_target_by_hand():
     """y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')); truncation still bootstraps."""
     state = _filled(sac, sac.Config(**SMALL), update=True)
