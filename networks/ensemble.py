@@ -855,7 +855,8 @@ def load(path: str | os.PathLike, config: EnsembleConfig, obs_dim: int, action_d
     abstract = _arrays(jax.eval_shape(functools.partial(init, obs_dim=obs_dim, action_dim=action_dim,
                                                         config=config), jax.random.PRNGKey(0)))
     abstract["elites"] = jax.ShapeDtypeStruct((saved_elites,), jnp.int32)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # This process's first device: after jax.distributed.initialize(), devices()[0] can belong to another host.
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
     try:
         checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
