@@ -1,8 +1,8 @@
 """Lanes sharded over devices (experiments/loops/sharding.py): on 4 simulated CPU devices the off-policy and
 offline loops give the 1-device results, with their states really spread over the 4 devices.
 
-One subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=4) builds every loop twice, on 1 device and
-on all 4, and records per check "ok" or its failure; the tests below read the record. Tiny configs, and XLA
+One subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=4) builds every loop whose test runs twice, on
+1 device and on all 4, and records per check "ok" or its failure; the tests below read the record. Tiny configs, and XLA
 told to compile fast (JAX_DISABLE_MOST_OPTIMIZATIONS=1, --xla_cpu_use_fusion_emitters=false: about a third
 of the compile time; the same for both device counts, and the partitioning is unaffected), so that it takes about a
 minute on a busy 2-core machine:
@@ -172,25 +172,37 @@ SCRIPT = textwrap.dedent("""
                      ("mrq_device_loop", mrq_device_loop),
                      ("ravl_offline_loop", ravl_offline_loop), ("sac_host_loop", sac_host_loop),
                      ("six_lanes_on_three_devices", six_lanes_on_three_devices)):
-        check(name, fn)
+        if name in {selected!r}:
+            check(name, fn)
     print("RECORD " + json.dumps(record))
 """)
 
 
+CHECKS = ["sac_device_loop", "sac_device_loop_with_4_envs_per_seed", "mrq_device_loop", "ravl_offline_loop",
+          "sac_host_loop"]
+
+
+def selected_checks(session) -> list[str]:
+    """The checks whose tests this session runs (CI leaves out the `long` one, tests/conftest.py LONG_IN_CI), and
+    the cheap 6-lanes placement check: the subprocess runs only those."""
+    return [item.callspec.params["check"] for item in session.items
+            if item.originalname == "test_four_devices_equal_one_device"] + ["six_lanes_on_three_devices"]
+
+
 @pytest.fixture(scope="module")
-def four_devices():
+def four_devices(request):
     """The record of the 4-device subprocess ({check: "ok" or its traceback}) and its stderr."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_cpu_use_fusion_emitters=false"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(ROOT))], capture_output=True, text=True,
+    script = SCRIPT.format(root=str(ROOT), selected=selected_checks(request.session))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=600, cwd=ROOT)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RECORD ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     return json.loads(lines[-1][len("RECORD "):]), result.stderr
 
 
-@pytest.mark.parametrize("check", ["sac_device_loop", "sac_device_loop_with_4_envs_per_seed", "mrq_device_loop",
-                                   "ravl_offline_loop", "sac_host_loop"])
+@pytest.mark.parametrize("check", CHECKS)
 def test_four_devices_equal_one_device(four_devices, check):
     record, _ = four_devices
     assert record[check] == "ok", record[check]
