@@ -114,12 +114,16 @@ def ratio_fraction(updates_per_step: float) -> Fraction:
 
 def updates_before(step: jax.Array, learning_starts: int, updates_per_step: float) -> jax.Array:
     """Updates owed once `step` env steps are stored: floor((step - learning_starts) * p / q), at least 0, where
-    p/q = `ratio_fraction(updates_per_step)`.
+    p/q = `ratio_fraction(updates_per_step)` for a static (Python) ratio.
 
     Integer arithmetic: with t = a q + b (b < q) and p = c q + d (d < q), floor(t p / q) = t c + a d + floor(b d / q),
     and b d < q^2 < 2^31. A float32 product t * ratio would be off by one update now and then past ~1.7e7 env steps
     per seed (a 24-bit mantissa), which runs with 1024 envs per seed reach.
     """
+    if not isinstance(updates_per_step, (int, float)):
+        # A traced ratio (a config field not declared static, e.g. a user's agent): a float32 product, exact up to
+        # 2^24 env steps per seed.
+        return jnp.floor(jnp.maximum(step - learning_starts, 0) * updates_per_step).astype(jnp.int32)
     ratio = ratio_fraction(updates_per_step)
     p, q = ratio.numerator, ratio.denominator
     c, d = divmod(p, q)

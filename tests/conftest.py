@@ -9,6 +9,17 @@ from pathlib import Path
 
 # Tests run on the CPU with a fixed number of host threads; no GPU preallocation games.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Most tests run tiny programs a few times: their time goes into compiling them. XLA compiles about twice as fast
+# with most of its optimizations off (tests/test_mrq_multitask.py: 177 s -> 90 s on the 2-core CPU), and the
+# programs compute the same functions. So the tests compile that way -- this process and every run it starts, set
+# here before JAX is imported, so that a fixture's reference run and the test's own run compile alike -- except
+# those marked `optimized` (compile_fast below): learning tests, whose time goes into running many steps (twice
+# as slow unoptimized: PPO on PointMass 106 s -> 250 s); they compile as users' runs do.
+FAST_COMPILE_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if FAST_COMPILE_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAG}".strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # JAX's compile cache (experiments/jax_setup.py). The tests never use the user's (~/.cache/ctrlrl/jax): they get a
@@ -31,6 +42,8 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and ctypes.ut
 
 # This process too, as run.py sets up its own: the same cache and float32 matmuls from the first test on, whichever
 # test comes first (a test that calls train() in this process would otherwise switch them midway).
+import jax  # noqa: E402
+
 from experiments.jax_setup import JaxFlags, configure_jax  # noqa: E402
 
 configure_jax(JaxFlags())
@@ -54,6 +67,21 @@ LONG_IN_CI = {
     "tests/test_training.py::test_vmapped_seeds_equal_separate_runs_device_loop[td3]":
     "the same test with 4 envs per seed",
 }
+
+
+@pytest.fixture(autouse=True)
+def compile_fast(request, monkeypatch):
+    """A test marked `optimized` compiles with XLA's optimizations, in this process and in the runs it starts (this
+    process keeps its fusion flag: XLA reads it once)."""
+    if not request.node.get_closest_marker("optimized"):
+        yield
+        return
+    monkeypatch.delenv("JAX_DISABLE_MOST_OPTIMIZATIONS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(FAST_COMPILE_XLA_FLAG, "").strip())
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -12,11 +12,10 @@ from experiments import gpu_suite
 from replay import streams
 from tests.cli_utils import ROOT
 
-# The dry run in two processes, so that CI's two workers share it, with XLA told to compile fast (as
-# tests/test_sharding.py: the numbers of a dry run mean nothing, and the programs are the same): 122 s instead of
-# 255 s for the whole dry run on the 2-core CPU, PPO vs Brax vs physics on MJX 52 s of it.
+# The dry run in two processes, so that CI's two workers share it, compiled fast as every test is
+# (tests/conftest.py; its numbers mean nothing): 122 s instead of 255 s for the whole dry run on the 2-core CPU,
+# PPO vs Brax vs physics on MJX 52 s of it.
 PARTS = {"ppo": ("ppo",), "off_policy_sweep_multitask": ("mrq_seeds", "sac_envs", "sweep", "mrq_multitask")}
-FAST_COMPILE = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"}
 
 
 def test_the_parts_cover_every_measurement_of_the_dry_run():
@@ -31,7 +30,7 @@ def test_the_dry_run_measures_every_kind_of_measurement_without_error(tmp_path, 
     out = tmp_path / "suite.json"
     result = subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu_suite.py"), "--dry-run", "--out",
                              str(out), "--only", *PARTS[part]], capture_output=True, text=True, timeout=900,
-                            cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **FAST_COMPILE})
+                            cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [m.name for m in gpu_suite.measurements(dry_run=True) if m.name.startswith(PARTS[part])]

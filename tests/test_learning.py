@@ -11,6 +11,8 @@ from tests.cli_utils import TINY_MRQ, assert_evaluate_reproduces, run_cli
 # learning test per family: MR.Q, PPO and SAC on PointMass; their measured results are in
 # experiments/results/.
 long = pytest.mark.long
+# Compiled as users' runs are (tests/conftest.py compile_fast): their time goes into running many steps.
+pytestmark = pytest.mark.optimized
 
 
 def _final_returns(run_dir, step):
