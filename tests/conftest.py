@@ -14,8 +14,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # with most of its optimizations off (tests/test_mrq_multitask.py: 177 s -> 90 s on the 2-core CPU), and the
 # programs compute the same functions. So the tests compile that way -- this process and every run it starts, set
 # here before JAX is imported, so that a fixture's reference run and the test's own run compile alike -- except
-# those marked `optimized` (compile_fast below): learning tests, whose time goes into running many steps (twice
-# as slow unoptimized: PPO on PointMass 106 s -> 250 s); they compile as users' runs do.
+# those marked `optimized` (optimized_when_marked below): learning tests, whose time goes into running many steps
+# (twice as slow unoptimized: PPO on PointMass 106 s -> 250 s); they compile as users' runs do.
 FAST_COMPILE_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 if FAST_COMPILE_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -70,7 +70,7 @@ LONG_IN_CI = {
 
 
 @pytest.fixture(autouse=True)
-def compile_fast(request, monkeypatch):
+def optimized_when_marked(request, monkeypatch):
     """A test marked `optimized` compiles with XLA's optimizations, in this process and in the runs it starts (this
     process keeps its fusion flag: XLA reads it once)."""
     if not request.node.get_closest_marker("optimized"):

@@ -11,7 +11,7 @@ from tests.cli_utils import TINY_MRQ, assert_evaluate_reproduces, run_cli
 # learning test per family: MR.Q, PPO and SAC on PointMass; their measured results are in
 # experiments/results/.
 long = pytest.mark.long
-# Compiled as users' runs are (tests/conftest.py compile_fast): their time goes into running many steps.
+# Compiled as users' runs are (tests/conftest.py optimized_when_marked): their time goes into running many steps.
 pytestmark = pytest.mark.optimized
 
 
