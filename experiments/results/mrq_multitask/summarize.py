@@ -2,6 +2,7 @@
 and 95% percentile-bootstrap CI over seeds, next to a uniform-random policy on the same envs and evaluation seeds.
 
     python experiments/results/mrq_multitask/summarize.py            # writes summary.csv beside this file
+    python experiments/results/mrq_multitask/summarize.py --reacher-alone   # reacher_alone.csv (the diagnostic)
 
 With 2 seeds a bootstrap "95% CI" is just the range of the two seeds' values: read it as a range.
 """
@@ -77,5 +78,45 @@ def main() -> None:
         print(f"{row[0]:>8} {row[1]:>6} {row[2]:>24} {row[3]:.3f} [{row[4]:.3f}, {row[5]:.3f}]")
 
 
+# The diagnostic of reacher-easy (the one task of dmc:mt4 not above random at 16k steps per task): the same agent
+# and settings on reacher-easy alone, and single-task MR.Q on it (its defaults but 1,000 random steps, as the
+# multitask run's one seeding episode), 16k steps, 2 seeds each; against uniform random actions on the same envs.
+ALONE = {"mrq_multitask_S_alone": "reacher_easy_S_utd05", "mrq_alone": "reacher_easy_mrq"}
+
+
+def random_returns_alone(env_id: str, step: int, seed: int = 0) -> np.ndarray:
+    """[seeds] mean return of uniform actions on a single-task env's evaluation envs and seeds at `step`."""
+    spec = envs.make(env_id, num_envs=1).spec
+    rng = np.random.default_rng(0)
+
+    def act(obs, prev_reward, first):
+        return rng.uniform(-1.0, 1.0, (*obs.shape[:-1], spec.action_dim))
+
+    return evaluate_host(act, env_id, SEEDS, seed, step, EPISODES)[0].mean(-1)
+
+
+def reacher_alone() -> None:
+    """reacher_alone.csv: normalised score (return / 1000) per arm and step, mean and range over the 2 seeds."""
+    table = []
+    for arm, run in ALONE.items():
+        if not (HERE / run / "eval.csv").exists():
+            continue
+        with open(HERE / run / "eval.csv") as f:
+            per_step: dict[int, list] = {}
+            for row in csv.DictReader(f):
+                per_step.setdefault(int(row["step"]), []).append(float(row["return"]) / 1000.0)
+        table += [(arm, step, np.asarray(v)) for step, v in sorted(per_step.items())]
+    table += [("random", step, random_returns_alone("dmc:reacher-easy", step) / 1000.0)
+              for step in range(2000, 16001, 2000)]
+    table += [("mt4_S_utd0.5_long (reacher-easy of 4 tasks)", step, tasks["dmc:reacher-easy"])
+              for step, tasks in sorted(run_scores(RUNS["S_utd0.5_long"]).items())]
+    with open(HERE / "reacher_alone.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arm", "step", "score_mean", "seed_min", "seed_max"])
+        writer.writerows((a, s, f"{v.mean():.4f}", f"{v.min():.4f}", f"{v.max():.4f}") for a, s, v in table)
+    for a, s, v in table:
+        print(f"{a:>44} {s:>6} {v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]")
+
+
 if __name__ == "__main__":
-    main()
+    reacher_alone() if sys.argv[1:] == ["--reacher-alone"] else main()
