@@ -7,6 +7,8 @@
     ctrlrl-collect   experiments/collect.py    collect an offline dataset
     ctrlrl-bench     experiments/bench.py      throughput and start-up benchmarks
     ctrlrl-compare   experiments/compare.py    PPO variants across task switches
+    ctrlrl-claims    experiments/claims.py     the numbers behind a claims.md row, from a compare.py directory
+    ctrlrl-arm-claims  experiments/arm_claims.py  a claims row from separate run.py directories, one per arm
 
 Each takes the same flags as its script. This module has a name of its own (ctrlrl's packages have generic ones:
 agents, envs, networks, replay, experiments), so that a command can tell, before anything else runs, that one of
@@ -32,6 +34,8 @@ COMMANDS = {
     "collect": ("experiments.collect", "main"),
     "bench": ("experiments.bench", "command"),
     "compare": ("experiments.compare", "command"),
+    "claims": ("experiments.claims", "command"),
+    "arm_claims": ("experiments.arm_claims", "command"),
 }
 
 
@@ -80,3 +84,11 @@ def bench() -> int:
 
 def compare() -> int:
     return launch("compare")
+
+
+def claims() -> int:
+    return launch("claims")
+
+
+def arm_claims() -> int:
+    return launch("arm_claims")

@@ -145,7 +145,15 @@ def main(args: ArmClaimsArgs) -> list[dict]:
                                          output="summary.csv"))
 
 
-if __name__ == "__main__":
-    import tyro
+def command(argv: list[str] | None = None) -> int:
+    """`python experiments/arm_claims.py` and `ctrlrl-arm-claims`: the flags (a bad one is one
+    `error:` line, exit 2), then main."""
+    from experiments.run import parse_or_exit
 
-    main(tyro.cli(ArmClaimsArgs))
+    main(parse_or_exit(ArmClaimsArgs, "A claims row from separate run.py directories, "
+                       "one per arm (see the module's docstring).", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command())

@@ -173,7 +173,15 @@ def main(args: ClaimsArgs) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
-    import tyro
+def command(argv: list[str] | None = None) -> int:
+    """`python experiments/claims.py` and `ctrlrl-claims`: the flags (a bad one is one
+    `error:` line, exit 2), then main."""
+    from experiments.run import parse_or_exit
 
-    main(tyro.cli(ClaimsArgs))
+    main(parse_or_exit(ClaimsArgs, "The numbers behind a row of claims.md, from one compare.py directory "
+                       "(see the module's docstring).", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command())

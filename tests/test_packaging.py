@@ -13,8 +13,8 @@ import pytest
 import ctrlrl_commands
 from tests.cli_utils import ROOT
 
-EXPECTED = {f"ctrlrl-{name}": f"ctrlrl_commands:{name}"
-            for name in ("run", "sweep", "evaluate", "plot", "collect", "bench", "compare")}
+EXPECTED = {f"ctrlrl-{name.replace('_', '-')}": f"ctrlrl_commands:{name}"
+            for name in ("run", "sweep", "evaluate", "plot", "collect", "bench", "compare", "claims", "arm_claims")}
 
 
 def test_console_scripts_name_every_main_command():

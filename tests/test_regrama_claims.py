@@ -74,3 +74,17 @@ def test_arms_that_differ_or_bad_arguments_are_one_error(tmp_path):
     with pytest.raises(SystemExit, match="has no config.json"):
         arm_claims.main(arm_claims.ArmClaimsArgs(arms=(f"x={tmp_path / 'missing'}",), out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()          # nothing written before the arms are checked
+
+
+def test_the_commands_refuse_bad_flags_in_one_error_line(tmp_path):
+    """`ctrlrl-arm-claims` / `ctrlrl-claims` (their `command`): a missing or unknown flag is one `error:` line and
+    exit code 2; a malformed arm is refused by name."""
+    from experiments import claims
+    from tests.cli_utils import run_main
+
+    for command, args in ((arm_claims.command, ["--arms", "sac=x"]), (claims.command, ["--no-such-flag", "1"])):
+        result = run_main(command, *args)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1, result.stderr
+    with pytest.raises(SystemExit, match="--arms 'bad': expected name=run_dir"):
+        arm_claims.command(["--arms", "bad", "--out", str(tmp_path / "o")])
