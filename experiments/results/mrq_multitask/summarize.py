@@ -30,14 +30,15 @@ EPISODES, SEEDS = 5, 2
 
 
 def random_scores(env_id: str = "dmc:mt4", seed: int = 0, step: int = 4000) -> dict[str, np.ndarray]:
-    """[seeds] normalised score per task of uniform actions in each task's own dims (padding zero), on the
-    envs and seeds of the runs' evaluation at `step` (the shared evaluator, `evaluate_host`)."""
+    """[seeds] normalised score per task ("all": over the tasks; a single-task env has only "all") of uniform
+    actions in each task's own dims (padding zero), on the envs and seeds of the runs' evaluation at `step` (the
+    shared evaluator, `evaluate_host`)."""
     spec = envs.make(env_id, num_envs=1).spec
-    masks = np.asarray(action_masks(spec))
+    masks = np.asarray(action_masks(spec)) if spec.tasks else np.ones((1, spec.action_dim))
     rng = np.random.default_rng(0)
 
     def act(obs, prev_reward, first):
-        task = np.asarray(task_ids(spec, obs))
+        task = np.asarray(task_ids(spec, obs)) if spec.tasks else np.zeros(obs.shape[:-1], int)
         return rng.uniform(-1.0, 1.0, (*obs.shape[:-1], spec.action_dim)) * masks[task]
 
     returns = evaluate_host(act, env_id, SEEDS, seed, step, EPISODES)[0]
@@ -84,17 +85,6 @@ def main() -> None:
 ALONE = {"mrq_multitask_S_alone": "reacher_easy_S_utd05", "mrq_alone": "reacher_easy_mrq"}
 
 
-def random_returns_alone(env_id: str, step: int, seed: int = 0) -> np.ndarray:
-    """[seeds] mean return of uniform actions on a single-task env's evaluation envs and seeds at `step`."""
-    spec = envs.make(env_id, num_envs=1).spec
-    rng = np.random.default_rng(0)
-
-    def act(obs, prev_reward, first):
-        return rng.uniform(-1.0, 1.0, (*obs.shape[:-1], spec.action_dim))
-
-    return evaluate_host(act, env_id, SEEDS, seed, step, EPISODES)[0].mean(-1)
-
-
 def reacher_alone() -> None:
     """reacher_alone.csv: normalised score (return / 1000) per arm and step, mean and range over the 2 seeds."""
     table = []
@@ -106,7 +96,7 @@ def reacher_alone() -> None:
             for row in csv.DictReader(f):
                 per_step.setdefault(int(row["step"]), []).append(float(row["return"]) / 1000.0)
         table += [(arm, step, np.asarray(v)) for step, v in sorted(per_step.items())]
-    table += [("random", step, random_returns_alone("dmc:reacher-easy", step) / 1000.0)
+    table += [("random", step, random_scores("dmc:reacher-easy", step=step)["all"])
               for step in range(2000, 16001, 2000)]
     table += [("mt4_S_utd0.5_long (reacher-easy of 4 tasks)", step, tasks["dmc:reacher-easy"])
               for step, tasks in sorted(run_scores(RUNS["S_utd0.5_long"]).items())]
