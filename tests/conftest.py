@@ -3,9 +3,9 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 # Tests run on the CPU with a fixed number of host threads; no GPU preallocation games.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
